@@ -1,0 +1,235 @@
+"""The command-line front end: one ``cmd_<verb>`` per verb, one place for exit codes.
+
+Exit codes: 0 done, 1 the operation failed, 2 bad usage or bad config,
+3 no daemon is running there. Control verbs import only the light modules
+(no pyzmq, no daemon), so `supervise status` starts in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from supervise import protocol
+from supervise.config import ConfigError, locate_state_dir
+from supervise.control import Control, ControlError, NoDaemon
+from supervise.paths import StatePaths
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
+DEFAULT_CONFIG = "supervise.toml"
+DEFAULT_WAIT = 120.0
+
+
+class UsageError(Exception):
+    pass
+
+
+# -- verbs -------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from supervise import config as config_module
+    from supervise import daemon, log
+
+    cfg = config_module.load(args.config)
+    logger = log.configure(cfg.supervise.log_format, cfg.supervise.log_level)
+    try:
+        return daemon.run(cfg, logger)
+    except daemon.AlreadyRunning as exc:
+        print(f"supervise: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from supervise import config as config_module
+
+    cfg = config_module.load(args.config)
+    count = sum(app.instances for app in cfg.apps.values())
+    print(f"{args.config}: ok ({len(cfg.apps)} apps, {count} instances)")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    result = _control(args).request(protocol.Request("status", tuple(args.targets)))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_status_table(result))
+    return EXIT_OK
+
+
+def _wait_verb(verb: str):
+    def cmd(args: argparse.Namespace) -> int:
+        req = protocol.Request(verb, tuple(args.targets), timeout=args.timeout)
+        result = _control(args).request(req, timeout=args.timeout + 5)
+        print(_status_table(result))
+        return EXIT_OK
+
+    cmd.__name__ = f"cmd_{verb}"
+    cmd.__doc__ = f"{verb.capitalize()} apps or instances and wait until they have settled."
+    return cmd
+
+
+cmd_start = _wait_verb("start")
+cmd_stop = _wait_verb("stop")
+cmd_restart = _wait_verb("restart")
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    if args.count < 0:
+        raise UsageError("scale: N must be >= 0")
+    req = protocol.Request("scale", (args.app,), count=args.count, timeout=args.timeout)
+    result = _control(args).request(req, timeout=args.timeout + 5)
+    print(_status_table(result) if result["apps"] else f"{args.app}: scaled to {args.count}")
+    return EXIT_OK
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    result = _control(args).shutdown()
+    print(f"supervise: drained {result['draining']} instances; the daemon has exited")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    try:
+        for event in _control(args).events(args.since, follow=not args.no_follow):
+            print(json.dumps(event), flush=True)
+    except BrokenPipeError:
+        pass
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from supervise import logs_view
+
+    status = _control(args).request(protocol.Request("status", (args.target,)))
+    paths = StatePaths(_state_dir(args))
+    files = [
+        (inst["name"], paths.log_file(app["name"], inst["index"]))
+        for app in status["apps"] for inst in app["instances"]
+    ]
+    logs_view.show(files, lines=args.lines, follow=args.follow)
+    return EXIT_OK
+
+
+# -- plumbing ------------------------------------------------------------------------
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return locate_state_dir(args.config)
+
+
+def _control(args: argparse.Namespace) -> Control:
+    return Control(StatePaths(_state_dir(args)))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return "-"
+
+
+def _last_exit(e: dict | None) -> str:
+    if not e:
+        return "-"
+    detail = f"signal {e['signal']}" if e.get("signal") else f"code {e['code']}" if e.get("code") is not None else ""
+    text = f"{e['reason']} ({detail})" if detail else e["reason"]
+    return f"{text}: {e['error']}" if e.get("error") else text
+
+
+def _status_table(result: dict) -> str:
+    header = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "LAST EXIT")
+    rows = [header]
+    for app in result["apps"]:
+        for i in app["instances"]:
+            rows.append((i["name"], i["state"], str(i["pid"] or "-"), _duration(i["uptime"]),
+                         str(i["restarts"]), _size(i["rss"]), _last_exit(i["last_exit"])))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header) - 1)]
+    return "\n".join("  ".join(r[c].ljust(widths[c]) for c in range(len(header) - 1)) + "  " + r[-1]
+                     for r in rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supervise", description="A process supervisor.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=os.environ.get("SUPERVISE_CONFIG", DEFAULT_CONFIG),
+                        help="config file (default ./supervise.toml); also finds the daemon's state dir")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    verb("run", cmd_run, "run the daemon in the foreground")
+    verb("check", cmd_check, "validate the config; exit 2 with file:line errors")
+    p = verb("status", cmd_status, "show every instance")
+    p.add_argument("targets", nargs="*", metavar="APP|NAME")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, func, help in (("start", cmd_start, "start apps or instances (also clears a crash loop)"),
+                             ("stop", cmd_stop, "stop apps or instances"),
+                             ("restart", cmd_restart, "restart apps or instances")):
+        p = verb(name, func, help)
+        p.add_argument("targets", nargs="+", metavar="APP|NAME")
+        p.add_argument("--timeout", type=float, default=DEFAULT_WAIT, help="seconds to wait (default 120)")
+    p = verb("scale", cmd_scale, "grow or shrink an app to N instances")
+    p.add_argument("app", metavar="APP")
+    p.add_argument("count", type=int, metavar="N")
+    p.add_argument("--timeout", type=float, default=DEFAULT_WAIT, help="seconds to wait (default 120)")
+    p = verb("logs", cmd_logs, "show an app's or instance's output")
+    p.add_argument("target", metavar="APP|NAME")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--lines", type=int, default=20, help="lines to show first (default 20)")
+    p = verb("events", cmd_events, "state changes as JSON lines, then live ones")
+    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only events after this number")
+    p.add_argument("--no-follow", action="store_true", help="print the history and exit")
+    verb("shutdown", cmd_shutdown, "drain everything, then the daemon exits")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"supervise: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoDaemon as exc:
+        print(f"supervise: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except ControlError as exc:
+        print(f"supervise: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.usage else EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

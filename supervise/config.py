@@ -1,0 +1,433 @@
+"""supervise.toml -> frozen dataclasses.
+
+Everything below the loader works with final types (seconds as float, bytes
+as int, ``signal.Signals``, absolute paths) so no other module parses units.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from supervise import config_units as units
+from supervise.config_lines import Key, LineIndex, key_text
+from supervise.config_units import Invalid, did_you_mean, show
+
+__all__ = [
+    "AppConfig", "BackoffConfig", "Config", "ConfigError", "CrashLoopConfig", "Problem",
+    "Readiness", "Restart", "SuperviseConfig", "load", "locate_state_dir",
+]
+
+
+class Restart(StrEnum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class Readiness(StrEnum):
+    NONE = "none"
+    HEARTBEAT = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffConfig:
+    initial: float = 0.1
+    max: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    reset_after: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class CrashLoopConfig:
+    max_restarts: int = 10
+    window: float = 60.0
+    cooldown: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    name: str
+    command: tuple[str, ...]  # argv template; placeholders {app} {instance} {port}
+    cwd: Path
+    instances: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    restart: Restart = Restart.ALWAYS
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 10.0
+    readiness: Readiness = Readiness.NONE
+    start_timeout: float = 30.0
+    heartbeat_timeout: float | None = None
+    max_memory: int | None = None
+    watch: tuple[str, ...] = ()
+    watch_ignore: tuple[str, ...] = ()
+    listen: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    log_max_size: int = 50 * 1024 * 1024
+    log_backups: int = 5
+    backoff: BackoffConfig = BackoffConfig()
+    crash_loop: CrashLoopConfig = CrashLoopConfig()
+    port: int | None = None
+    chaos: bool = False
+
+    def argv(self, index: int) -> list[str]:
+        """The command of instance ``index`` with its templates filled in."""
+        values = {"app": self.name, "instance": index}
+        if self.port is not None:
+            values["port"] = self.port + index
+        return [part.format(**values) for part in self.command]
+
+
+@dataclass(frozen=True, slots=True)
+class SuperviseConfig:
+    state_dir: Path
+    log_format: str = "console"  # console | json
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path  # absolute path of the file this was loaded from
+    supervise: SuperviseConfig
+    apps: Mapping[str, AppConfig]  # in file order
+
+
+DEFAULT_STATE_DIR = ".supervise"
+_APP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class LogFormat(StrEnum):
+    """Accepted values of ``[supervise] log_format`` (stored as plain str)."""
+
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    """Accepted values of ``[supervise] log_level`` (stored as plain lower-case str)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+# -- errors -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a config, located so an editor can jump to it."""
+
+    file: Path
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = str(self.file) if self.line is None else f"{self.file}:{self.line}"
+        return ": ".join(part for part in (where, self.key, self.message) if part)
+
+
+class ConfigError(Exception):
+    """Every problem of a config at once, so one edit can fix them all."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
+
+
+# -- public API ---------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate ``path``; raise :class:`ConfigError` listing every problem."""
+    file = Path(path)
+    text, data = _read(file)
+    check = _Check(file, LineIndex(text))
+    config = _config(check, file, data)
+    if check.problems:
+        raise ConfigError(sorted(check.problems, key=lambda problem: problem.line or 0))
+    return config
+
+
+def locate_state_dir(path: str | os.PathLike[str]) -> Path:
+    """The state dir a daemon started with ``path`` uses, without validating the rest.
+
+    The CLI needs it to reach a running daemon even while the file is
+    half-edited, so only a missing or non-TOML file is an error here.
+    """
+    file = Path(path)
+    _, data = _read(file)
+    section = data.get("supervise")
+    value = section.get("state_dir") if isinstance(section, dict) else None
+    return units.absolute(_base_dir(file), value if isinstance(value, str) and value else DEFAULT_STATE_DIR)
+
+
+# -- reading ------------------------------------------------------------------
+
+
+def _read(file: Path) -> tuple[str, dict[str, Any]]:
+    """The text and parsed TOML of ``file``; any failure is a ConfigError."""
+
+    def fail(message: str, line: int | None = None) -> ConfigError:
+        return ConfigError([Problem(file, line, "", message)])
+
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except IsADirectoryError:
+        raise fail("is a directory, not a config file") from None
+    except OSError as error:
+        raise fail(f"cannot read: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        raise fail("not UTF-8 text", data.count(b"\n", 0, error.start) + 1) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message, line = _toml_error(str(error), text)
+        raise fail(f"invalid TOML: {message}", line) from None
+
+
+def _toml_error(message: str, text: str) -> tuple[str, int | None]:
+    """Split tomllib's "Invalid value (at line 3, column 7)" into message and line."""
+    message = message[:1].lower() + message[1:]
+    if match := re.search(r" \(at line (\d+), column (\d+)\)$", message):
+        return f"{message[: match.start()]} (column {match[2]})", int(match[1])
+    if message.endswith(" (at end of document)"):
+        return message.removesuffix(" (at end of document)") + " at end of file", text.count("\n") + 1
+    return message, None
+
+
+def _base_dir(file: Path) -> Path:
+    return Path(os.path.abspath(file)).parent
+
+
+# -- validation ---------------------------------------------------------------
+
+
+class _Check:
+    """Collects problems of one file, each located by its key path."""
+
+    def __init__(self, file: Path, lines: LineIndex) -> None:
+        self.file = file
+        self.lines = lines
+        self.problems: list[Problem] = []
+
+    def report(self, path: Key, message: str) -> None:
+        self.problems.append(Problem(self.file, self.lines.line_of(path), key_text(path), message))
+
+
+class _Table:
+    """One TOML table being read: typed gets, unknown keys reported up front."""
+
+    def __init__(self, check: _Check, path: Key, raw: Any, known: tuple[str, ...] | None) -> None:
+        self.check, self.path = check, path
+        self.raw: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        self.bad: set[str] = set()
+        for key in self.raw if known is not None else ():
+            if key not in known:
+                check.report(path + (key,), "unknown key" + did_you_mean(key, known))
+
+    def get(self, key: str, convert: Callable[[Any], Any], default: Any = None) -> Any:
+        """The converted value of ``key``, or ``default`` if absent or invalid."""
+        if key not in self.raw:
+            return default
+        try:
+            return convert(self.raw[key])
+        except Invalid as error:
+            self.bad.add(key)
+            for at, message in error.errors:
+                self.check.report(self.path + (key, *at), message)
+            return default
+
+    def read(self, converters: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
+        """The valid values among ``converters``' keys, ready to pass as kwargs."""
+        values = {key: self.get(key, convert, _ABSENT) for key, convert in converters.items()}
+        return {key: value for key, value in values.items() if value is not _ABSENT}
+
+    def table(self, key: str, known: tuple[str, ...] | None, example: str = "") -> _Table:
+        """The sub-table ``key`` (empty when absent or not a table)."""
+        raw = self.raw.get(key, {})
+        if not isinstance(raw, dict):
+            self.bad.add(key)
+            self.check.report(self.path + (key,), units.expected(f"a table{example}", raw).args[0])
+        return _Table(self.check, self.path + (key,), raw, known)
+
+
+_ABSENT = object()
+
+
+def _keys(cls: type, *skip: str) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name not in skip)
+
+
+def _config(check: _Check, file: Path, data: dict[str, Any]) -> Config:
+    base = _base_dir(file)
+    top = _Table(check, (), data, ("supervise", "apps"))
+    supervise = _supervise(top.table("supervise", _keys(SuperviseConfig)), base)
+    apps_table = top.table("apps", None, " of apps like [apps.web]")
+    apps = {}
+    for name, raw in apps_table.raw.items():
+        if app := _app(apps_table, name, raw, base):
+            apps[name] = app
+    _check_dependencies(apps_table, apps)
+    return Config(path=base / file.name, supervise=supervise, apps=apps)
+
+
+def _supervise(table: _Table, base: Path) -> SuperviseConfig:
+    values = table.read(
+        {
+            "state_dir": lambda value: units.absolute(base, units.string(value)),
+            "log_format": partial(units.choice, kind=LogFormat),
+            "log_level": partial(units.choice, kind=LogLevel, fold_case=True),
+        }
+    )
+    values = {key: str(value) if isinstance(value, StrEnum) else value for key, value in values.items()}
+    return SuperviseConfig(**{"state_dir": units.absolute(base, DEFAULT_STATE_DIR), **values})
+
+
+def _app(apps: _Table, name: str, raw: Any, base: Path) -> AppConfig | None:
+    """One app from its table; None when it is not even a table with a valid name."""
+    path = apps.path + (name,)
+    if not _APP_NAME.fullmatch(name):
+        apps.check.report(path, 'app names may use only letters, digits, "_", "." and "-"')
+        return None
+    if not isinstance(raw, dict):
+        apps.check.report(path, units.expected("a table like [apps.web]", raw).args[0])
+        return None
+    table = _Table(apps.check, path, raw, _keys(AppConfig, "name"))
+    if "command" not in raw:
+        apps.check.report(path + ("command",), 'missing; every app needs one, like command = "python3 w.py"')
+    backoff = table.table("backoff", _keys(BackoffConfig), ' like { initial = "100ms" }')
+    crash_loop = table.table("crash_loop", _keys(CrashLoopConfig), " like { max_restarts = 10 }")
+    app = AppConfig(
+        name=name,
+        command=table.get("command", units.command, ()),
+        cwd=table.get("cwd", partial(units.directory, base), base),
+        backoff=_backoff(backoff),
+        crash_loop=_crash_loop(crash_loop),
+        **table.read(_app_converters(base)),
+    )
+    _check_ports(table, app)
+    return app
+
+
+def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
+    strings = units.array_of(units.string, "strings")
+    return {
+        "instances": units.integer,
+        "env": units.env,
+        "restart": partial(units.choice, kind=Restart),
+        "stop_signal": units.stop_signal,
+        "stop_timeout": units.duration,
+        "readiness": partial(units.choice, kind=Readiness),
+        "start_timeout": units.duration,
+        "heartbeat_timeout": partial(units.duration, positive=True),
+        "max_memory": partial(units.size, positive=True),
+        "watch": strings,
+        "watch_ignore": strings,
+        "listen": units.array_of(partial(units.listen_address, base), "addresses"),
+        "depends_on": strings,
+        "log_max_size": partial(units.size, positive=True),
+        "log_backups": units.integer,
+        "port": partial(units.integer, lo=1, hi=65535),
+        "chaos": units.boolean,
+    }
+
+
+def _check_ports(table: _Table, app: AppConfig) -> None:
+    """Cross-key rules: {port} needs a port, and every instance's port must exist."""
+    if "command" in table.bad or "port" in table.bad:
+        return
+    for index, part in enumerate(app.command):
+        if app.port is None and "port" in units.placeholders(part):
+            at = (index,) if isinstance(table.raw.get("command"), list) else ()
+            table.check.report(table.path + ("command", *at), "uses {port} but the app has no port key")
+            break
+    last = (app.port or 0) + app.instances - 1
+    if app.port is not None and "instances" not in table.bad and last > 65535:
+        message = f"{app.instances} instances from port {app.port} run to {last}, past 65535"
+        table.check.report(table.path + ("port",), message)
+
+
+def _backoff(table: _Table) -> BackoffConfig:
+    backoff = BackoffConfig(
+        **table.read(
+            {
+                "initial": units.duration,
+                "max": units.duration,
+                "multiplier": partial(units.number, lo=1),
+                "jitter": partial(units.number, lo=0, hi=1),
+                "reset_after": units.duration,
+            }
+        )
+    )
+    if backoff.max < backoff.initial and not table.bad & {"initial", "max"}:
+        key = "max" if "max" in table.raw else "initial"
+        message = f"max ({backoff.max:g}s) must be >= initial ({backoff.initial:g}s)"
+        table.check.report(table.path + (key,), message)
+    return backoff
+
+
+def _crash_loop(table: _Table) -> CrashLoopConfig:
+    return CrashLoopConfig(
+        **table.read({"max_restarts": units.integer, "window": units.duration, "cooldown": units.duration})
+    )
+
+
+def _check_dependencies(apps: _Table, configs: dict[str, AppConfig]) -> None:
+    """depends_on names real apps, never itself, and has no cycles."""
+    graph: dict[str, list[str]] = {}
+    for name, app in configs.items():
+        graph[name] = []
+        for index, dependency in enumerate(app.depends_on):
+            at = apps.path + (name, "depends_on", index)
+            if dependency == name:
+                apps.check.report(at, "an app cannot depend on itself")
+            elif dependency not in apps.raw:
+                apps.check.report(at, f"no app named {show(dependency)}{did_you_mean(dependency, apps.raw)}")
+            elif dependency in configs:
+                graph[name].append(dependency)
+    for cycle in _cycles(graph):
+        apps.check.report(apps.path + (cycle[0], "depends_on"), "dependency cycle: " + " -> ".join(cycle))
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Each distinct cycle once, as a path from its first app in file order back to it."""
+    order = {name: index for index, name in enumerate(graph)}
+    done: set[str] = set()
+    found: dict[frozenset[str], list[str]] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt in stack:
+                cycle = stack[stack.index(nxt) :]
+                first = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+                cycle = cycle[first:] + cycle[:first]
+                found.setdefault(frozenset(cycle), cycle + [cycle[0]])
+            elif nxt not in done:
+                visit(nxt, stack)
+        stack.pop()
+        done.add(node)
+
+    for node in graph:
+        if node not in done:
+            visit(node, [])
+    return list(found.values())

@@ -1,0 +1,321 @@
+"""The values of supervise.toml: durations, sizes, signals, addresses, commands.
+
+Each converter takes a raw TOML value and returns its final type, or raises
+:class:`Invalid` with a message saying what was expected and what was given.
+They know nothing about files, lines or key paths: the loader adds those, so
+these stay small and can be tested with plain tables of examples.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import string as _string
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
+
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?b)?|(b))?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]+(?:\.(?!-)[A-Za-z0-9-]+)*\.?")
+_SHOW_LIMIT = 60
+PLACEHOLDERS = ("app", "instance", "port")
+
+DURATION_EXAMPLES = '"500ms", "10s" or "5m"'
+SIZE_EXAMPLES = '"512K", "300M" or "1G"'
+LISTEN_EXAMPLES = '"host:port" (like "127.0.0.1:8080" or "[::1]:8080") or "unix:/path"'
+
+
+class Invalid(ValueError):
+    """A value that does not fit.
+
+    ``errors`` holds (sub-path, message) pairs, so one array or table can
+    report each bad item at its own key path (``listen[1]``, ``env.PORT``)
+    instead of stopping at the first.
+    """
+
+    def __init__(self, message: str, at: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.errors: list[tuple[tuple[str | int, ...], str]] = [(at, message)]
+
+    @classmethod
+    def many(cls, errors: list[tuple[tuple[str | int, ...], str]]) -> Invalid:
+        error = cls(errors[0][1], errors[0][0])
+        error.errors = list(errors)
+        return error
+
+
+def show(value: Any) -> str:
+    """``value`` as the user would have written it in TOML, cut short if long."""
+    text = _show(value)
+    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    match value:
+        case bool():
+            return "true" if value else "false"
+        case str():
+            return json.dumps(value, ensure_ascii=False)
+        case list():
+            return "[" + ", ".join(map(_show, value)) + "]"
+        case dict():
+            items = ", ".join(f"{key} = {_show(item)}" for key, item in value.items())
+            return "{ " + items + " }" if items else "{}"
+        case _ if hasattr(value, "isoformat"):
+            return value.isoformat()
+        case _:
+            return str(value)
+
+
+def expected(what: str, value: Any) -> Invalid:
+    return Invalid(f"expected {what}, got {show(value)}")
+
+
+def did_you_mean(word: str, choices: Iterable[str], template: str = '"{}"') -> str:
+    """`` (did you mean "x"?)`` when a choice is close to ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {template.format(close[0])}?)" if close else ""
+
+
+def is_int(value: Any) -> bool:
+    """True for TOML integers; ``True`` is an int to Python but never to a user."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return is_int(value) or isinstance(value, float)
+
+
+def integer(value: Any, lo: int = 0, hi: int | None = None) -> int:
+    what = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+    if not is_int(value) or value < lo or (hi is not None and value > hi):
+        raise expected(what, value)
+    return value
+
+
+def number(value: Any, lo: float, hi: float | None = None) -> float:
+    what = f"a number >= {lo:g}" if hi is None else f"a number from {lo:g} to {hi:g}"
+    if not is_number(value) or not lo <= value <= (math.inf if hi is None else hi):
+        raise expected(what, value)
+    return float(value)
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise expected("true or false", value)
+    return value
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise expected("a non-empty string", value)
+    return value
+
+
+def choice(value: Any, kind: type[E], fold_case: bool = False) -> E:
+    """A member of the StrEnum ``kind``, with a did-you-mean for near misses."""
+    names = [member.value for member in kind]
+    text = value.lower() if fold_case and isinstance(value, str) else value
+    if isinstance(text, str) and text in names:
+        return kind(text)
+    hint = did_you_mean(text, names) if isinstance(text, str) else ""
+    raise Invalid(f"expected one of {', '.join(map(show, names))}, got {show(value)}{hint}")
+
+
+def array_of(item: Callable[[Any], T], what: str) -> Callable[[Any], tuple[T, ...]]:
+    """A converter for arrays that reports every bad item, each at its index."""
+
+    def convert(value: Any) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            raise expected(f"an array of {what}", value)
+        results, errors = [], []
+        for index, raw in enumerate(value):
+            try:
+                results.append(item(raw))
+            except Invalid as error:
+                errors += [((index, *at), message) for at, message in error.errors]
+        if errors:
+            raise Invalid.many(errors)
+        return tuple(results)
+
+    return convert
+
+
+def duration(value: Any, positive: bool = False) -> float:
+    """Seconds from a number or a string like "500ms", "1.5s", "2m30s", "1h"."""
+    seconds = _parse_duration(value)
+    if seconds is None or not math.isfinite(seconds):
+        raise expected(f"a duration like {DURATION_EXAMPLES}", value)
+    if seconds < 0 or (positive and seconds == 0):
+        raise expected(f"a duration {'> 0' if positive else '>= 0'}", value)
+    return seconds
+
+
+def _parse_duration(value: Any) -> float | None:
+    if is_number(value):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.lower()
+    parts = list(_DURATION_PART.finditer(text))
+    if not parts or "".join(part.group(0) for part in parts) != text:
+        return None
+    return sum(float(part[1]) * _DURATION_UNITS[part[2]] for part in parts)
+
+
+def size(value: Any, positive: bool = False) -> int:
+    """Bytes from an integer or a string like "100B", "512K", "300M", "300MiB", "1G"."""
+    amount = _parse_size(value)
+    if amount is None:
+        raise expected(f"a size like {SIZE_EXAMPLES}", value)
+    if amount < 0 or (positive and amount == 0):
+        raise expected(f"a size {'> 0' if positive else '>= 0'}", value)
+    return amount
+
+
+def _parse_size(value: Any) -> int | None:
+    if is_int(value):
+        return value
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    number_text, prefix, suffix, _ = match.groups()
+    return int(float(number_text) * _SIZE_UNITS[(prefix or "").lower()])
+
+
+def stop_signal(value: Any) -> signal.Signals:
+    """A real signal from "SIGTERM", "TERM", "term" or its number."""
+    if is_int(value):
+        try:
+            return signal.Signals(value)
+        except ValueError:
+            pass
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if name in signal.Signals.__members__:
+            return signal.Signals[name]
+        hint = did_you_mean(name[3:], [known[3:] for known in signal.Signals.__members__], '"SIG{}"')
+        raise Invalid(f'expected a signal like "SIGTERM" or a number, got {show(value)}{hint}')
+    raise expected('a signal like "SIGTERM" or a number', value)
+
+
+def absolute(base: Path, text: str) -> Path:
+    """``text`` as an absolute, normalized path; relative means relative to ``base``."""
+    return Path(os.path.abspath(base / os.path.expanduser(text)))
+
+
+def directory(base: Path, value: Any) -> Path:
+    """An existing directory, relative to ``base``: a typo fails at load, not at spawn."""
+    path = absolute(base, string(value))
+    if not path.is_dir():
+        raise Invalid(f"{'not a directory' if path.exists() else 'no such directory'}: {path}")
+    return path
+
+
+def listen_address(base: Path, value: Any) -> str:
+    """Check "host:port", "[v6]:port" or "unix:/path".
+
+    The daemon binds these itself, so a typo must fail at `check` time and
+    not at the first restart. A relative unix socket path is made absolute
+    against ``base`` (the config's directory), like every other path.
+    """
+    if not isinstance(value, str):
+        raise expected(f"an address {LISTEN_EXAMPLES}", value)
+    if value.startswith("unix:"):
+        socket_path = value.removeprefix("unix:")
+        if not socket_path:
+            raise expected('a socket path after "unix:"', value)
+        return value if socket_path.startswith("@") else f"unix:{absolute(base, socket_path)}"
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isascii() or not port.isdigit():
+        raise expected(f"an address {LISTEN_EXAMPLES}", value)
+    if int(port) > 65535:
+        raise expected("a port from 0 to 65535", value)
+    if not _valid_host(host):
+        raise expected("an IPv4 address, [IPv6] address or host name before the port", value)
+    return value
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        if host.startswith("[") and host.endswith("]"):
+            ipaddress.IPv6Address(host[1:-1])
+        elif re.fullmatch(r"[0-9.]+", host):
+            ipaddress.IPv4Address(host)
+        else:
+            return _HOSTNAME.fullmatch(host) is not None
+    except ValueError:
+        return False
+    return True
+
+
+def env(value: Any) -> dict[str, str]:
+    """Environment strings; numbers and booleans are written as TOML spells them."""
+    if not isinstance(value, dict):
+        raise expected('a table like { MODE = "prod" }', value)
+    result, errors = {}, []
+    for key, item in value.items():
+        if not key or "=" in key or "\0" in key:
+            errors.append(((key,), 'environment names may not be empty or contain "="'))
+        elif isinstance(item, str | int | float) and "\0" not in str(item):
+            result[key] = show(item) if isinstance(item, bool) else str(item)
+        else:
+            errors.append(((key,), expected("a string, number or boolean", item).args[0]))
+    if errors:
+        raise Invalid.many(errors)
+    return result
+
+
+def command(value: Any) -> tuple[str, ...]:
+    """The argv template: a shell-split string or an array of strings."""
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as error:
+            raise Invalid(f"cannot split into words: {error}") from None
+        if not argv:
+            raise expected("a non-empty command", value)
+        try:
+            return array_of(_template, "strings")(argv)
+        except Invalid as error:  # words of a string have no key path of their own
+            raise Invalid.many([((), message) for _, message in error.errors]) from None
+    if isinstance(value, list) and value:
+        return array_of(_template, "strings")(value)
+    raise expected("a command string or a non-empty array of strings", value)
+
+
+def _template(value: Any) -> str:
+    placeholders(string(value))
+    return value
+
+
+def placeholders(part: str) -> set[str]:
+    """The placeholders ``part`` uses; any other one, or a stray brace, is Invalid."""
+    try:
+        names = {name for _, name, _, _ in _string.Formatter().parse(part) if name is not None}
+    except ValueError:
+        raise Invalid(f"stray brace in {show(part)} (write {{{{ or }}}} for a literal one)") from None
+    for name in names:
+        if re.split(r"[.\[]", name)[0] not in PLACEHOLDERS:
+            hint = did_you_mean(name, PLACEHOLDERS, template="{{{}}}")
+            known = "use {app}, {instance} or {port}"
+            raise Invalid(f"unknown placeholder {{{name}}} in {show(part)}{hint}; {known}")
+    try:
+        part.format(app="app", instance=0, port=1)
+    except (ValueError, LookupError, AttributeError, TypeError) as error:
+        raise Invalid(f"bad template {show(part)}: {error}") from None
+    return names

@@ -1,0 +1,518 @@
+"""The supervisor core, sans-IO.
+
+Events arrive in the past tense (a process was spawned, exited, a command
+was received, a deadline passed); actions leave in the imperative (spawn,
+signal, kill, reply, publish, exit). The core never reads a clock, touches a
+process or a socket: ``now`` comes with every event and randomness from an
+injected ``random.Random``. That is what lets tests replay thousands of fault
+schedules with a fake clock, and keeps policy readable in one place.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from supervise.config import AppConfig, Config
+from supervise.instance import (
+    LIVE_STATES,
+    BecameReady,
+    Context,
+    Died,
+    Effect,
+    ExitReason,
+    Halt,
+    Input,
+    Instance,
+    KillProcess,
+    Launch,
+    SignalProcess,
+    SpawnProcess,
+    StartFailed,
+    Started,
+    State,
+    TimerFired,
+    step,
+)
+from supervise.policy import CrashLoopBreaker
+
+# Events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    spawn_id: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    spawn_id: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    spawn_id: int
+    code: int | None
+    signal: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    spawn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """An operator's command. ``targets`` are app names or instance names (``web:1``)."""
+
+    request_id: object
+    verb: str  # status | start | stop | restart | scale | shutdown
+    targets: tuple[str, ...] = ()
+    count: int | None = None
+    timeout: float | None = None  # reply with an error if not done by then
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRequested:
+    """SIGTERM/SIGINT: drain everything, then exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineReached:
+    pass
+
+
+Event = Spawned | SpawnFailed | Exited | Ready | CommandReceived | ShutdownRequested | DeadlineReached
+
+# Actions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    spawn_id: int
+    app: AppConfig
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    spawn_id: int
+    pid: int
+    signal: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillTree:
+    spawn_id: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: object
+    ok: bool
+    result: object = None
+    error: str | None = None
+    usage: bool = False  # the request itself was wrong (exit code 2), not the operation
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    event: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    code: int
+
+
+Action = Spawn | Signal | KillTree | Reply | Publish | Exit
+
+Key = tuple[str, int]
+
+
+class _Timers:
+    """Deadlines by key, earliest first; stale heap entries are skipped lazily."""
+
+    def __init__(self) -> None:
+        self._when: dict[object, float] = {}
+        self._heap: list[tuple[float, int, object]] = []
+        self._seq = 0
+
+    def set(self, key: object, when: float | None) -> None:
+        if when is None:
+            self._when.pop(key, None)
+            return
+        if self._when.get(key) == when:
+            return
+        self._when[key] = when
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, key))
+        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._when):
+            self._heap = [(w, i, k) for w, i, k in self._heap if self._when.get(k) == w]
+            heapq.heapify(self._heap)
+
+    def _drop_stale(self) -> None:
+        while self._heap and self._when.get(self._heap[0][2]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+
+    def next(self) -> float | None:
+        self._drop_stale()
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[object]:
+        due = []
+        self._drop_stale()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, key = heapq.heappop(self._heap)
+            del self._when[key]
+            due.append(key)
+            self._drop_stale()
+        return due
+
+
+@dataclass(slots=True)
+class _App:
+    config: AppConfig
+    slots: dict[int, Instance] = field(default_factory=dict)
+    target: int = 0
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A command whose reply waits until the instances it touched settle."""
+
+    request_id: object
+    verb: str
+    keys: frozenset[Key]
+    spawn_ids: dict[Key, int | None]  # the spawn each key had when the command came
+    app: str | None = None
+
+
+class Core:
+    def __init__(self, config: Config, rng: random.Random) -> None:
+        self.config = config
+        self.rng = rng
+        self.apps: dict[str, _App] = {
+            name: _App(app, target=app.instances) for name, app in config.apps.items()
+        }
+        self.shutting_down = False
+        self._spawn_ids: dict[int, Key] = {}
+        self._current_spawn: dict[Key, int] = {}
+        self._next_spawn_id = 1
+        self._timers = _Timers()
+        self._waiters: dict[object, _Waiter] = {}
+        self._exited = False
+
+    # -- the public surface -------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """Bring every app up to its instance count."""
+        actions: list[Action] = [Publish({"type": "daemon", "event": "started"})]
+        for app in self.apps.values():
+            actions += self._converge(app, now)
+        return actions
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        actions: list[Action] = []
+        match event:
+            case Spawned(spawn_id=sid, pid=pid):
+                actions += self._feed_spawn(sid, Started(pid), now)
+            case SpawnFailed(spawn_id=sid, error=error):
+                actions += self._feed_spawn(sid, StartFailed(error), now)
+            case Exited(spawn_id=sid, code=code, signal=sig):
+                actions += self._feed_spawn(sid, Died(code, sig), now, retire=True)
+            case Ready(spawn_id=sid):
+                actions += self._feed_spawn(sid, BecameReady(), now)
+            case CommandReceived():
+                actions += self._command(event, now)
+            case ShutdownRequested():
+                actions += self._shutdown(now)
+            case DeadlineReached():
+                actions += self._deadlines(now)
+        actions += self._settle_waiters(now)
+        if self.shutting_down and not self._exited and self.live_count() == 0:
+            self._exited = True
+            actions.append(Publish({"type": "daemon", "event": "stopped"}))
+            actions.append(Exit(0))
+        return actions
+
+    def next_deadline(self) -> float | None:
+        return self._timers.next()
+
+    def live_count(self) -> int:
+        return sum(1 for app in self.apps.values() for i in app.slots.values() if i.state in LIVE_STATES)
+
+    def instance(self, name: str) -> Instance | None:
+        app, _, index = name.partition(":")
+        a = self.apps.get(app)
+        return a.slots.get(int(index)) if a and index.isdigit() else None
+
+    def spawn_id_of(self, inst: Instance) -> int | None:
+        return self._current_spawn.get((inst.app, inst.index))
+
+    # -- feeding the state machines -------------------------------------------------
+
+    def _feed(self, app: _App, inst: Instance, event: Input, now: float) -> list[Action]:
+        before = inst.state
+        before_exit = inst.last_exit
+        effects = step(inst, event, Context(app.config, now, self.rng))
+        key = (inst.app, inst.index)
+        actions = self._carry_out(app, inst, effects)
+        exited = inst.last_exit is not before_exit
+        if inst.state is not before or exited:
+            actions.append(Publish(self._state_event(inst, before, exited)))
+        self._timers.set(key, inst.deadline)
+        actions += self._retire_if_surplus(app, inst)
+        return actions
+
+    def _feed_spawn(self, spawn_id: int, event: Input, now: float, retire: bool = False) -> list[Action]:
+        key = self._spawn_ids.get(spawn_id)
+        if key is None:
+            return []  # an exit or beat from a process we no longer track
+        if retire:
+            del self._spawn_ids[spawn_id]
+        if self._current_spawn.get(key) != spawn_id:
+            return []
+        if retire:
+            del self._current_spawn[key]
+        app = self.apps[key[0]]
+        return self._feed(app, app.slots[key[1]], event, now)
+
+    def _carry_out(self, app: _App, inst: Instance, effects: Iterable[Effect]) -> list[Action]:
+        key = (inst.app, inst.index)
+        actions: list[Action] = []
+        for effect in effects:
+            match effect:
+                case SpawnProcess():
+                    sid = self._next_spawn_id
+                    self._next_spawn_id += 1
+                    self._spawn_ids[sid] = key
+                    self._current_spawn[key] = sid
+                    actions.append(Spawn(sid, app.config, inst.index))
+                case SignalProcess(signal=sig):
+                    actions.append(Signal(self._current_spawn[key], inst.pid, sig))
+                case KillProcess():
+                    actions.append(KillTree(self._current_spawn[key], inst.pid))
+        return actions
+
+    def _state_event(self, inst: Instance, before: State, exited: bool) -> dict:
+        event = {"type": "state", "name": inst.name, "app": inst.app, "index": inst.index,
+                 "from": str(before), "to": str(inst.state), "pid": inst.pid}
+        if exited and inst.last_exit is not None:
+            event["exit"] = inst.last_exit.as_json()
+        return event
+
+    # -- convergence, scaling, removal ----------------------------------------------
+
+    def _converge(self, app: _App, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for index in range(app.target):
+            if index not in app.slots:
+                app.slots[index] = Instance(app.config.name, index, CrashLoopBreaker(app.config.crash_loop))
+                actions += self._feed(app, app.slots[index], Launch(), now)
+        for index, inst in sorted(app.slots.items(), reverse=True):  # highest indexes first
+            if index < app.target:
+                continue
+            if inst.state is State.STOPPED:
+                actions += self._retire_if_surplus(app, inst)
+            else:  # also a stopping one, to cancel a pending restart
+                actions += self._feed(app, inst, Halt(ExitReason.STOPPED), now)
+        return actions
+
+    def _retire_if_surplus(self, app: _App, inst: Instance) -> list[Action]:
+        """A slot above the app's count disappears once its process is gone."""
+        if inst.index >= app.target and inst.state is State.STOPPED:
+            del app.slots[inst.index]
+            self._timers.set((inst.app, inst.index), None)
+            return [Publish({"type": "removed", "name": inst.name, "app": inst.app, "index": inst.index})]
+        return []
+
+    def _deadlines(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for key in self._timers.pop_due(now):
+            if isinstance(key, tuple) and key and key[0] == "waiter":
+                waiter = self._waiters.pop(key[1], None)
+                if waiter is not None:
+                    actions.append(Reply(waiter.request_id, False, error=f"{waiter.verb}: timed out; "
+                                         + self._describe(waiter.keys)))
+                continue
+            app = self.apps.get(key[0])
+            inst = app.slots.get(key[1]) if app else None
+            if inst is not None and inst.deadline is not None and inst.deadline <= now:
+                actions += self._feed(app, inst, TimerFired(), now)
+        return actions
+
+    def _shutdown(self, now: float) -> list[Action]:
+        if self.shutting_down:
+            return []
+        self.shutting_down = True
+        actions: list[Action] = [Publish({"type": "daemon", "event": "draining"})]
+        for app in self.apps.values():
+            for inst in list(app.slots.values()):
+                actions += self._feed(app, inst, Halt(ExitReason.STOPPED), now)
+        return actions
+
+    # -- commands -------------------------------------------------------------------
+
+    def _resolve(self, targets: tuple[str, ...]) -> list[Key] | str:
+        keys: list[Key] = []
+        for target in targets:
+            app_name, colon, index = target.partition(":")
+            app = self.apps.get(app_name)
+            if app is None:
+                known = ", ".join(self.apps) or "none"
+                return f"no app named {app_name!r} (apps: {known})"
+            if not colon:
+                keys += [(app_name, i) for i in sorted(app.slots)]
+            elif index.isdigit() and int(index) in app.slots:
+                keys.append((app_name, int(index)))
+            else:
+                return f"no instance {target!r} ({app_name} has {app.target}: indexes 0..{app.target - 1})"
+        return list(dict.fromkeys(keys))
+
+    def _command(self, cmd: CommandReceived, now: float) -> list[Action]:
+        rid = cmd.request_id
+        if cmd.verb == "status":
+            keys = self._resolve(cmd.targets) if cmd.targets else None
+            if isinstance(keys, str):
+                return [Reply(rid, False, error=keys, usage=True)]
+            return [Reply(rid, True, result=self.status(now, keys))]
+        if cmd.verb == "shutdown":
+            live = self.live_count()
+            return [Reply(rid, True, result={"draining": live})] + self._shutdown(now)
+        if self.shutting_down:
+            return [Reply(rid, False, error="the daemon is shutting down")]
+        match cmd.verb:
+            case "start" | "stop" | "restart":
+                keys = self._resolve(cmd.targets)
+                if isinstance(keys, str):
+                    return [Reply(rid, False, error=keys, usage=True)]
+                return self._start_stop(cmd, keys, now)
+            case "scale":
+                return self._scale(cmd, now)
+        return [Reply(rid, False, error=f"unknown command {cmd.verb!r}", usage=True)]
+
+    def _start_stop(self, cmd: CommandReceived, keys: list[Key], now: float) -> list[Action]:
+        event: Input = {
+            "start": Launch(manual=True),
+            "stop": Halt(ExitReason.STOPPED),
+            "restart": Halt(ExitReason.STOPPED, then_start=True),
+        }[cmd.verb]
+        if cmd.verb != "stop":
+            surplus = [f"{a}:{i}" for a, i in keys if i >= self.apps[a].target]
+            if surplus and len(cmd.targets) == 1 and ":" in cmd.targets[0]:
+                return [Reply(cmd.request_id, False, error=f"{surplus[0]} is being removed by a scale-down")]
+            keys = [(a, i) for a, i in keys if i < self.apps[a].target]
+        spawn_ids = {key: self._current_spawn.get(key) for key in keys}
+        actions: list[Action] = []
+        for app_name, index in keys:
+            app = self.apps[app_name]
+            actions += self._feed(app, app.slots[index], event, now)
+        self._add_waiter(_Waiter(cmd.request_id, cmd.verb, frozenset(keys), spawn_ids), cmd.timeout, now)
+        return actions
+
+    def _scale(self, cmd: CommandReceived, now: float) -> list[Action]:
+        rid = cmd.request_id
+        if len(cmd.targets) != 1 or ":" in cmd.targets[0] or cmd.count is None or cmd.count < 0:
+            return [Reply(rid, False, error="usage: scale APP N (N >= 0)", usage=True)]
+        app = self.apps.get(cmd.targets[0])
+        if app is None:
+            return [Reply(rid, False, error=f"no app named {cmd.targets[0]!r} (apps: {', '.join(self.apps)})",
+                          usage=True)]
+        before = set(app.slots)
+        app.target = cmd.count
+        actions = self._converge(app, now)
+        keys = frozenset((app.config.name, i) for i in set(app.slots) - before)
+        self._add_waiter(_Waiter(rid, "scale", keys, {}, app=app.config.name), cmd.timeout, now)
+        return actions + [Publish({"type": "scaled", "app": app.config.name, "instances": app.target})]
+
+    def _add_waiter(self, waiter: _Waiter, timeout: float | None, now: float) -> None:
+        self._waiters[waiter.request_id] = waiter
+        if timeout is not None:
+            self._timers.set(("waiter", waiter.request_id), now + timeout)
+
+    def _settle_waiters(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for rid, waiter in list(self._waiters.items()):
+            verdict = self._verdict(waiter)
+            if verdict is None:
+                continue
+            del self._waiters[rid]
+            self._timers.set(("waiter", rid), None)
+            ok, message = verdict
+            actions.append(Reply(rid, ok, result=self.status(now, sorted(waiter.keys)) if ok else None,
+                                 error=None if ok else message))
+        return actions
+
+    def _verdict(self, waiter: _Waiter) -> tuple[bool, str] | None:
+        """(ok, why) once every instance a command touched has settled, else None."""
+        insts = [self._slot(key) for key in waiter.keys]
+        if waiter.verb == "stop":
+            if all(i is None or i.state is State.STOPPED for i in insts):
+                return True, ""
+            return None
+        if waiter.verb == "scale":
+            app = self.apps[waiter.app]
+            if any(i >= app.target for i in app.slots):
+                return None
+        gave_up = [i for i in insts if i is not None and i.state in (State.FAILED, State.STOPPED)]
+        if gave_up:
+            return False, self._describe(frozenset((i.app, i.index) for i in gave_up))
+        for key, inst in zip(waiter.keys, insts):
+            if inst is None or inst.state is not State.RUNNING:
+                return None
+            if waiter.verb == "restart" and self._current_spawn.get(key) == waiter.spawn_ids.get(key):
+                return None
+        return True, ""
+
+    def _slot(self, key: Key) -> Instance | None:
+        app = self.apps.get(key[0])
+        return app.slots.get(key[1]) if app else None
+
+    def _describe(self, keys: frozenset[Key]) -> str:
+        parts = []
+        for key in sorted(keys):
+            inst = self._slot(key)
+            if inst is None:
+                continue
+            text = f"{inst.name} is {inst.state}"
+            if inst.last_exit is not None:
+                e = inst.last_exit
+                detail = e.error or (f"signal {e.signal}" if e.signal else f"exit code {e.code}")
+                text += f" (last exit: {e.reason}, {detail})"
+            parts.append(text)
+        return "; ".join(parts)
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self, now: float, keys: list[Key] | None = None) -> dict:
+        wanted = set(keys) if keys is not None else None
+        apps = []
+        for name, app in self.apps.items():
+            rows = []
+            for index in sorted(app.slots):
+                if wanted is not None and (name, index) not in wanted:
+                    continue
+                rows.append(self._instance_json(app.slots[index], now))
+            if wanted is None or rows:
+                apps.append({"name": name, "target": app.target, "instances": rows})
+        return {"apps": apps}
+
+    def _instance_json(self, inst: Instance, now: float) -> dict:
+        live = inst.state in LIVE_STATES and inst.spawned_at is not None
+        return {
+            "name": inst.name,
+            "index": inst.index,
+            "state": str(inst.state),
+            "pid": inst.pid,
+            "restarts": inst.restarts,
+            "uptime": round(now - inst.spawned_at, 3) if live else None,
+            "rss": None,
+            "heartbeat_age": None,
+            "last_exit": inst.last_exit.as_json() if inst.last_exit else None,
+        }

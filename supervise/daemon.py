@@ -1,0 +1,406 @@
+"""The event loop: sockets, signals, timers and processes around the pure core.
+
+One asyncio loop, one thread owning all state. Child exits arrive through a
+pidfd becoming readable (SIGCHLD as the fallback and for orphans we reap as
+a subreaper), commands through the control socket, signals through asyncio's
+wakeup fd. Each becomes a core event; each action the core returns is
+carried out here. Blocking work (walking /proc to kill a process tree,
+rotating logs) runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fcntl
+import os
+import random
+import secrets
+import signal
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from supervise import logfiles, process, protocol
+from supervise.config import AppConfig, Config
+from supervise.core import (
+    Action,
+    CommandReceived,
+    Core,
+    Event,
+    Exit,
+    Exited,
+    KillTree,
+    Publish,
+    Reply,
+    ShutdownRequested,
+    Signal,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    DeadlineReached,
+)
+from supervise.history import History
+from supervise.paths import StatePaths
+
+LOG_CHECK_INTERVAL = 5.0
+MAX_FOLLOWERS = 64
+HEARTBEAT_INTERVAL = 1.0
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Worker:
+    spawn_id: int
+    name: str
+    app: AppConfig
+    child: process.Child  # without its pidfd: the loop owns that, the sweeper thread must not
+    token: str
+    pidfd: int | None
+
+
+def lock_state_dir(paths: StatePaths) -> int:
+    """Hold an exclusive POSIX lock on the state dir for the daemon's whole life.
+
+    A lock, not a pid file: the kernel drops it when the daemon dies however
+    it dies, so a stale file never blocks a restart, and the CLI can ask
+    (F_GETLK) whether a daemon is alive without taking the lock itself.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(paths.root, 0o700)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = paths.lock_holder()
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another supervise daemon (pid {holder}) is running on {paths.root}; "
+            "use `supervise status` to talk to it or `supervise shutdown` to stop it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class Daemon:
+    def __init__(self, config: Config, log, lock_fd: int) -> None:
+        self.config = config
+        self.log = log
+        self.paths = StatePaths(config.supervise.state_dir)
+        self.lock_fd = lock_fd
+        self.core = Core(config, random.Random())
+        self.history = History()
+        self.workers: dict[int, _Worker] = {}  # by pid
+        self.pids: dict[int, int] = {}  # spawn_id -> pid
+        self.followers: set[bytes] = set()
+        self.requests: dict[int, tuple[bytes, object]] = {}  # request id -> (routing id, client id)
+        self.malformed = 0
+        self._queue: deque[Event] = deque()
+        self._dispatching = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._exit: asyncio.Future[int] | None = None
+        self._next_request = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supervise-io")
+        self._base_env = dict(os.environ)
+        self.cgroups: process.Cgroups | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self._exit = loop.create_future()
+        loop.set_exception_handler(self._loop_error)
+        subreaper = process.become_subreaper()
+        self.cgroups = process.Cgroups.detect(str(os.getpid()))
+        self.ctx = zmq.Context()
+        self.control = self._bind_control()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.dispatch, ShutdownRequested())
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.log.info("daemon started", pid=os.getpid(), config=str(self.config.path),
+                      state_dir=str(self.paths.root), apps=len(self.config.apps),
+                      subreaper=subreaper, cgroups=self.cgroups is not None)
+        self._log_task = loop.create_task(self._rotate_logs_forever())
+        self._dispatching = True  # spawns report back through the queue, after these actions
+        self._run_actions(self.core.start(loop.time()))
+        self._drain_queue()
+        try:
+            return await self._exit
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        self._log_task.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            self.loop.remove_signal_handler(sig)
+        # Last sweep: anything still descending from us (a grandchild that
+        # escaped every process group) goes now, so shutdown leaves nothing.
+        leftovers = await self.loop.run_in_executor(self._executor, process.kill_all_descendants)
+        if leftovers:
+            self.log.warning("killed leftover descendants", count=leftovers)
+        self._reap()
+        for worker in self.workers.values():
+            self._forget_pidfd(worker)
+        self.loop.remove_reader(self.control.getsockopt(zmq.FD))
+        self.control.close(linger=200)
+        self.ctx.term()
+        self.paths.control_socket.unlink(missing_ok=True)
+        if self.cgroups is not None:
+            self.cgroups.close()
+        self._executor.shutdown(wait=True)
+        self.log.info("daemon stopped")
+
+    def _loop_error(self, loop, context) -> None:
+        self.log.error("internal error", message=context.get("message"), exc_info=context.get("exception"))
+
+    def _on_sighup(self) -> None:
+        self.log.warning("SIGHUP received: live config reload is not implemented yet; "
+                         "restart the daemon to apply config changes")
+
+    # -- the dispatch loop ------------------------------------------------------------
+
+    def dispatch(self, event: Event) -> None:
+        """Queue an event for the core; events raised while carrying out actions
+        (a spawn reporting its pid) are handled after the current batch, in order."""
+        self._queue.append(event)
+        if not self._dispatching:
+            self._drain_queue()
+
+    def _drain_queue(self) -> None:
+        self._dispatching = True
+        try:
+            while self._queue:
+                event = self._queue.popleft()
+                try:
+                    actions = self.core.handle(event, self.loop.time())
+                except Exception:
+                    self.log.exception("core failed on an event", event=repr(event))
+                    continue
+                self._run_actions(actions)
+        finally:
+            self._dispatching = False
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        self.dispatch(DeadlineReached())
+
+    def _run_actions(self, actions: list[Action]) -> None:
+        for action in actions:
+            try:
+                self._run_action(action)
+            except Exception:
+                self.log.exception("action failed", action=repr(action))
+
+    def _run_action(self, action: Action) -> None:
+        match action:
+            case Spawn():
+                self._spawn(action)
+            case Signal(pid=pid, signal=sig):
+                process.send_signal(pid, sig)
+                # A stopped (SIGSTOP) worker cannot act on its stop signal until continued.
+                process.send_signal(pid, signal.SIGCONT)
+            case KillTree(pid=pid):
+                worker = self.workers.get(pid)
+                if worker is not None:
+                    self.log.warning("stop_timeout passed, killing process tree", name=worker.name, pid=pid)
+                    self._sweep(worker)
+            case Reply():
+                self._reply(action)
+            case Publish(event=event):
+                self._publish(event)
+            case Exit(code=code):
+                if self._exit is not None and not self._exit.done():
+                    self._exit.set_result(code)
+
+    # -- processes --------------------------------------------------------------------
+
+    def _spawn(self, action: Spawn) -> None:
+        app, index = action.app, action.index
+        name = f"{app.name}:{index}"
+        token = secrets.token_hex(16)
+        env = dict(self._base_env)
+        env.update(app.env)
+        env.update({
+            "SUPERVISE_APP": app.name,
+            "SUPERVISE_INSTANCE": str(index),
+            "SUPERVISE_NAME": name,
+            "SUPERVISE_HEARTBEAT": f"ipc://{self.paths.heartbeat_socket}",
+            "SUPERVISE_TOKEN": token,
+            "SUPERVISE_HEARTBEAT_INTERVAL": str(_beat_interval(app)),
+        })
+        spec = process.SpawnSpec(
+            argv=tuple(app.argv(index)), cwd=app.cwd, env=env,
+            log_path=self.paths.log_file(app.name, index), name=name,
+        )
+        try:
+            child = process.spawn(spec, self.cgroups)
+        except process.SpawnError as exc:
+            self.log.error("spawn failed", name=name, error=str(exc))
+            self.dispatch(SpawnFailed(action.spawn_id, str(exc)))
+            return
+        worker = _Worker(action.spawn_id, name, app, dataclasses.replace(child, pidfd=None), token, child.pidfd)
+        self.workers[child.pid] = worker
+        self.pids[action.spawn_id] = child.pid
+        if worker.pidfd is not None:
+            self.loop.add_reader(worker.pidfd, self._reap)
+        self.dispatch(Spawned(action.spawn_id, child.pid))
+
+    def _reap(self) -> None:
+        """The one reaper: every exit, of workers and of orphans re-parented to us."""
+        for pid, code, sig in process.reap():
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue  # an orphaned grandchild; reaping it is all it needs
+            self._forget_pidfd(worker)
+            self.pids.pop(worker.spawn_id, None)
+            if not self.core.shutting_down:
+                self._sweep(worker)  # leftovers of the tree (KillMode=mixed semantics)
+            self.dispatch(Exited(worker.spawn_id, code, sig))
+
+    def _forget_pidfd(self, worker: _Worker) -> None:
+        if worker.pidfd is not None:
+            self.loop.remove_reader(worker.pidfd)
+            os.close(worker.pidfd)
+            worker.pidfd = None
+
+    def _sweep(self, worker: _Worker) -> None:
+        self.loop.run_in_executor(self._executor, _kill_tree_quietly, worker.child, worker.token, self.cgroups)
+
+    async def _rotate_logs_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_CHECK_INTERVAL)  # a periodic chore, not synchronization
+            jobs = {(w.app.name, int(w.name.rpartition(":")[2])): w.app for w in self.workers.values()}
+            await self.loop.run_in_executor(self._executor, self._rotate_logs, jobs)
+
+    def _rotate_logs(self, jobs: dict[tuple[str, int], AppConfig]) -> None:
+        for (app_name, index), app in jobs.items():
+            try:
+                logfiles.rotate_if_needed(self.paths.log_file(app_name, index), app.log_max_size, app.log_backups)
+            except OSError as exc:
+                self.log.warning("log rotation failed", app=app_name, index=index, error=str(exc))
+
+    # -- control channel --------------------------------------------------------------
+
+    def _bind_control(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished client raises, so followers get dropped
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES + 1024)
+        path = self.paths.control_socket
+        path.unlink(missing_ok=True)  # we hold the lock: any socket file here is stale
+        old_umask = os.umask(0o077)
+        try:
+            sock.bind(f"ipc://{path}")
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self.loop.add_reader(sock.getsockopt(zmq.FD), self._on_control)
+        return sock
+
+    def _on_control(self) -> None:
+        # zmq.FD is edge-triggered: drain every queued message before returning.
+        while self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) < 2:
+                self.malformed += 1
+                continue
+            self._on_request(frames[0], frames[1:])
+
+    def _on_request(self, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            req = protocol.decode_request(frames)
+        except protocol.ProtocolError as exc:
+            self.malformed += 1
+            self._send(peer, protocol.encode_reply(False, error=f"bad request: {exc}", usage=True))
+            return
+        if req.cmd == "events":
+            events = self.history.since(req.since)
+            self._send(peer, protocol.encode_reply(
+                True, {"events": events, "first": self.history.first_seq, "last": self.history.last_seq},
+                id=req.id))
+            if req.follow:
+                if len(self.followers) >= MAX_FOLLOWERS:
+                    self.followers.pop()
+                self.followers.add(peer)
+            return
+        self._next_request += 1
+        rid = self._next_request
+        self.requests[rid] = (peer, req.id)
+        self.dispatch(CommandReceived(rid, req.cmd, req.targets, req.count, req.timeout))
+
+    def _reply(self, reply: Reply) -> None:
+        peer, client_id = self.requests.pop(reply.request_id, (None, None))
+        if peer is None:
+            return
+        self._send(peer, protocol.encode_reply(reply.ok, reply.result, reply.error, reply.usage, id=client_id))
+
+    def _send(self, peer: bytes, payload: bytes) -> bool:
+        try:
+            self.control.send_multipart([peer, payload], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading
+            return False
+        finally:
+            # Sending can consume the edge of zmq.FD; look again for queued input.
+            if self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self.loop.call_soon(self._on_control)
+
+    def _publish(self, event: dict) -> None:
+        stamped = self.history.append(event, time.time())
+        if event.get("type") == "state":
+            fields = {k: v for k, v in event.items() if k in ("pid", "exit") and v is not None}
+            self.log.info(f"{event['name']} {event['from']} -> {event['to']}", **fields)
+        if self.followers:
+            payload = protocol.encode_event(stamped)
+            for peer in list(self.followers):
+                if not self._send(peer, payload):
+                    self.followers.discard(peer)
+
+
+def _beat_interval(app: AppConfig) -> float:
+    if app.heartbeat_timeout is None:
+        return HEARTBEAT_INTERVAL
+    return round(min(HEARTBEAT_INTERVAL, app.heartbeat_timeout / 3), 3)
+
+
+def _kill_tree_quietly(child: process.Child, token: str, cgroups: process.Cgroups | None) -> None:
+    try:
+        process.kill_tree(child, token)
+        if cgroups is not None and child.cgroup is not None:
+            cgroups.remove(child.cgroup)
+    except Exception:  # the sweep is best effort; the final shutdown sweep backs it up
+        pass
+
+
+def run(config: Config, log) -> int:
+    """Run the daemon in the foreground until it has drained; returns the exit code."""
+    paths = StatePaths(config.supervise.state_dir)
+    lock_fd = lock_state_dir(paths)
+    try:
+        return asyncio.run(Daemon(config, log, lock_fd).run())
+    finally:
+        os.close(lock_fd)

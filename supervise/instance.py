@@ -1,0 +1,320 @@
+"""One instance's state machine: its states, why it exited, and every legal transition.
+
+``step`` is the whole table: a ``match`` on (state, input). Anything not
+listed is a bug in the caller and raises :class:`InvalidTransition`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from supervise.config import AppConfig
+from supervise.policy import CrashLoopBreaker, backoff_delay, should_restart
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+
+
+LIVE_STATES = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+"""States in which a process may exist for the slot."""
+
+RESTING_STATES = frozenset({State.STOPPED, State.BACKOFF, State.FAILED})
+"""States in which no process exists for the slot."""
+
+
+class ExitReason(StrEnum):
+    CRASHED = "crashed"
+    EXITED = "exited"
+    HUNG = "hung"
+    MEMORY = "memory"
+    START_TIMEOUT = "start-timeout"
+    RELOAD = "reload"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+FAILURE_REASONS = frozenset(
+    {ExitReason.CRASHED, ExitReason.HUNG, ExitReason.MEMORY, ExitReason.START_TIMEOUT, ExitReason.LOST}
+)
+"""Exits that count towards backoff and the crash-loop breaker."""
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LastExit:
+    reason: ExitReason
+    code: int | None = None
+    signal: int | None = None
+    error: str | None = None  # why a spawn failed, when it did
+
+    def as_json(self) -> dict:
+        out = {"reason": str(self.reason), "code": self.code, "signal": self.signal}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+# Inputs to the state machine --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Bring the slot up. ``manual`` (an operator's start) also closes the breaker."""
+
+    manual: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """Take the process down gracefully, for ``reason``; ``then_start`` respawns after."""
+
+    reason: ExitReason = ExitReason.STOPPED
+    then_start: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class BecameReady:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Died:
+    code: int | None
+    signal: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    pass
+
+
+Input = Launch | Halt | Started | StartFailed | BecameReady | Died | TimerFired
+
+
+# Effects asked of the core -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnProcess:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SignalProcess:
+    signal: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillProcess:
+    pass
+
+
+Effect = SpawnProcess | SignalProcess | KillProcess
+
+
+@dataclass(slots=True)
+class Instance:
+    app: str
+    index: int
+    breaker: CrashLoopBreaker
+    state: State = State.STOPPED
+    pid: int | None = None
+    spawned_at: float | None = None
+    running_since: float | None = None
+    deadline: float | None = None
+    restarts: int = 0
+    failures: int = 0  # consecutive unhealthy runs, drives backoff
+    last_exit: LastExit | None = None
+    stop_reason: ExitReason = ExitReason.STOPPED
+    then_start: bool = False
+    killed: bool = False
+    last_delay: float | None = field(default=None, repr=False)  # for invariant checks
+
+    @property
+    def name(self) -> str:
+        return f"{self.app}:{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    app: AppConfig
+    now: float
+    rng: random.Random
+
+
+def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
+    """Apply one input to ``inst`` in place and return what must be done."""
+    match inst.state, event:
+        case (State.STOPPED | State.BACKOFF | State.FAILED), Launch(manual=manual):
+            if manual or inst.state is State.STOPPED:
+                inst.breaker.close()
+                inst.failures = 0
+            if inst.state is not State.STOPPED:
+                inst.restarts += 1
+            return _spawn(inst, ctx)
+        case (State.STARTING | State.RUNNING), Launch():
+            return []
+        case State.STOPPING, Launch():
+            inst.then_start = True
+            return []
+
+        case State.STARTING, Started(pid=pid):
+            inst.pid = pid
+            if ctx.app.readiness == "none":
+                return _become_running(inst, ctx)
+            inst.deadline = ctx.now + ctx.app.start_timeout
+            return []
+        case State.STOPPING, Started(pid=pid):
+            # Halted before the spawn was reported: deliver the stop now.
+            inst.pid = pid
+            inst.deadline = ctx.now + ctx.app.stop_timeout
+            return [SignalProcess(ctx.app.stop_signal)]
+
+        case State.STARTING, StartFailed(error=error):
+            return _after_exit(inst, LastExit(ExitReason.CRASHED, error=error), ctx)
+        case State.STOPPING, StartFailed(error=error):
+            inst.last_exit = LastExit(inst.stop_reason, error=error)
+            return _after_requested_stop(inst, ctx)
+
+        case State.STARTING, BecameReady():
+            return _become_running(inst, ctx)
+        case (State.RUNNING | State.STOPPING), BecameReady():
+            return []
+
+        case (State.STARTING | State.RUNNING), Died(code=code, signal=sig):
+            reason = ExitReason.EXITED if code == 0 else ExitReason.CRASHED
+            return _after_exit(inst, LastExit(reason, code, sig), ctx)
+        case State.STOPPING, Died(code=code, signal=sig):
+            inst.last_exit = LastExit(inst.stop_reason, code, sig)
+            return _after_requested_stop(inst, ctx)
+
+        case (State.STARTING | State.RUNNING), Halt(reason=reason, then_start=then_start):
+            inst.state = State.STOPPING
+            inst.stop_reason = reason
+            inst.then_start = then_start
+            inst.killed = False
+            if inst.pid is None:
+                inst.deadline = None
+                return []
+            inst.deadline = ctx.now + ctx.app.stop_timeout
+            return [SignalProcess(ctx.app.stop_signal)]
+        case State.STOPPING, Halt(reason=reason, then_start=then_start):
+            if reason is ExitReason.STOPPED:  # an operator's stop overrides a health restart
+                inst.stop_reason = reason
+            inst.then_start = then_start
+            return []
+        case (State.STOPPED | State.BACKOFF | State.FAILED), Halt(then_start=then_start):
+            inst.deadline = None
+            if then_start:
+                return step(inst, Launch(manual=True), ctx)
+            inst.state = State.STOPPED
+            return []
+
+        case State.STARTING, TimerFired():
+            # Not ready within start_timeout: a failed start, taken down gracefully.
+            return step(inst, Halt(ExitReason.START_TIMEOUT), ctx)
+        case State.STOPPING, TimerFired():
+            inst.deadline = None
+            inst.killed = True
+            return [KillProcess()]
+        case State.BACKOFF, TimerFired():
+            inst.restarts += 1
+            return _spawn(inst, ctx)
+        case State.FAILED, TimerFired():
+            inst.restarts += 1
+            return _spawn(inst, ctx)  # the half-open try
+
+        case _:
+            raise InvalidTransition(f"{inst.name}: {type(event).__name__} in state {inst.state}")
+
+
+def _spawn(inst: Instance, ctx: Context) -> list[Effect]:
+    inst.state = State.STARTING
+    inst.pid = None
+    inst.spawned_at = ctx.now
+    inst.running_since = None
+    inst.deadline = None
+    inst.then_start = False
+    inst.killed = False
+    return [SpawnProcess()]
+
+
+def _become_running(inst: Instance, ctx: Context) -> list[Effect]:
+    inst.state = State.RUNNING
+    inst.running_since = ctx.now
+    inst.deadline = None
+    return []
+
+
+def _ran_healthy(inst: Instance, ctx: Context) -> bool:
+    if inst.running_since is None:
+        return False
+    return ctx.now - inst.running_since >= ctx.app.backoff.reset_after
+
+
+def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Effect]:
+    """The process is gone without being asked to, or a health check took it down."""
+    inst.last_exit = last_exit
+    inst.pid = None
+    healthy = _ran_healthy(inst, ctx)
+    inst.running_since = None
+    inst.deadline = None
+    if healthy:
+        inst.failures = 0
+        inst.breaker.close()
+    if not should_restart(ctx.app.restart, clean_exit=last_exit.reason is ExitReason.EXITED):
+        inst.state = State.STOPPED
+        return []
+    if last_exit.reason in FAILURE_REASONS:
+        inst.failures += 1
+    if not inst.breaker.allows_restart(ctx.now):
+        inst.breaker.trip()
+        inst.state = State.FAILED
+        inst.deadline = ctx.now + ctx.app.crash_loop.cooldown
+        return []
+    inst.breaker.record_restart(ctx.now)
+    delay = backoff_delay(ctx.app.backoff, inst.failures, ctx.rng)
+    inst.last_delay = delay
+    if delay <= 0:
+        inst.restarts += 1
+        return _spawn(inst, ctx)
+    inst.state = State.BACKOFF
+    inst.deadline = ctx.now + delay
+    return []
+
+
+def _after_requested_stop(inst: Instance, ctx: Context) -> list[Effect]:
+    """The process is gone after a stop we asked for."""
+    reason = inst.stop_reason
+    then_start = inst.then_start
+    if reason in FAILURE_REASONS:  # hung, memory, start-timeout: health restarts
+        return _after_exit(inst, inst.last_exit, ctx)
+    inst.pid = None
+    inst.running_since = None
+    inst.deadline = None
+    if then_start:
+        inst.restarts += 1
+        return _spawn(inst, ctx)
+    inst.state = State.STOPPED
+    return []

@@ -1,0 +1,91 @@
+"""Per-instance log files: size-based rotation and reading the last lines.
+
+A worker writes straight into its log file through an O_APPEND descriptor
+it inherited at spawn, so the daemon can neither reopen that descriptor
+nor ask the worker to; rotation therefore copies and truncates in place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["rotate_if_needed", "tail"]
+
+COPY_CHUNK = 1 << 20
+TAIL_BLOCK = 8192
+BACKUP_MODE = 0o640
+
+
+def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
+    """Rotate `path` by copytruncate once it has reached `max_size` bytes; True if rotated.
+
+    Backups are `path.1` (newest) to `path.<backups>` (oldest); the oldest is
+    dropped. `backups == 0` just truncates. A missing file or a `max_size`
+    of 0 or less means nothing to do.
+
+    The copy reads until end of file, so what the worker appends while we
+    copy is kept. A line written between that last read and the truncate is
+    lost: the window is two syscalls wide, the price of not being able to
+    reopen the worker's descriptor. Because the worker's descriptor is
+    O_APPEND, its next write after the truncate lands at offset 0 (no hole).
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if max_size <= 0 or size < max_size:
+        return False
+    if backups <= 0:
+        os.truncate(path, 0)
+        return True
+    for index in range(backups - 1, 0, -1):
+        older = _backup(path, index)
+        if older.exists():
+            os.replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
+    _copy_then_truncate(path, _backup(path, 1))
+    return True
+
+
+def _backup(path: Path, index: int) -> Path:
+    return path.with_name(f"{path.name}.{index}")
+
+
+def _copy_then_truncate(src_path: Path, dst_path: Path) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    with open(src_path, "rb") as src, open(os.open(dst_path, flags, BACKUP_MODE), "wb") as dst:
+        while chunk := src.read(COPY_CHUNK):  # until EOF, so bytes appended meanwhile are copied too
+            dst.write(chunk)
+        # Right after the last read, before flushing our copy: as little time
+        # as possible for a line to slip in between and be lost.
+        os.truncate(src_path, 0)
+
+
+def tail(path: Path, lines: int, block_size: int = TAIL_BLOCK) -> list[str]:
+    """The last `lines` lines of `path`, without line endings; [] when it does not exist.
+
+    Reads backwards in blocks, so a huge log costs only what is shown.
+    Bytes that are not UTF-8 are replaced, never an error.
+    """
+    if lines <= 0:
+        return []
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        start = end
+        blocks: list[bytes] = []
+        newlines = 0
+        # One more newline than lines wanted guarantees the first kept line is whole.
+        while start > 0 and newlines <= lines:
+            block_end, start = start, max(0, start - block_size)
+            f.seek(start)
+            blocks.append(f.read(block_end - start))
+            newlines += blocks[-1].count(b"\n")
+    data = b"".join(reversed(blocks))
+    found = data.splitlines()
+    if start > 0:
+        found = found[1:]  # began mid-line
+    return [line.decode("utf-8", errors="replace") for line in found[-lines:]]

@@ -1,0 +1,110 @@
+"""Shared test helpers: waiting on conditions, and a real daemon in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+WORKERS = Path(__file__).parent / "integration" / "workers"
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, message: str = ""):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    """Every live process whose environment carries this test's marker."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SUPERVISE_TEST_MARKER") == marker and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+class Supervisor:
+    """A daemon on a config in a temp dir, driven through the real CLI."""
+
+    def __init__(self, tmp: Path, config: str) -> None:
+        self.dir = tmp
+        self.config = tmp / "supervise.toml"
+        self.config.write_text(textwrap.dedent(config).replace("{python}", sys.executable)
+                               .replace("{workers}", str(WORKERS)))
+        self.marker = uuid.uuid4().hex
+        self.env = dict(os.environ, SUPERVISE_TEST_MARKER=self.marker, PYTHONUNBUFFERED="1")
+        self.proc: subprocess.Popen | None = None
+        self.log = tmp / "daemon.log"
+
+    def start(self, wait: bool = True) -> "Supervisor":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervise", "run", "-c", str(self.config)],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env, cwd=self.dir,
+        )
+        if wait:
+            wait_until(lambda: self.cli("status").returncode == 0 or self.proc.poll() is not None,
+                       timeout=15, message="the daemon to answer")
+            assert self.proc.poll() is None, f"daemon exited early:\n{self.log.read_text()}"
+        return self
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "supervise", *args, "-c", str(self.config)],
+            capture_output=True, text=True, env=self.env, cwd=self.dir, timeout=timeout,
+        )
+
+    def status(self, *targets: str) -> dict[str, dict]:
+        """Instances by name, from `status --json`."""
+        result = self.cli("status", "--json", *targets)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        return {inst["name"]: inst for app in data["apps"] for inst in app["instances"]}
+
+    def wait_state(self, name: str, state: str, timeout: float = 10.0, **conditions) -> dict:
+        def check():
+            inst = self.status().get(name)
+            if inst and inst["state"] == state and all(inst.get(k) == v for k, v in conditions.items()):
+                return inst
+            return None
+        return wait_until(check, timeout, interval=0.02, message=f"{name} to be {state} {conditions}")
+
+    def stop_daemon(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> list[int]:
+        """Stop the daemon and kill anything it left; returns the pids that were left."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        leftovers = marked_processes(self.marker)
+        for proc in leftovers:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return [p.pid for p in leftovers]

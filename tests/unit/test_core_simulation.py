@@ -1,0 +1,263 @@
+"""Deterministic simulation of the core: random fault schedules with a fake clock.
+
+A small simulated OS plays the shell's part: it carries out the core's
+actions on fake processes that crash at random, ignore their stop signal at
+random, and die when killed. After every step the invariants of the issue
+are checked; at the end, with faults and commands stopped, every app must
+converge to its instance count.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from supervise.config import AppConfig, BackoffConfig, Config, CrashLoopConfig, Restart, SuperviseConfig
+from supervise.core import (
+    CommandReceived,
+    Core,
+    DeadlineReached,
+    Exit,
+    Exited,
+    KillTree,
+    Publish,
+    Reply,
+    ShutdownRequested,
+    Signal,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+)
+from supervise.instance import LIVE_STATES, State
+from supervise.policy import backoff_bounds
+
+KILL_LATENCY = 0.01  # a SIGKILLed fake process is gone this long after the kill
+
+
+@dataclass
+class FakeProcess:
+    pid: int
+    spawn_id: int
+    key: tuple[str, int]
+    ignores_term: bool
+    alive: bool = True
+    stop_signalled_at: float | None = None
+
+
+@dataclass(order=True)
+class Scheduled:
+    when: float
+    seq: int
+    what: str = field(compare=False)
+    arg: object = field(compare=False, default=None)
+
+
+class Simulation:
+    def __init__(self, seed: int, apps: dict[str, AppConfig]) -> None:
+        self.rng = random.Random(seed)
+        self.config = Config(Path("/sim/supervise.toml"), SuperviseConfig(Path("/sim/.supervise")), apps)
+        self.core = Core(self.config, random.Random(seed + 1))
+        self.now = 0.0
+        self.queue: list[Scheduled] = []
+        self.seq = 0
+        self.procs: dict[int, FakeProcess] = {}
+        self.next_pid = 100
+        self.faults = True
+        self.exited_code: int | None = None
+        self.replies: dict[object, Reply] = {}
+        self.events: list[dict] = []
+        self.spawn_fail_rate = 0.05
+        self.sent: list[object] = []
+
+    # -- the fake OS ----------------------------------------------------------------
+
+    def at(self, when: float, what: str, arg: object = None) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, Scheduled(when, self.seq, what, arg))
+
+    def carry_out(self, actions: list) -> None:
+        for action in actions:
+            match action:
+                case Spawn(spawn_id=sid, app=app, index=index):
+                    if self.faults and self.rng.random() < self.spawn_fail_rate:
+                        self.feed(SpawnFailed(sid, "simulated exec failure"))
+                        continue
+                    key = (app.name, index)
+                    live = [p for p in self.procs.values() if p.alive and p.key == key]
+                    assert not live, f"two live processes for {key}: {live} and a new spawn"
+                    pid = self.next_pid
+                    self.next_pid += 1
+                    self.procs[pid] = FakeProcess(pid, sid, key, ignores_term=self.rng.random() < 0.2)
+                    self.feed(Spawned(sid, pid))
+                case Signal(pid=pid):
+                    proc = self.procs[pid]
+                    assert proc.alive, "signalled a process the core knows is dead"
+                    if proc.stop_signalled_at is None:
+                        proc.stop_signalled_at = self.now
+                    if not proc.ignores_term:
+                        self.at(self.now + self.rng.uniform(0, 2.0), "exit", (pid, 0, None))
+                case KillTree(pid=pid):
+                    self.at(self.now + KILL_LATENCY, "exit", (pid, None, 9))
+                case Reply():
+                    self.replies[action.request_id] = action
+                case Publish(event=event):
+                    self.events.append(event)
+                case Exit(code=code):
+                    self.exited_code = code
+
+    def feed(self, event) -> None:
+        self.carry_out(self.core.handle(event, self.now))
+        self.check_invariants()
+
+    def process_exit(self, pid: int, code, sig) -> None:
+        proc = self.procs[pid]
+        if not proc.alive:
+            return
+        proc.alive = False
+        if proc.stop_signalled_at is not None:
+            app = self.config.apps[proc.key[0]]
+            assert self.now <= proc.stop_signalled_at + app.stop_timeout + KILL_LATENCY + 1e-9, \
+                "a stop did not end within stop_timeout plus the kill"
+        self.feed(Exited(proc.spawn_id, code, sig))
+
+    # -- the schedule ---------------------------------------------------------------
+
+    def random_fault(self) -> None:
+        live = [p for p in self.procs.values() if p.alive]
+        roll = self.rng.random()
+        if roll < 0.6 and live:
+            victim = self.rng.choice(live)
+            code, sig = self.rng.choice([(1, None), (0, None), (None, 9), (None, 11)])
+            self.process_exit(victim.pid, code, sig)
+        else:
+            self.random_command()
+
+    def random_command(self) -> None:
+        app = self.rng.choice(list(self.config.apps))
+        verb = self.rng.choice(["stop", "start", "restart", "scale", "status"])
+        self.seq += 1
+        rid = ("cmd", self.seq)
+        if verb == "scale":
+            cmd = CommandReceived(rid, "scale", (app,), count=self.rng.randint(0, 4), timeout=30.0)
+            self.sent.append(rid)
+            self.feed(cmd)
+            return
+        else:
+            target = app if self.rng.random() < 0.5 else f"{app}:{self.rng.randint(0, 3)}"
+            cmd = CommandReceived(rid, verb, (target,), timeout=30.0)
+        self.sent.append(rid)
+        self.feed(cmd)
+
+    def advance_to(self, when: float) -> None:
+        """Run every scheduled exit and core deadline up to ``when``, in time order."""
+        while True:
+            deadline = self.core.next_deadline()
+            scheduled = self.queue[0].when if self.queue else None
+            candidates = [t for t in (deadline, scheduled) if t is not None and t <= when]
+            if not candidates:
+                break
+            self.now = max(self.now, min(candidates))
+            if scheduled is not None and scheduled <= self.now:
+                item = heapq.heappop(self.queue)
+                self.process_exit(*item.arg)
+            else:
+                self.feed(DeadlineReached())
+        self.now = max(self.now, when)
+
+    # -- invariants -----------------------------------------------------------------
+
+    def check_invariants(self) -> None:
+        live_by_key: dict[tuple[str, int], int] = {}
+        for proc in self.procs.values():
+            if proc.alive:
+                live_by_key[proc.key] = live_by_key.get(proc.key, 0) + 1
+        assert all(n == 1 for n in live_by_key.values()), f"two live processes for one slot: {live_by_key}"
+        for app in self.core.apps.values():
+            for inst in app.slots.values():
+                key = (inst.app, inst.index)
+                if inst.state in (State.BACKOFF, State.FAILED, State.STOPPED):
+                    assert key not in live_by_key, f"{inst.name} is {inst.state} but its process lives"
+                if inst.state is State.RUNNING:
+                    assert live_by_key.get(key) == 1, f"{inst.name} is running without a process"
+                if inst.state is State.BACKOFF:
+                    low, high = backoff_bounds(app.config.backoff, inst.failures)
+                    assert low - 1e-9 <= inst.last_delay <= high + 1e-9, "backoff delay out of bounds"
+                    assert 0 < inst.deadline - self.now <= high + 1e-9
+
+    def converged(self) -> bool:
+        for app in self.core.apps.values():
+            if len(app.slots) != app.target:
+                return False
+            if any(i.state is not State.RUNNING for i in app.slots.values()):
+                return False
+        return True
+
+
+def make_apps(rng: random.Random) -> dict[str, AppConfig]:
+    apps = {}
+    for name in ("web", "worker"):
+        apps[name] = AppConfig(
+            name, ("x",), Path("/"), instances=rng.randint(1, 4),
+            restart=rng.choice([Restart.ALWAYS, Restart.ALWAYS, Restart.ON_FAILURE]),
+            stop_timeout=rng.choice([0.5, 2.0, 5.0]),
+            backoff=BackoffConfig(initial=0.1, max=rng.choice([1.0, 5.0]), multiplier=2.0, jitter=0.3,
+                                  reset_after=10.0),
+            crash_loop=CrashLoopConfig(max_restarts=rng.randint(2, 8), window=30.0, cooldown=20.0),
+        )
+    return apps
+
+
+def run_schedule(seed: int, steps: int = 60) -> Simulation:
+    rng = random.Random(seed)
+    sim = Simulation(seed, make_apps(rng))
+    sim.carry_out(sim.core.start(sim.now))
+    sim.check_invariants()
+    for _ in range(steps):
+        sim.advance_to(sim.now + rng.expovariate(4.0))
+        sim.random_fault()
+    # Faults stop; an operator starts everything once (clearing crash loops and
+    # stops), and the system must settle at every app's count.
+    sim.faults = False
+    for proc in sim.procs.values():
+        proc.ignores_term = False
+    for name in sim.config.apps:
+        sim.feed(CommandReceived(("final", name), "start", (name,), timeout=600.0))
+    sim.advance_to(sim.now + 120.0)
+    assert sim.converged(), f"seed {seed}: did not converge: " + repr(sim.core.status(sim.now))
+    for name in sim.config.apps:
+        reply = sim.replies[("final", name)]
+        assert reply.ok, reply.error
+    return sim
+
+
+@pytest.mark.parametrize("block", range(20))
+def test_random_fault_schedules(block):
+    for seed in range(block * 100, block * 100 + 100):  # 2,000 schedules in all
+        run_schedule(seed)
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_shutdown_after_random_faults_exits_with_nothing_alive(seed):
+    rng = random.Random(seed)
+    sim = Simulation(seed, make_apps(rng))
+    sim.carry_out(sim.core.start(sim.now))
+    for _ in range(30):
+        sim.advance_to(sim.now + rng.expovariate(4.0))
+        sim.random_fault()
+    sim.feed(ShutdownRequested())
+    sim.advance_to(sim.now + 60.0)
+    assert sim.exited_code == 0
+    assert not [p for p in sim.procs.values() if p.alive]
+    assert sim.events[-1] == {"type": "daemon", "event": "stopped"}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_every_command_gets_a_reply(seed):
+    sim = run_schedule(seed, steps=200)
+    assert len(sim.sent) > 20
+    missing = [rid for rid in sim.sent if rid not in sim.replies]
+    assert not missing, f"commands never answered: {missing}"

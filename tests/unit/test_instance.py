@@ -1,0 +1,286 @@
+"""Every transition of one instance's state machine, named test_transition_<from>_to_<to>."""
+
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from supervise.config import AppConfig, BackoffConfig, CrashLoopConfig, Readiness, Restart
+from supervise.instance import (
+    BecameReady,
+    Context,
+    Died,
+    ExitReason,
+    Halt,
+    Instance,
+    InvalidTransition,
+    KillProcess,
+    Launch,
+    SignalProcess,
+    SpawnProcess,
+    StartFailed,
+    Started,
+    State,
+    TimerFired,
+    step,
+)
+from supervise.policy import CrashLoopBreaker, backoff_bounds
+
+APP = AppConfig(
+    "web", ("x",), Path("/"), stop_timeout=5.0,
+    backoff=BackoffConfig(initial=1.0, max=8.0, multiplier=2.0, jitter=0.0, reset_after=60.0),
+    crash_loop=CrashLoopConfig(max_restarts=3, window=100.0, cooldown=300.0),
+)
+
+
+class Machine:
+    """One instance plus a clock, so each test reads as a history."""
+
+    def __init__(self, app: AppConfig = APP) -> None:
+        self.app = app
+        self.now = 0.0
+        self.inst = Instance("web", 0, CrashLoopBreaker(app.crash_loop))
+
+    def __call__(self, event, at: float | None = None):
+        if at is not None:
+            self.now = at
+        return step(self.inst, event, Context(self.app, self.now, random.Random(0)))
+
+    def running(self, pid: int = 10, at: float | None = None) -> None:
+        self(Launch(), at)
+        self(Started(pid))
+        assert self.inst.state is State.RUNNING
+
+    @property
+    def state(self) -> State:
+        return self.inst.state
+
+
+def test_transition_stopped_to_starting():
+    m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT, start_timeout=7.0))
+    assert m(Launch()) == [SpawnProcess()]
+    assert m.state is State.STARTING
+    assert m(Started(10)) == []
+    assert m.state is State.STARTING and m.inst.deadline == 7.0
+
+
+def test_transition_starting_to_running_without_readiness():
+    m = Machine()
+    m(Launch())
+    m(Started(10))
+    assert m.state is State.RUNNING and m.inst.pid == 10 and m.inst.deadline is None
+
+
+def test_transition_starting_to_running_on_ready():
+    m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT))
+    m(Launch())
+    m(Started(10))
+    m(BecameReady(), at=1.0)
+    assert m.state is State.RUNNING and m.inst.running_since == 1.0
+
+
+def test_transition_starting_to_stopping_on_start_timeout():
+    m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT, start_timeout=7.0))
+    m(Launch())
+    m(Started(10))
+    assert m(TimerFired(), at=7.0) == [SignalProcess(signal.SIGTERM)]
+    assert m.state is State.STOPPING and m.inst.stop_reason is ExitReason.START_TIMEOUT
+    m(Died(None, 15), at=7.1)
+    assert m.inst.last_exit.reason is ExitReason.START_TIMEOUT
+    assert m.state is State.STARTING  # a failed start is restarted: first restart is immediate
+
+
+def test_transition_running_to_starting_first_crash_is_immediate():
+    m = Machine()
+    m.running()
+    assert m(Died(1, None), at=5.0) == [SpawnProcess()]
+    assert m.state is State.STARTING
+    assert m.inst.last_exit.reason is ExitReason.CRASHED and m.inst.last_exit.code == 1
+    assert m.inst.restarts == 1
+
+
+def test_transition_running_to_backoff_on_second_crash():
+    m = Machine()
+    m.running()
+    m(Died(None, 9), at=1.0)
+    m(Started(11))
+    assert m(Died(None, 9), at=2.0) == []
+    assert m.state is State.BACKOFF and m.inst.deadline == 3.0  # initial = 1s
+    assert m(TimerFired(), at=3.0) == [SpawnProcess()]
+    assert m.state is State.STARTING and m.inst.restarts == 2
+
+
+def test_backoff_grows_geometrically_and_caps():
+    m = Machine(AppConfig("web", ("x",), Path("/"), backoff=APP.backoff,
+                          crash_loop=CrashLoopConfig(max_restarts=100, window=100.0)))
+    m.running()
+    delays = []
+    for k in range(6):
+        t = m.now + 0.5
+        m(Died(1, None), at=t)
+        if m.state is State.BACKOFF:
+            delays.append(m.inst.deadline - t)
+            m(TimerFired(), at=m.inst.deadline)
+        if m.state is State.FAILED:
+            break
+        m(Started(20 + k))
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0]  # first restart immediate, then x2 up to max
+
+
+def test_backoff_resets_after_healthy_run():
+    m = Machine()
+    m.running()
+    m(Died(1, None), at=1.0)
+    m(Started(11))
+    m(Died(1, None), at=2.0)
+    assert m.state is State.BACKOFF
+    m(TimerFired(), at=3.0)
+    m(Started(12))
+    m(Died(1, None), at=3.0 + 60.0)  # ran reset_after: counts as a first crash again
+    assert m.state is State.STARTING and m.inst.failures == 1
+
+
+def test_transition_running_to_failed_on_crash_loop_then_half_open():
+    m = Machine()
+    m.running()
+    for k in range(3):  # max_restarts = 3 restarts allowed in the window
+        m(Died(1, None), at=m.now + 0.1)
+        if m.state is State.BACKOFF:
+            m(TimerFired(), at=m.inst.deadline)
+        assert m.state is State.STARTING
+        m(Started(20 + k))
+    m(Died(1, None), at=m.now + 0.1)  # the 4th in the window trips the breaker
+    assert m.state is State.FAILED
+    assert m.inst.deadline == pytest.approx(m.now + 300.0)
+    # Half-open: one try after the cooldown; a quick crash opens the breaker again.
+    assert m(TimerFired(), at=m.inst.deadline) == [SpawnProcess()]
+    m(Started(30))
+    m(Died(1, None), at=m.now + 1.0)
+    assert m.state is State.FAILED
+
+
+def test_half_open_try_that_runs_healthy_closes_the_breaker():
+    m = Machine()
+    m.inst.breaker.trip()
+    m.inst.state = State.FAILED
+    m(TimerFired(), at=500.0)
+    m(Started(30))
+    m(Died(1, None), at=500.0 + 61.0)
+    assert m.state is State.STARTING and not m.inst.breaker.half_open
+
+
+def test_transition_failed_to_starting_on_manual_start():
+    m = Machine()
+    m.inst.breaker.trip()
+    m.inst.state = State.FAILED
+    m.inst.failures = 9
+    assert m(Launch(manual=True)) == [SpawnProcess()]
+    assert m.state is State.STARTING and m.inst.failures == 0 and not m.inst.breaker.half_open
+
+
+def test_transition_backoff_to_stopped_on_stop():
+    m = Machine()
+    m.running()
+    m(Died(1, None), at=1.0)
+    m(Started(11))
+    m(Died(1, None), at=1.5)
+    assert m.state is State.BACKOFF
+    assert m(Halt()) == []
+    assert m.state is State.STOPPED and m.inst.deadline is None
+
+
+def test_transition_running_to_stopping_to_stopped():
+    m = Machine()
+    m.running()
+    assert m(Halt(), at=1.0) == [SignalProcess(signal.SIGTERM)]
+    assert m.state is State.STOPPING and m.inst.deadline == 6.0
+    assert m(Died(0, None), at=2.0) == []
+    assert m.state is State.STOPPED and m.inst.last_exit.reason is ExitReason.STOPPED
+
+
+def test_transition_stopping_kill_after_stop_timeout():
+    m = Machine()
+    m.running()
+    m(Halt(), at=1.0)
+    assert m(TimerFired(), at=6.0) == [KillProcess()]
+    assert m.state is State.STOPPING and m.inst.killed
+    m(Died(None, 9), at=6.01)
+    assert m.state is State.STOPPED and m.inst.last_exit.signal == 9
+
+
+def test_transition_stopping_to_starting_on_restart():
+    m = Machine()
+    m.running()
+    m(Halt(then_start=True), at=1.0)
+    assert m(Died(0, None), at=1.5) == [SpawnProcess()]
+    assert m.state is State.STARTING and m.inst.restarts == 1
+
+
+def test_operator_stop_overrides_a_health_restart():
+    m = Machine()
+    m.running()
+    m(Halt(ExitReason.START_TIMEOUT), at=1.0)
+    m(Halt(ExitReason.STOPPED))
+    m(Died(0, None), at=1.5)
+    assert m.state is State.STOPPED
+
+
+@pytest.mark.parametrize("policy,code,expected", [
+    (Restart.ON_FAILURE, 0, State.STOPPED),
+    (Restart.ON_FAILURE, 1, State.STARTING),
+    (Restart.NEVER, 1, State.STOPPED),
+    (Restart.ALWAYS, 0, State.STARTING),
+])
+def test_transition_running_by_restart_policy(policy, code, expected):
+    m = Machine(AppConfig("web", ("x",), Path("/"), restart=policy))
+    m.running()
+    m(Died(code, None), at=1.0)
+    assert m.state is expected
+    assert m.inst.last_exit.reason is (ExitReason.EXITED if code == 0 else ExitReason.CRASHED)
+
+
+def test_transition_starting_spawn_failure_counts_as_crash():
+    m = Machine()
+    m(Launch())
+    m(StartFailed("command not found: 'nope'"), at=0.0)
+    assert m.state is State.STARTING  # immediate first retry
+    m(StartFailed("command not found: 'nope'"), at=0.0)
+    assert m.state is State.BACKOFF
+    assert m.inst.last_exit.error == "command not found: 'nope'"
+
+
+def test_halt_before_spawn_reported_stops_on_started():
+    m = Machine()
+    m(Launch())
+    assert m(Halt()) == []
+    assert m.state is State.STOPPING
+    assert m(Started(10), at=1.0) == [SignalProcess(signal.SIGTERM)]
+    assert m.inst.deadline == 6.0
+
+
+@pytest.mark.parametrize("state,event", [
+    (State.STOPPED, Died(0, None)),
+    (State.STOPPED, Started(1)),
+    (State.BACKOFF, Died(0, None)),
+    (State.RUNNING, Started(1)),
+    (State.FAILED, BecameReady()),
+    (State.STOPPED, TimerFired()),
+    (State.RUNNING, TimerFired()),
+])
+def test_invalid_transitions_raise(state, event):
+    m = Machine()
+    m.inst.state = state
+    with pytest.raises(InvalidTransition):
+        m(event)
+
+
+@pytest.mark.parametrize("failures", range(1, 12))
+def test_backoff_bounds(failures):
+    cfg = BackoffConfig(initial=0.1, max=30.0, multiplier=2.0, jitter=0.2)
+    low, high = backoff_bounds(cfg, failures)
+    if failures == 1:
+        assert (low, high) == (0.0, 0.0)
+    else:
+        base = min(30.0, 0.1 * 2 ** (failures - 2))
+        assert low == pytest.approx(base * 0.8) and high == pytest.approx(min(30.0, base * 1.2))
