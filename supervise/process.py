@@ -18,17 +18,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
-import secrets
-import select
 import signal
 import subprocess
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from supervise.cgroups import Cgroups, kill_cgroup
 
 __all__ = [
     "Cgroups", "Child", "SpawnError", "SpawnSpec", "become_subreaper", "kill_all_descendants",
@@ -47,7 +45,6 @@ _SAME_START = 0.005
 # forked between our listing and our kill); a bound keeps a fork bomb from
 # holding us forever (cgroup.kill is the real answer to fork bombs).
 _SWEEP_PASSES = 5
-_CGROUP_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class SpawnError(Exception):
@@ -245,7 +242,12 @@ def kill_tree(child: Child, token: str | None) -> int:
     """
     signalled: set[int] = set()
     if child.cgroup is not None:
-        signalled |= _kill_cgroup(child.cgroup) or set()
+        in_cgroup = kill_cgroup(child.cgroup)
+        if in_cgroup is not None:
+            # The cgroup holds every descendant (none can fork or setsid out of
+            # it), so the /proc walks below would find nothing more; only the
+            # process group covers the microseconds before the child was moved in.
+            return len(in_cgroup | _kill_process_group(child))
     for _ in range(_SWEEP_PASSES):
         found = (
             _kill_leader(child)
@@ -426,226 +428,3 @@ def _stat(pid: int) -> tuple[str, int] | None:
 def _is_zombie(pid: int) -> bool:
     stat = _stat(pid)
     return stat is not None and stat[0] == "Z"
-
-
-# -- cgroups --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Cgroups:
-    """Per-instance cgroup v2 leaves under a directory owned by this daemon.
-
-    A cgroup is the one container a process cannot leave by forking or
-    setsid, and `cgroup.kill` kills everything in it atomically, so with
-    cgroups `kill_tree` cannot miss a descendant. Each spawn gets a fresh
-    leaf: a sweep still pending for an old instance must never hit its
-    replacement.
-    """
-
-    root: Path  # <our cgroup>/supervise-<owner>
-
-    @classmethod
-    def detect(cls, owner: str) -> Cgroups | None:
-        """Create our directory in the cgroup2 hierarchy; None when there is none we may write."""
-        found = _own_cgroup_dir()
-        if found is None:
-            return None
-        mount_point, own = found
-        dirname = "supervise-" + _CGROUP_NAME_UNSAFE.sub("_", owner)
-        # Our own cgroup first; a sibling (in our parent) when ours refuses
-        # children, e.g. a subtree delegated read-only. Never above the mount.
-        for parent in (own, own.parent) if own != mount_point else (own,):
-            root = parent / dirname
-            try:
-                root.mkdir(exist_ok=True)
-            except OSError:
-                continue
-            if os.access(root / "cgroup.procs", os.W_OK):
-                return cls(root)
-            _rmdir_quietly(root)
-        return None
-
-    def create(self, name: str) -> Path | None:
-        """A new, empty leaf for one spawn of instance `name`; None on failure.
-
-        Empty leaves of earlier spawns of `name` are removed first, so leaves
-        do not pile up however often an instance restarts. (A sweep still
-        pending for one of them finds no directory and does nothing.)
-        """
-        base = _CGROUP_NAME_UNSAFE.sub("_", name)
-        for old in self.root.glob(f"{base}.*"):
-            _rmdir_tree(old)
-        for _ in range(8):
-            path = self.root / f"{base}.{secrets.token_hex(3)}"
-            try:
-                path.mkdir()
-                return path
-            except FileExistsError:
-                continue
-            except OSError:
-                return None
-        return None
-
-    def adopt(self, pid: int, name: str) -> Path | None:
-        """Move `pid` into a new leaf for `name`; None (and no leaf) when that fails."""
-        path = self.create(name)
-        if path is None:
-            return None
-        try:
-            _write(path / "cgroup.procs", str(pid))
-        except OSError:
-            # EBUSY (domain controllers enabled above us), ESRCH, EACCES: go without.
-            self.remove(path)
-            return None
-        return path
-
-    def kill(self, path: Path) -> bool:
-        """SIGKILL everything in the cgroup at `path`; False when it could not be done."""
-        return _kill_cgroup(path) is not None
-
-    def remove(self, path: Path) -> None:
-        """Remove the cgroup at `path` (and any sub-cgroups) if it is empty; never raises."""
-        if self.root in path.parents:
-            _rmdir_tree(path)
-
-    def close(self, timeout: float = 1.0) -> None:
-        """Remove our directory at daemon exit, waiting up to `timeout` for killed leaves to empty.
-
-        Never raises; a leaf whose processes are still alive then is left behind.
-        """
-        deadline = time.monotonic() + timeout
-        for leaf in self.root.iterdir() if self.root.is_dir() else ():
-            if leaf.is_dir():
-                _wait_unpopulated(leaf, deadline)
-        _rmdir_tree(self.root)
-
-
-def _own_cgroup_dir() -> tuple[Path, Path] | None:
-    """(cgroup2 mount point, our cgroup's directory), from /proc/self/cgroup and mountinfo."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            own = next(line[3:].rstrip("\n") for line in f if line.startswith("0::"))
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split() for line in f]
-    except (OSError, StopIteration):
-        return None
-    if own.endswith(" (deleted)") or "/.." in own:
-        return None  # our cgroup is gone, or outside our cgroup namespace
-    best: tuple[Path, Path] | None = None
-    best_root = ""
-    for fields in mounts:
-        sep = fields.index("-") if "-" in fields else -1
-        if sep < 0 or fields[sep + 1] != "cgroup2":
-            continue
-        # mountinfo escapes space, tab, newline and backslash as octal (\040).
-        mount_root, mount_point = (f.encode().decode("unicode_escape") for f in fields[3:5])
-        rel = _relative(own, mount_root)
-        if rel is not None and (best is None or len(mount_root) > len(best_root)):
-            best, best_root = (Path(mount_point), Path(mount_point) / rel), mount_root
-    return best if best is not None and best[1].is_dir() else None
-
-
-def _relative(path: str, root: str) -> str | None:
-    if root == "/":
-        return path.lstrip("/")
-    if path == root or path.startswith(root + "/"):
-        return path[len(root):].lstrip("/")
-    return None
-
-
-def _kill_cgroup(path: Path) -> set[int] | None:
-    """SIGKILL all of a cgroup and its sub-cgroups; the pids it held, or None on failure."""
-    if not path.is_dir():
-        return None
-    pids = _cgroup_pids(path)
-    try:
-        # cgroup.kill (Linux 5.14+) kills the whole subtree atomically: a
-        # process forking at that moment cannot slip out.
-        _write(path / "cgroup.kill", "1")
-        return pids
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return None
-    return _kill_cgroup_by_pids(path)
-
-
-def _kill_cgroup_by_pids(path: Path) -> set[int] | None:
-    # Older kernels: freeze (so nothing forks while we list), SIGKILL every
-    # pid, thaw. Frozen tasks still die of SIGKILL once thawed.
-    frozen = _try_write(path / "cgroup.freeze", "1")
-    signalled: set[int] = set()
-    try:
-        for _ in range(_SWEEP_PASSES):
-            pids = _cgroup_pids(path) - signalled
-            if not pids:
-                break
-            for pid in pids:
-                if send_signal(pid, signal.SIGKILL):
-                    signalled.add(pid)
-    finally:
-        if frozen:
-            _try_write(path / "cgroup.freeze", "0")
-    return signalled if path.is_dir() else None
-
-
-def _cgroup_pids(path: Path) -> set[int]:
-    pids: set[int] = set()
-    for dirpath, _, _ in os.walk(path):
-        try:
-            pids.update(int(line) for line in Path(dirpath, "cgroup.procs").read_text().split())
-        except (OSError, ValueError):
-            pass
-    return pids
-
-
-def _write(path: Path, text: str) -> None:
-    # One write(2) on the control file: cgroupfs acts on each write call.
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _try_write(path: Path, text: str) -> bool:
-    try:
-        _write(path, text)
-        return True
-    except OSError:
-        return False
-
-
-def _wait_unpopulated(path: Path, deadline: float) -> None:
-    # cgroup.events says "populated 0" once the last process has exited, and
-    # kernfs wakes poll() with POLLPRI on every change of it: no busy loop.
-    try:
-        fd = os.open(path / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLPRI)
-        while b"populated 1" in os.pread(fd, 4096, 0):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            poller.poll(remaining * 1000)
-    except OSError:
-        return
-    finally:
-        os.close(fd)
-
-
-def _rmdir_tree(path: Path) -> None:
-    # Deepest first: a cgroup with sub-cgroups cannot be removed. Only the
-    # directories are removed; their interface files vanish with them.
-    for dirpath, _, _ in os.walk(path, topdown=False):
-        _rmdir_quietly(Path(dirpath))
-
-
-def _rmdir_quietly(path: Path) -> None:
-    try:
-        path.rmdir()
-    except OSError:  # EBUSY: still populated; ENOENT: already gone
-        pass

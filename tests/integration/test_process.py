@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from supervise import logfiles, process
+from supervise import cgroups as cgroups_module
 from supervise.process import Cgroups, Child, SpawnError, SpawnSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -316,7 +317,7 @@ def test_cgroups_kill_and_pid_fallback(procs: Procs, cgroups: Cgroups) -> None:
     assert cgroups.kill(first.cgroup)
     assert procs.wait_exit(first) == (None, signal.SIGKILL)
     # The path for kernels without cgroup.kill: signal every pid listed.
-    assert process._kill_cgroup_by_pids(second.cgroup) == {second.pid}
+    assert cgroups_module._kill_cgroup_by_pids(second.cgroup) == {second.pid}
     assert procs.wait_exit(second) == (None, signal.SIGKILL)
     assert not cgroups.kill(cgroups.root / "missing")
 

@@ -32,7 +32,7 @@ from supervise.core import (
     Spawned,
     SpawnFailed,
 )
-from supervise.instance import LIVE_STATES, State
+from supervise.instance import State
 from supervise.policy import backoff_bounds
 
 KILL_LATENCY = 0.01  # a SIGKILLed fake process is gone this long after the kill
