@@ -99,8 +99,8 @@ class Daemon:
         self.history = History()
         self.workers: dict[int, _Worker] = {}  # by pid
         self.pids: dict[int, int] = {}  # spawn_id -> pid
-        self.followers: set[bytes] = set()
-        self.requests: dict[int, tuple[bytes, object]] = {}  # request id -> (routing id, client id)
+        self.followers: set[tuple[bytes, ...]] = set()  # envelopes
+        self.requests: dict[int, tuple[tuple[bytes, ...], object]] = {}  # request id -> (envelope, client id)
         self.malformed = 0
         self._queue: deque[Event] = deque()
         self._dispatching = False
@@ -327,9 +327,12 @@ class Daemon:
             if len(frames) < 2:
                 self.malformed += 1
                 continue
-            self._on_request(frames[0], frames[1:])
+            # A REQ client puts an empty delimiter after its identity; keep it
+            # in the envelope so the reply finds its way back.
+            split = 2 if len(frames) > 2 and frames[1] == b"" else 1
+            self._on_request(tuple(frames[:split]), frames[split:])
 
-    def _on_request(self, peer: bytes, frames: list[bytes]) -> None:
+    def _on_request(self, peer: tuple[bytes, ...], frames: list[bytes]) -> None:
         try:
             req = protocol.decode_request(frames)
         except protocol.ProtocolError as exc:
@@ -357,9 +360,9 @@ class Daemon:
             return
         self._send(peer, protocol.encode_reply(reply.ok, reply.result, reply.error, reply.usage, id=client_id))
 
-    def _send(self, peer: bytes, payload: bytes) -> bool:
+    def _send(self, envelope: tuple[bytes, ...], payload: bytes) -> bool:
         try:
-            self.control.send_multipart([peer, payload], zmq.NOBLOCK)
+            self.control.send_multipart([*envelope, payload], zmq.NOBLOCK)
             return True
         except zmq.ZMQError:  # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading
             return False

@@ -185,3 +185,29 @@ def test_garbage_on_control_socket_does_not_disturb_daemon(supervisor):
         sock.close()
         ctx.term()
     assert sup.status()["sleep:0"]["state"] == "running"
+
+
+@pytest.mark.parametrize("kind", ["REQ", "DEALER"])
+def test_protocol_spoken_from_raw_pyzmq(supervisor, kind):
+    """docs/protocol.md is enough to write a client: no supervise code on this side."""
+    import zmq
+
+    sup = supervisor(CONFIG)
+    sup.wait_state("sleep:0", "running")
+    ctx = zmq.Context()
+    sock = ctx.socket(getattr(zmq, kind))
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10000)
+    sock.connect(f"ipc://{sup.dir / '.supervise' / 'control.sock'}")
+    try:
+        sock.send(json.dumps({"v": 1, "cmd": "status", "targets": ["sleep:0"], "id": "q1"}).encode())
+        reply = json.loads(sock.recv())
+        assert reply["ok"] is True and reply["id"] == "q1"
+        assert reply["result"]["apps"][0]["instances"][0]["state"] == "running"
+        sock.send(json.dumps({"v": 1, "cmd": "stop", "targets": ["other"], "timeout": 10}).encode())
+        reply = json.loads(sock.recv())
+        assert reply["ok"] is True
+        assert reply["result"]["apps"][0]["instances"][0]["state"] == "stopped"
+    finally:
+        sock.close()
+        ctx.term()
