@@ -28,6 +28,9 @@ from supervise.instance import (
     Instance,
     KillProcess,
     Launch,
+    MemorySampled,
+    ReportedDrained,
+    SendDrain as SendDrainEffect,
     SignalProcess,
     SpawnProcess,
     StartFailed,
@@ -36,6 +39,7 @@ from supervise.instance import (
     TimerFired,
     step,
 )
+from supervise.instance import MEMORY_HYSTERESIS
 from supervise.policy import CrashLoopBreaker
 
 # Events -------------------------------------------------------------------------
@@ -66,6 +70,26 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class Beat:
+    """A valid heartbeat (the shell has checked its token); ``fields`` are its status fields."""
+
+    spawn_id: int
+    fields: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    spawn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    """One memory pass: RSS of each instance's process tree, by spawn id (None: gone)."""
+
+    rss: dict[int, int | None]
+
+
+@dataclass(frozen=True, slots=True)
 class CommandReceived:
     """An operator's command. ``targets`` are app names or instance names (``web:1``)."""
 
@@ -86,7 +110,8 @@ class DeadlineReached:
     pass
 
 
-Event = Spawned | SpawnFailed | Exited | Ready | CommandReceived | ShutdownRequested | DeadlineReached
+Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Drained | Sampled | CommandReceived | ShutdownRequested
+         | DeadlineReached)
 
 # Actions ------------------------------------------------------------------------
 
@@ -112,6 +137,20 @@ class KillTree:
 
 
 @dataclass(frozen=True, slots=True)
+class SendDrain:
+    """Ask the worker over its heartbeat channel to finish in-flight work."""
+
+    spawn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resample:
+    """Sample memory again ``after`` seconds: an instance is over its limit, not yet confirmed."""
+
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     request_id: object
     ok: bool
@@ -130,9 +169,12 @@ class Exit:
     code: int
 
 
-Action = Spawn | Signal | KillTree | Reply | Publish | Exit
+Action = Spawn | Signal | KillTree | SendDrain | Resample | Reply | Publish | Exit
 
 Key = tuple[str, int]
+
+MEMORY_RECHECK = 0.1
+"""Seconds until the next memory sample while an over-limit reading awaits confirmation."""
 
 
 class _Timers:
@@ -226,8 +268,16 @@ class Core:
                 actions += self._feed_spawn(sid, StartFailed(error), now)
             case Exited(spawn_id=sid, code=code, signal=sig):
                 actions += self._feed_spawn(sid, Died(code, sig), now, retire=True)
+            case Beat(spawn_id=sid, fields=fields):
+                self._beat(sid, fields, now)
             case Ready(spawn_id=sid):
+                self._beat(sid, None, now)
                 actions += self._feed_spawn(sid, BecameReady(), now)
+            case Drained(spawn_id=sid):
+                self._beat(sid, None, now)
+                actions += self._feed_spawn(sid, ReportedDrained(), now)
+            case Sampled(rss=rss):
+                actions += self._sampled(rss, now)
             case CommandReceived():
                 actions += self._command(event, now)
             case ShutdownRequested():
@@ -256,6 +306,31 @@ class Core:
         return self._current_spawn.get((inst.app, inst.index))
 
     # -- feeding the state machines -------------------------------------------------
+
+    def _beat(self, spawn_id: int, fields: dict | None, now: float) -> None:
+        """The hot path (thousands a second): no transition, no timer, no allocation."""
+        key = self._spawn_ids.get(spawn_id)
+        if key is None:
+            return
+        inst = self.apps[key[0]].slots[key[1]]
+        inst.last_beat = inst.heard_at = now
+        if fields is not None:
+            inst.fields = fields
+
+    def _sampled(self, rss: dict[int, int | None], now: float) -> list[Action]:
+        actions: list[Action] = []
+        unconfirmed = False
+        for sid, value in rss.items():
+            key = self._spawn_ids.get(sid)
+            if key is None or value is None or self._current_spawn.get(key) != sid:
+                continue
+            app = self.apps[key[0]]
+            inst = app.slots[key[1]]
+            actions += self._feed(app, inst, MemorySampled(value), now)
+            unconfirmed |= 0 < inst.over_memory < MEMORY_HYSTERESIS
+        if unconfirmed:
+            actions.append(Resample(MEMORY_RECHECK))
+        return actions
 
     def _feed(self, app: _App, inst: Instance, event: Input, now: float) -> list[Action]:
         before = inst.state
@@ -298,6 +373,8 @@ class Core:
                     actions.append(Signal(self._current_spawn[key], inst.pid, sig))
                 case KillProcess():
                     actions.append(KillTree(self._current_spawn[key], inst.pid))
+                case SendDrainEffect():
+                    actions.append(SendDrain(self._current_spawn[key]))
         return actions
 
     def _state_event(self, inst: Instance, before: State, exited: bool) -> dict:
@@ -512,7 +589,8 @@ class Core:
             "pid": inst.pid,
             "restarts": inst.restarts,
             "uptime": round(now - inst.spawned_at, 3) if live else None,
-            "rss": None,
-            "heartbeat_age": None,
+            "rss": inst.rss if live else None,
+            "heartbeat_age": round(now - inst.heard_at, 3) if live and inst.heard_at is not None else None,
+            "fields": inst.fields if live else None,
             "last_exit": inst.last_exit.as_json() if inst.last_exit else None,
         }

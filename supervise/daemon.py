@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from supervise import logfiles, process, protocol
+from supervise import logfiles, process, protocol, sampler
 from supervise.config import AppConfig, Config
 from supervise.core import (
     Action,
@@ -36,6 +36,9 @@ from supervise.core import (
     KillTree,
     Publish,
     Reply,
+    Resample,
+    Sampled,
+    SendDrain,
     ShutdownRequested,
     Signal,
     Spawn,
@@ -43,10 +46,13 @@ from supervise.core import (
     SpawnFailed,
     DeadlineReached,
 )
+from supervise.heartbeats import HeartbeatServer
 from supervise.history import History
 from supervise.paths import StatePaths
 
 LOG_CHECK_INTERVAL = 5.0
+MEMORY_INTERVAL = 0.5  # sampling period while some app has max_memory
+DISPLAY_INTERVAL = 10.0  # otherwise RSS is only for `status`: sample rarely
 MAX_FOLLOWERS = 64
 HEARTBEAT_INTERVAL = 1.0
 
@@ -100,7 +106,7 @@ class Daemon:
         self.workers: dict[int, _Worker] = {}  # by pid
         self.pids: dict[int, int] = {}  # spawn_id -> pid
         self.followers: set[tuple[bytes, ...]] = set()  # envelopes
-        self.requests: dict[int, tuple[tuple[bytes, ...], object]] = {}  # request id -> (envelope, client id)
+        self.requests: dict[int, tuple[tuple[bytes, ...], object, str]] = {}  # id -> (envelope, client id, cmd)
         self.malformed = 0
         self._queue: deque[Event] = deque()
         self._dispatching = False
@@ -122,6 +128,8 @@ class Daemon:
         self.cgroups = process.Cgroups.detect(str(os.getpid()))
         self.ctx = zmq.Context()
         self.control = self._bind_control()
+        self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, loop, self.dispatch)
+        self._sample_now = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.dispatch, ShutdownRequested())
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
@@ -129,7 +137,7 @@ class Daemon:
         self.log.info("daemon started", pid=os.getpid(), config=str(self.config.path),
                       state_dir=str(self.paths.root), apps=len(self.config.apps),
                       subreaper=subreaper, cgroups=self.cgroups is not None)
-        self._log_task = loop.create_task(self._rotate_logs_forever())
+        self._chores = [loop.create_task(self._rotate_logs_forever()), loop.create_task(self._sample_forever())]
         self._dispatching = True  # spawns report back through the queue, after these actions
         self._run_actions(self.core.start(loop.time()))
         self._drain_queue()
@@ -139,7 +147,8 @@ class Daemon:
             await self._close()
 
     async def _close(self) -> None:
-        self._log_task.cancel()
+        for chore in self._chores:
+            chore.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             self.loop.remove_signal_handler(sig)
         # Last sweep: anything still descending from us (a grandchild that
@@ -150,6 +159,7 @@ class Daemon:
         self._reap()
         for worker in self.workers.values():
             self._forget_pidfd(worker)
+        self.heartbeats.close()
         self.loop.remove_reader(self.control.getsockopt(zmq.FD))
         self.control.close(linger=200)
         self.ctx.term()
@@ -224,6 +234,10 @@ class Daemon:
                 if worker is not None:
                     self.log.warning("stop_timeout passed, killing process tree", name=worker.name, pid=pid)
                     self._sweep(worker)
+            case SendDrain(spawn_id=sid):
+                self.heartbeats.send_drain(sid)
+            case Resample(after=after):
+                self.loop.call_later(after, self._sample_now.set)
             case Reply():
                 self._reply(action)
             case Publish(event=event):
@@ -261,6 +275,7 @@ class Daemon:
         worker = _Worker(action.spawn_id, name, app, dataclasses.replace(child, pidfd=None), token, child.pidfd)
         self.workers[child.pid] = worker
         self.pids[action.spawn_id] = child.pid
+        self.heartbeats.register(token, action.spawn_id, name)
         if worker.pidfd is not None:
             self.loop.add_reader(worker.pidfd, self._reap)
         self.dispatch(Spawned(action.spawn_id, child.pid))
@@ -273,6 +288,7 @@ class Daemon:
                 continue  # an orphaned grandchild; reaping it is all it needs
             self._forget_pidfd(worker)
             self.pids.pop(worker.spawn_id, None)
+            self.heartbeats.unregister(worker.token, worker.spawn_id)
             if not self.core.shutting_down:
                 self._sweep(worker)  # leftovers of the tree (KillMode=mixed semantics)
             self.dispatch(Exited(worker.spawn_id, code, sig))
@@ -285,6 +301,20 @@ class Daemon:
 
     def _sweep(self, worker: _Worker) -> None:
         self.loop.run_in_executor(self._executor, _kill_tree_quietly, worker.child, worker.token, self.cgroups)
+
+    async def _sample_forever(self) -> None:
+        """Memory of every instance's tree, in one pass off the loop; often only when needed."""
+        while True:
+            fast = any(w.app.max_memory is not None for w in self.workers.values())
+            try:
+                await asyncio.wait_for(self._sample_now.wait(), MEMORY_INTERVAL if fast else DISPLAY_INTERVAL)
+            except TimeoutError:
+                pass
+            self._sample_now.clear()
+            roots = [sampler.Root(w.spawn_id, pid, w.child.cgroup) for pid, w in self.workers.items()]
+            if roots:
+                rss = await self.loop.run_in_executor(self._executor, sampler.sample, roots)
+                self.dispatch(Sampled(rss))
 
     async def _rotate_logs_forever(self) -> None:
         while True:
@@ -351,14 +381,18 @@ class Daemon:
             return
         self._next_request += 1
         rid = self._next_request
-        self.requests[rid] = (peer, req.id)
+        self.requests[rid] = (peer, req.id, req.cmd)
         self.dispatch(CommandReceived(rid, req.cmd, req.targets, req.count, req.timeout))
 
     def _reply(self, reply: Reply) -> None:
-        peer, client_id = self.requests.pop(reply.request_id, (None, None))
+        peer, client_id, cmd = self.requests.pop(reply.request_id, (None, None, None))
         if peer is None:
             return
-        self._send(peer, protocol.encode_reply(reply.ok, reply.result, reply.error, reply.usage, id=client_id))
+        result = reply.result
+        if cmd == "status" and reply.ok:
+            result = {**result, "daemon": {"pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
+                                           "control_malformed": self.malformed}}
+        self._send(peer, protocol.encode_reply(reply.ok, result, reply.error, reply.usage, id=client_id))
 
     def _send(self, envelope: tuple[bytes, ...], payload: bytes) -> bool:
         try:

@@ -109,7 +109,23 @@ class TimerFired:
     pass
 
 
-Input = Launch | Halt | Started | StartFailed | BecameReady | Died | TimerFired
+@dataclass(frozen=True, slots=True)
+class ReportedDrained:
+    """The worker says it has no work in flight: it may be stopped at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySampled:
+    rss: int  # bytes, the instance's whole process tree
+
+
+Input = Launch | Halt | Started | StartFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
+
+MEMORY_HYSTERESIS = 3
+"""Consecutive samples over max_memory before a restart: a brief spike does not kill."""
+
+DRAINED_GRACE = 0.5
+"""After reporting drained, a stopping worker gets this long to exit on its own before the kill."""
 
 
 # Effects asked of the core -----------------------------------------------------
@@ -130,7 +146,12 @@ class KillProcess:
     pass
 
 
-Effect = SpawnProcess | SignalProcess | KillProcess
+@dataclass(frozen=True, slots=True)
+class SendDrain:
+    pass
+
+
+Effect = SpawnProcess | SignalProcess | KillProcess | SendDrain
 
 
 @dataclass(slots=True)
@@ -149,6 +170,11 @@ class Instance:
     stop_reason: ExitReason = ExitReason.STOPPED
     then_start: bool = False
     killed: bool = False
+    last_beat: float | None = None  # drives hang detection
+    heard_at: float | None = None  # the last message from the worker itself
+    fields: dict | None = None  # status fields from its last beat
+    rss: int | None = None
+    over_memory: int = 0  # consecutive samples over max_memory
     last_delay: float | None = field(default=None, repr=False)  # for invariant checks
 
     @property
@@ -189,7 +215,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
             # Halted before the spawn was reported: deliver the stop now.
             inst.pid = pid
             inst.deadline = ctx.now + ctx.app.stop_timeout
-            return [SignalProcess(ctx.app.stop_signal)]
+            return [SendDrain(), SignalProcess(ctx.app.stop_signal)]
 
         case State.STARTING, StartFailed(error=error):
             return _after_exit(inst, LastExit(ExitReason.CRASHED, error=error), ctx)
@@ -218,7 +244,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
                 inst.deadline = None
                 return []
             inst.deadline = ctx.now + ctx.app.stop_timeout
-            return [SignalProcess(ctx.app.stop_signal)]
+            return [SendDrain(), SignalProcess(ctx.app.stop_signal)]
         case State.STOPPING, Halt(reason=reason, then_start=then_start):
             if reason is ExitReason.STOPPED:  # an operator's stop overrides a health restart
                 inst.stop_reason = reason
@@ -234,6 +260,35 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
         case State.STARTING, TimerFired():
             # Not ready within start_timeout: a failed start, taken down gracefully.
             return step(inst, Halt(ExitReason.START_TIMEOUT), ctx)
+        case State.RUNNING, TimerFired() if ctx.app.heartbeat_timeout is not None:
+            # Beats only move last_beat; the deadline is re-armed lazily here, so
+            # a beat costs no timer work and the check still fires on time.
+            due = (inst.last_beat or inst.running_since or ctx.now) + ctx.app.heartbeat_timeout
+            if ctx.now < due:
+                inst.deadline = due
+                return []
+            return step(inst, Halt(ExitReason.HUNG), ctx)
+
+        case State.STOPPING, ReportedDrained():
+            if not inst.killed and inst.deadline is not None:
+                inst.deadline = min(inst.deadline, ctx.now + DRAINED_GRACE)
+            return []
+        case _, ReportedDrained():
+            return []  # nobody asked: nothing to act on
+
+        case (State.STARTING | State.RUNNING), MemorySampled(rss=rss):
+            inst.rss = rss
+            limit = ctx.app.max_memory
+            if limit is None or rss <= limit:
+                inst.over_memory = 0
+                return []
+            inst.over_memory += 1
+            if inst.over_memory < MEMORY_HYSTERESIS:
+                return []
+            return step(inst, Halt(ExitReason.MEMORY), ctx)
+        case _, MemorySampled(rss=rss):
+            inst.rss = rss
+            return []
         case State.STOPPING, TimerFired():
             inst.deadline = None
             inst.killed = True
@@ -257,13 +312,17 @@ def _spawn(inst: Instance, ctx: Context) -> list[Effect]:
     inst.deadline = None
     inst.then_start = False
     inst.killed = False
+    inst.last_beat = inst.heard_at = inst.fields = inst.rss = None
+    inst.over_memory = 0
     return [SpawnProcess()]
 
 
 def _become_running(inst: Instance, ctx: Context) -> list[Effect]:
     inst.state = State.RUNNING
     inst.running_since = ctx.now
-    inst.deadline = None
+    inst.last_beat = ctx.now
+    timeout = ctx.app.heartbeat_timeout
+    inst.deadline = None if timeout is None else inst.last_beat + timeout
     return []
 
 

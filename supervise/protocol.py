@@ -135,3 +135,72 @@ def decode_reply(frames: list[bytes]) -> Reply:
         return Reply(True, body.get("result"))
     error = body.get("error")
     return Reply(False, error=str(error), usage=body.get("usage") is True)
+
+
+# -- heartbeat channel ---------------------------------------------------------------
+#
+# Workers connect a DEALER to the daemon's ROUTER at $SUPERVISE_HEARTBEAT and
+# send one-frame JSON messages; the daemon answers only with a drain request.
+
+MAX_HEARTBEAT_BYTES = 16 * 1024
+MAX_STATUS_FIELDS = 32
+MAX_STATUS_TEXT = 256
+HEARTBEAT_TYPES = frozenset({"ready", "beat", "drained"})
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One message from a worker: ``ready`` (startup done, also a beat), ``beat``
+    (alive; optional status fields), or ``drained`` (no work in flight, stop me now)."""
+
+    type: str
+    name: str
+    token: str
+    pid: int | None = None
+    status: dict | None = None
+
+
+def encode_heartbeat(msg: Heartbeat) -> bytes:
+    body: dict = {"v": VERSION, "type": msg.type, "name": msg.name, "token": msg.token}
+    if msg.pid is not None:
+        body["pid"] = msg.pid
+    if msg.status:
+        body["status"] = msg.status
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_heartbeat(frames: list[bytes]) -> Heartbeat:
+    body = _object(frames, MAX_HEARTBEAT_BYTES)
+    kind, name, token = body.get("type"), body.get("name"), body.get("token")
+    if kind not in HEARTBEAT_TYPES:
+        raise ProtocolError(f"unknown heartbeat type {kind!r}")
+    if not isinstance(name, str) or not 0 < len(name) <= 256:
+        raise ProtocolError("name must be the instance name, e.g. \"web:0\"")
+    if not isinstance(token, str) or not 0 < len(token) <= 256:
+        raise ProtocolError("token must be the SUPERVISE_TOKEN string")
+    pid = body.get("pid")
+    if pid is not None and (not _is_int(pid) or pid <= 0):
+        raise ProtocolError("pid must be a positive integer")
+    status = body.get("status")
+    if status is not None:
+        if not isinstance(status, dict) or len(status) > MAX_STATUS_FIELDS:
+            raise ProtocolError(f"status must be an object of at most {MAX_STATUS_FIELDS} fields")
+        for key, value in status.items():
+            if len(key) > 64 or not (value is None or isinstance(value, (bool, int, float))
+                                     or (isinstance(value, str) and len(value) <= MAX_STATUS_TEXT)):
+                raise ProtocolError(f"status field {key[:64]!r} must be a number, boolean, null "
+                                    f"or a string of at most {MAX_STATUS_TEXT} characters")
+    return Heartbeat(kind, name, token, pid, status)
+
+
+DRAIN = json.dumps({"v": VERSION, "type": "drain"}, separators=(",", ":")).encode()
+"""Daemon -> worker: finish in-flight work, then send ``drained`` (or just exit)."""
+
+
+def decode_daemon_message(frames: list[bytes]) -> str:
+    """The type of a message from the daemon to a worker (``drain``)."""
+    body = _object(frames, MAX_HEARTBEAT_BYTES)
+    kind = body.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("message without a type")
+    return kind

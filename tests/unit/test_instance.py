@@ -17,6 +17,9 @@ from supervise.instance import (
     InvalidTransition,
     KillProcess,
     Launch,
+    MemorySampled,
+    ReportedDrained,
+    SendDrain,
     SignalProcess,
     SpawnProcess,
     StartFailed,
@@ -84,7 +87,7 @@ def test_transition_starting_to_stopping_on_start_timeout():
     m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT, start_timeout=7.0))
     m(Launch())
     m(Started(10))
-    assert m(TimerFired(), at=7.0) == [SignalProcess(signal.SIGTERM)]
+    assert m(TimerFired(), at=7.0) == [SendDrain(), SignalProcess(signal.SIGTERM)]
     assert m.state is State.STOPPING and m.inst.stop_reason is ExitReason.START_TIMEOUT
     m(Died(None, 15), at=7.1)
     assert m.inst.last_exit.reason is ExitReason.START_TIMEOUT
@@ -193,7 +196,7 @@ def test_transition_backoff_to_stopped_on_stop():
 def test_transition_running_to_stopping_to_stopped():
     m = Machine()
     m.running()
-    assert m(Halt(), at=1.0) == [SignalProcess(signal.SIGTERM)]
+    assert m(Halt(), at=1.0) == [SendDrain(), SignalProcess(signal.SIGTERM)]
     assert m.state is State.STOPPING and m.inst.deadline == 6.0
     assert m(Died(0, None), at=2.0) == []
     assert m.state is State.STOPPED and m.inst.last_exit.reason is ExitReason.STOPPED
@@ -255,7 +258,7 @@ def test_halt_before_spawn_reported_stops_on_started():
     m(Launch())
     assert m(Halt()) == []
     assert m.state is State.STOPPING
-    assert m(Started(10), at=1.0) == [SignalProcess(signal.SIGTERM)]
+    assert m(Started(10), at=1.0) == [SendDrain(), SignalProcess(signal.SIGTERM)]
     assert m.inst.deadline == 6.0
 
 
@@ -284,3 +287,72 @@ def test_backoff_bounds(failures):
     else:
         base = min(30.0, 0.1 * 2 ** (failures - 2))
         assert low == pytest.approx(base * 0.8) and high == pytest.approx(min(30.0, base * 1.2))
+
+
+# -- health: readiness, hangs, memory, drain ---------------------------------------
+
+HEALTHY = AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT, start_timeout=5.0,
+                    heartbeat_timeout=2.0, max_memory=1000, stop_timeout=5.0)
+
+
+def test_transition_running_to_stopping_when_hung():
+    m = Machine(HEALTHY)
+    m(Launch())
+    m(Started(10))
+    m(BecameReady(), at=1.0)
+    assert m.inst.deadline == 3.0
+    m.inst.last_beat = 2.5  # beats only move last_beat
+    assert m(TimerFired(), at=3.0) == []  # lazily re-armed
+    assert m.inst.deadline == 4.5 and m.state is State.RUNNING
+    assert m(TimerFired(), at=4.5) == [SendDrain(), SignalProcess(signal.SIGTERM)]
+    assert m.state is State.STOPPING and m.inst.stop_reason is ExitReason.HUNG
+    m(Died(None, 15), at=4.6)
+    assert m.inst.last_exit.reason is ExitReason.HUNG
+    assert m.state is State.STARTING  # restarted, as a failure: the first one at once
+
+
+def test_running_without_heartbeat_timeout_has_no_deadline():
+    m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT))
+    m(Launch())
+    m(Started(10))
+    m(BecameReady(), at=1.0)
+    assert m.inst.deadline is None
+    with pytest.raises(InvalidTransition):
+        m(TimerFired())
+
+
+def test_memory_over_limit_needs_consecutive_samples():
+    m = Machine(HEALTHY)
+    m(Launch())
+    m(Started(10))
+    m(BecameReady(), at=1.0)
+    assert m(MemorySampled(2000)) == [] and m.inst.over_memory == 1
+    assert m(MemorySampled(500)) == [] and m.inst.over_memory == 0  # a spike does not count
+    m(MemorySampled(2000))
+    m(MemorySampled(2000))
+    assert m.state is State.RUNNING and m.inst.rss == 2000
+    assert m(MemorySampled(2000), at=2.0) == [SendDrain(), SignalProcess(signal.SIGTERM)]
+    assert m.inst.stop_reason is ExitReason.MEMORY
+    m(Died(0, None), at=2.1)
+    assert m.inst.last_exit.reason is ExitReason.MEMORY and m.state is State.STARTING
+
+
+def test_reported_drained_shortens_the_stop():
+    m = Machine(HEALTHY)
+    m(Launch())
+    m(Started(10))
+    m(BecameReady(), at=1.0)
+    m(Halt(), at=2.0)
+    assert m.inst.deadline == 7.0
+    m(ReportedDrained(), at=2.1)
+    assert m.inst.deadline == pytest.approx(2.6)
+    assert m(ReportedDrained(), at=2.2) == []
+    assert m(TimerFired(), at=2.6) == [KillProcess()]
+
+
+def test_drained_while_running_is_ignored():
+    m = Machine(HEALTHY)
+    m(Launch())
+    m(Started(10))
+    m(BecameReady(), at=1.0)
+    assert m(ReportedDrained()) == [] and m.state is State.RUNNING

@@ -1,0 +1,119 @@
+"""The heartbeat channel's server side: a ROUTER that turns valid worker messages into core events.
+
+Trust comes from the per-spawn token alone: a message whose token is unknown,
+stale (an earlier spawn) or paired with another instance's name is counted
+and dropped, so a stranger on the socket can neither keep a hung worker
+alive nor fake readiness. Malformed frames are counted and dropped; nothing
+a worker sends can raise into the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from supervise import protocol
+from supervise.core import Beat, Drained, Event, Ready
+
+BATCH = 5000  # messages per loop callback, so a flood cannot starve other work
+
+
+@dataclass(slots=True)
+class Counters:
+    accepted: int = 0
+    rejected: int = 0  # well-formed, but a wrong or stale token
+    malformed: int = 0
+
+    def as_json(self) -> dict:
+        return {"accepted": self.accepted, "rejected": self.rejected, "malformed": self.malformed}
+
+
+class HeartbeatServer:
+    def __init__(self, ctx: zmq.Context, path: Path, loop: asyncio.AbstractEventLoop,
+                 deliver: Callable[[Event], None]) -> None:
+        self.loop = loop
+        self.deliver = deliver
+        self.path = path
+        self.counters = Counters()
+        self._tokens: dict[str, tuple[int, str]] = {}  # token -> (spawn id, instance name)
+        self._routes: dict[int, bytes] = {}  # spawn id -> routing id of its last valid message
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_HEARTBEAT_BYTES)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        path.unlink(missing_ok=True)
+        old_umask = os.umask(0o077)
+        try:
+            self.sock.bind(f"ipc://{path}")
+        finally:
+            os.umask(old_umask)
+        self._fd = self.sock.getsockopt(zmq.FD)
+        loop.add_reader(self._fd, self._on_readable)
+
+    def register(self, token: str, spawn_id: int, name: str) -> None:
+        self._tokens[token] = (spawn_id, name)
+
+    def unregister(self, token: str, spawn_id: int) -> None:
+        self._tokens.pop(token, None)
+        self._routes.pop(spawn_id, None)
+
+    def send_drain(self, spawn_id: int) -> bool:
+        """Ask a worker to drain; False when it never spoke (it still gets its stop signal)."""
+        route = self._routes.get(spawn_id)
+        if route is None:
+            return False
+        try:
+            self.sock.send_multipart([route, protocol.DRAIN], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+        finally:
+            self._recheck()
+
+    def _recheck(self) -> None:
+        # zmq.FD is edge-triggered and a send can consume the edge: look again.
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock, tokens, counters = self.sock, self._tokens, self.counters
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                counters.malformed += 1
+                continue
+            try:
+                msg = protocol.decode_heartbeat(frames[1:])
+            except protocol.ProtocolError:
+                counters.malformed += 1
+                continue
+            known = tokens.get(msg.token)
+            if known is None or known[1] != msg.name:
+                counters.rejected += 1
+                continue
+            counters.accepted += 1
+            spawn_id = known[0]
+            self._routes[spawn_id] = frames[0]
+            if msg.type == "beat":
+                self.deliver(Beat(spawn_id, msg.status))
+            elif msg.type == "ready":
+                self.deliver(Ready(spawn_id))
+                if msg.status:
+                    self.deliver(Beat(spawn_id, msg.status))
+            else:
+                self.deliver(Drained(spawn_id))
+        self.loop.call_soon(self._on_readable)  # more may be queued: yield to the loop first
+
+    def close(self) -> None:
+        self.loop.remove_reader(self._fd)
+        self.sock.close(linger=0)
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,97 @@
+"""Resident memory of many process trees in one pass over /proc.
+
+psutil would build a Process object per pid and walk children per root;
+this reads each /proc/<pid>/stat once to map parents, then statm for the
+members of each tree. A cgroup leaf, when the instance has one, names its
+members directly (including grandchildren that double-forked away), so no
+walk is needed at all. Runs off the event loop, in the daemon's worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """One instance to measure: its main pid, and its cgroup leaf if it has one."""
+
+    key: int  # the caller's identifier (a spawn id)
+    pid: int
+    cgroup: Path | None = None
+
+
+def sample(roots: Iterable[Root]) -> dict[int, int | None]:
+    """RSS in bytes of each root's whole tree, by key; None when the root is gone."""
+    roots = list(roots)
+    result: dict[int, int | None] = {}
+    needs_walk = []
+    for root in roots:
+        members = _cgroup_members(root.cgroup) if root.cgroup is not None else None
+        if members is None:
+            needs_walk.append(root)
+        elif root.pid not in members and not os.path.exists(f"/proc/{root.pid}"):
+            result[root.key] = None
+        else:
+            result[root.key] = sum(_rss(pid) for pid in members | {root.pid})
+    if needs_walk:
+        children = _children_map()
+        for root in needs_walk:
+            own = _rss(root.pid)
+            if own == 0 and not os.path.exists(f"/proc/{root.pid}"):
+                result[root.key] = None
+                continue
+            result[root.key] = own + sum(_rss(pid) for pid in _descendants(root.pid, children))
+    return result
+
+
+def _cgroup_members(path: Path) -> set[int] | None:
+    pids: set[int] = set()
+    try:
+        for dirpath, _, _ in os.walk(path):
+            with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                pids.update(int(line) for line in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return pids
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        # comm may hold spaces and parentheses: the fields start after the last ')'.
+        fields = data[data.rfind(b")") + 2:].split(b" ", 2)
+        try:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        except (IndexError, ValueError):
+            continue
+    return children
+
+
+def _descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
+    found, stack = [], list(children.get(pid, ()))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, ()))
+    return found
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
