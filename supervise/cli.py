@@ -158,12 +158,13 @@ def _last_exit(e: dict | None) -> str:
 
 
 def _status_table(result: dict) -> str:
-    header = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "LAST EXIT")
+    header = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "BEAT", "LAST EXIT")
     rows = [header]
     for app in result["apps"]:
         for i in app["instances"]:
             rows.append((i["name"], i["state"], str(i["pid"] or "-"), _duration(i["uptime"]),
-                         str(i["restarts"]), _size(i["rss"]), _last_exit(i["last_exit"])))
+                         str(i["restarts"]), _size(i["rss"]), _duration(i.get("heartbeat_age")),
+                         _last_exit(i["last_exit"])))
     widths = [max(len(r[c]) for r in rows) for c in range(len(header) - 1)]
     return "\n".join("  ".join(r[c].ljust(widths[c]) for c in range(len(header) - 1)) + "  " + r[-1]
                      for r in rows)
