@@ -50,7 +50,7 @@ from supervise.heartbeats import HeartbeatServer
 from supervise.history import History
 from supervise.paths import StatePaths
 
-LOG_CHECK_INTERVAL = 5.0
+LOG_CHECK_INTERVAL = 2.0  # stat() per instance: cheap, and a flood is caught within seconds
 MEMORY_INTERVAL = 0.5  # sampling period while some app has max_memory
 DISPLAY_INTERVAL = 10.0  # otherwise RSS is only for `status`: sample rarely
 MAX_FOLLOWERS = 64

@@ -202,3 +202,30 @@ def test_second_daemon_on_same_state_dir_refuses(supervisor):
                             capture_output=True, text=True, env=sup.env, timeout=20)
     assert second.returncode == 1
     assert "another supervise daemon" in second.stderr and str(sup.proc.pid) in second.stderr
+
+
+def test_log_files_are_rotated_keeping_backups(supervisor):
+    sup = supervisor("""
+    [apps.chatty]
+    command = ["{python}", "{workers}/chatty.py", "2000"]
+    log_max_size = "20K"
+    log_backups = 2
+    """)
+    logs = sup.dir / ".supervise" / "logs"
+    wait_until(lambda: (logs / "chatty.0.log.2").exists(), timeout=20, message="two rotations")
+    assert not (logs / "chatty.0.log.3").exists()
+    assert (logs / "chatty.0.log.1").stat().st_size >= 20 * 1024
+    # Lines in a backup are whole and in order: copy-truncate keeps the file intact.
+    lines = (logs / "chatty.0.log.1").read_text().splitlines()
+    numbers = [int(line.split()[1]) for line in lines if line.startswith("line ")]
+    assert numbers == sorted(numbers) and len(numbers) > 100
+
+
+def test_json_log_format(supervisor):
+    sup = supervisor('[supervise]\nlog_format = "json"\n' + SLEEPER)
+    sup.wait_state("sleep:0", "running")
+    assert sup.cli("shutdown").returncode == 0
+    sup.proc.wait(10)
+    records = [json.loads(line) for line in sup.log.read_text().splitlines() if line.strip()]
+    assert any(r["event"] == "daemon started" and r["level"] == "info" for r in records)
+    assert any(r.get("event", "").startswith("sleep:0 starting -> running") for r in records)
