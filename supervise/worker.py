@@ -1,0 +1,403 @@
+"""The client library workers import to talk to the daemon: readiness, liveness
+beats with status fields, the drain handshake, and sockets passed by the daemon.
+
+    from supervise.worker import Heartbeat
+
+    with Heartbeat.from_env() as hb:   # inert when not run by supervise
+        serve_in_a_thread()
+        hb.ready()
+        hb.start()
+        hb.draining.wait()             # the daemon asked us to finish up
+        finish_in_flight_work()
+        hb.drained()
+
+It imports only the standard library and ``supervise.protocol``; pyzmq is
+imported on the first call that sends, so a standalone (inert) run neither
+pays for nor needs it. The wire format is ``protocol.encode_heartbeat``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from types import ModuleType
+
+from supervise import protocol
+
+__all__ = ["Heartbeat", "listen_fds"]
+
+DEFAULT_INTERVAL = 1.0
+SEND_HWM = 4  # messages queued towards a connected but busy daemon; beats past it are dropped
+LINGER = 0.5  # seconds close() waits for a final ready/drained to leave
+LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
+
+
+class Heartbeat:
+    """The worker's side of the heartbeat channel to the daemon.
+
+    **Inert mode.** Without ``SUPERVISE_HEARTBEAT``, ``SUPERVISE_TOKEN`` and
+    ``SUPERVISE_NAME`` (the program runs standalone), ``active`` is False,
+    every call is a no-op, no thread starts and ``draining`` is never set by
+    the library. Status fields are still checked, so a bad field fails the
+    same way standalone and supervised.
+
+    **What a beat proves.** ``start()`` runs a background thread that beats
+    every ``interval``: that proves the process is alive and still schedules
+    threads, not that its main loop makes progress. A worker that wants a
+    deadlocked main loop detected should call ``beat()`` from that loop
+    instead of calling ``start()``; the daemon then declares it hung when the
+    loop stops.
+
+    **Threading.** A ZeroMQ socket must be used by one thread only, so one
+    I/O thread owns the DEALER. The first ``ready``/``beat``/``drained``/
+    ``start`` starts it; ``start()`` only adds periodic beats. The calls may
+    come from any thread, before or after ``start()``: they append to a
+    short list under a lock and wake the I/O thread through an inproc PAIR
+    (a wakeup, not data, so repeated beats coalesce into one message with
+    the latest status). The I/O thread blocks in one ``zmq.Poller`` on the
+    wakeup, the DEALER and the next periodic beat's deadline, so a drain
+    sets ``draining`` as soon as it arrives (well under 10 ms), with or
+    without ``start()``. The lock is reentrant so that a signal handler may
+    call ``ready``/``beat``/``drained`` while the main thread is in one.
+
+    **The daemon gone or restarting** never raises: sends are non-blocking
+    and ZeroMQ reconnects on its own. ``ZMQ_IMMEDIATE`` queues nothing while
+    no daemon is connected: a beat in an outage is dropped at once (stale
+    beats delivered after a restart would only make a hung worker look
+    alive), while ``ready`` and ``drained``, which must not be lost, are held
+    by the I/O thread until the connection is back. ``SNDHWM`` is small for
+    a daemon connected but not reading. The context is private, so closing
+    it cannot disturb the worker's own ZeroMQ use.
+
+    **Fork safety.** Create the Heartbeat in the process that reports. A
+    ZeroMQ context does not survive ``fork()`` (its threads are not copied),
+    so in a forked child every call on the parent's Heartbeat is ignored;
+    the daemon tracks the worker it spawned, not its children.
+    """
+
+    def __init__(self, endpoint: str | None = None, name: str = "", token: str = "",
+                 interval: float = DEFAULT_INTERVAL, environ: Mapping[str, str] | None = None) -> None:
+        """Prefer ``from_env()``. ``environ`` holds the LISTEN_* variables for ``listen_sockets()``."""
+        if not (math.isfinite(interval) and interval > 0):
+            raise ValueError(f"supervise.worker: interval must be a positive number of seconds, got {interval!r}")
+        self.active = bool(endpoint and name and token)
+        self.endpoint = endpoint
+        self.name = name
+        self.interval = interval
+        self.draining = threading.Event()
+        self._token = token
+        self._environ = dict(environ or {})  # for listen_sockets()
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._status: dict = {}
+        self._outbox: list[str] = []  # kinds to send; encoded by the I/O thread with the latest status
+        self._periodic = False
+        self._closed = False
+        self._channel: _Channel | None = None
+        self._opening = False
+        self._listen: list[socket.socket] | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Heartbeat:
+        """The Heartbeat described by the ``SUPERVISE_*`` variables, inert without them."""
+        return cls(
+            endpoint=environ.get("SUPERVISE_HEARTBEAT") or None,
+            name=environ.get("SUPERVISE_NAME", ""),
+            token=environ.get("SUPERVISE_TOKEN", ""),
+            interval=_interval(environ.get("SUPERVISE_HEARTBEAT_INTERVAL")),
+            environ={k: v for k, v in environ.items() if k.startswith("LISTEN_")},
+        )
+
+    def __repr__(self) -> str:
+        mode = f"{self.name} -> {self.endpoint}" if self.active else "inert"
+        return f"<Heartbeat {mode} every {self.interval}s>"
+
+    def ready(self, **status) -> None:
+        """Startup is done (also counts as a beat): the instance becomes running."""
+        self._post("ready", status)
+
+    def beat(self, **status) -> None:
+        """One beat now. Status fields (numbers, booleans, None, short strings) are
+        remembered and repeated by later beats; ValueError if one is invalid."""
+        self._post("beat", status)
+
+    def drained(self) -> None:
+        """No work is in flight: the daemon may stop this instance now."""
+        self._post("drained", {})
+
+    def start(self) -> Heartbeat:
+        """Beat every ``interval`` from the I/O thread until ``close()``; returns self."""
+        if os.getpid() != self._pid:
+            return self
+        with self._lock:
+            if self.active and not self._closed:
+                self._periodic = True
+                self._wake()
+        return self
+
+    def close(self) -> None:
+        """Stop beating and close the socket, first giving a pending ready or
+        drained up to ``LINGER`` seconds to leave. Idempotent."""
+        if os.getpid() != self._pid:
+            return  # a forked child: the parent's context and lock are not ours to touch
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            channel = self._channel
+            if channel is None:
+                return
+            channel.wake()
+        atexit.unregister(self.close)
+        channel.join()
+
+    def __enter__(self) -> Heartbeat:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def listen_sockets(self) -> list[socket.socket]:
+        """Sockets passed by the daemon (systemd's LISTEN_FDS protocol), in order;
+        [] when there are none or they were meant for another process. Works
+        in inert mode too. The sockets are made non-inheritable, like
+        ``sd_listen_fds`` does; later calls return the same sockets."""
+        if os.getpid() != self._pid:
+            return []  # a forked child: LISTEN_PID names the parent
+        with self._lock:
+            if self._listen is None:
+                self._listen = []
+                for fd, name in listen_fds(self._environ, os.getpid()):
+                    sock = _adopt(fd, name)
+                    if sock is not None:
+                        self._listen.append(sock)
+            return list(self._listen)
+
+    # -- shared with the I/O thread ----------------------------------------------
+
+    def _post(self, kind: str, status: dict) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child: do not even take the lock, another thread may have held it at fork()
+        with self._lock:
+            if status:
+                merged = {**self._status, **status}
+                _check_status(merged)
+                self._status = merged
+            if not self.active or self._closed:
+                return
+            if kind not in self._outbox:  # coalesce: a queued message is encoded with the latest status
+                self._outbox.append(kind)
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wakes the I/O thread, starting it on first use (caller holds the lock)."""
+        if self._channel is None:
+            if self._opening:
+                return  # a signal handler interrupted the opening call, which wakes it when done
+            self._opening = True
+            try:
+                self._channel = _Channel(_import_zmq(), self.endpoint, self)
+            finally:
+                self._opening = False
+            atexit.register(self.close)  # so a final drained still leaves at interpreter exit
+        self._channel.wake()
+
+    def _take(self) -> tuple[list[tuple[str, bytes]], bool, bool]:
+        """For the I/O thread: the messages to send now, whether to beat
+        periodically, and whether to shut down."""
+        with self._lock:
+            messages = [(kind, self._encode(kind)) for kind in self._outbox]
+            self._outbox.clear()
+            return messages, self._periodic, self._closed
+
+    def _encode(self, kind: str) -> bytes:
+        with self._lock:
+            status = None if kind == "drained" else dict(self._status)
+            return protocol.encode_heartbeat(protocol.Heartbeat(kind, self.name, self._token, self._pid, status))
+
+
+class _Channel:
+    """The I/O thread and the sockets only it touches: the DEALER and the read
+    end of the wakeup pipe. The write end is used under the owner's lock."""
+
+    def __init__(self, zmq: ModuleType, endpoint: str, owner: Heartbeat) -> None:
+        self._zmq = zmq
+        self._owner = owner
+        self._ctx = zmq.Context(io_threads=1)
+        try:
+            self._dealer = self._ctx.socket(zmq.DEALER)
+            self._dealer.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing while no daemon is connected
+            self._dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
+            self._dealer.setsockopt(zmq.LINGER, 0)  # close() sets the real linger
+            self._dealer.connect(endpoint)  # asynchronous; retried every 100 ms until the daemon is there
+            self._wake_r = self._ctx.socket(zmq.PAIR)
+            self._wake_r.bind("inproc://wake")
+            self._wake_w = self._ctx.socket(zmq.PAIR)
+            self._wake_w.connect("inproc://wake")
+        except zmq.ZMQError as exc:
+            self._ctx.destroy(linger=0)
+            raise ValueError(f"supervise.worker: cannot connect to SUPERVISE_HEARTBEAT={endpoint!r}: {exc}") from None
+        self.dropped_beats = 0
+        self._thread = threading.Thread(target=self._run, name="supervise-heartbeat", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Called with the owner's lock held, which serializes use of the write end."""
+        if self._wake_w.poll(0, self._zmq.POLLOUT):  # else a thousand wakeups are pending already
+            self._wake_w.send(b"")
+
+    def join(self) -> None:
+        self._thread.join(LINGER + 2.0)
+        if self._thread.is_alive():
+            return  # should not happen; terminating the context now would block on its sockets
+        self._wake_w.close(linger=0)
+        self._ctx.term()  # returns once the DEALER's linger has run out
+
+    # -- the I/O thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        zmq = self._zmq
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._dealer, zmq.POLLIN)
+        held: list[bytes] = []  # ready/drained waiting for a connected daemon, in order
+        next_beat: float | None = None  # of the periodic beats, once start() was called
+        while True:
+            messages, periodic, closing = self._owner._take()
+            for kind, frame in messages:
+                self._deliver(kind, frame, held)
+                if kind != "drained":
+                    next_beat = time.monotonic() + self._owner.interval  # any beat restarts the period
+            if closing:
+                break
+            timeout = None  # without periodic beats, sleep until woken or the daemon writes
+            if periodic:
+                next_beat, timeout = self._periodic_beat(next_beat, held)
+            poller.modify(self._dealer, zmq.POLLIN | (zmq.POLLOUT if held else 0))
+            events = dict(poller.poll(timeout))
+            if self._wake_r in events:
+                self._drain_wakeups()
+            if events.get(self._dealer, 0) & zmq.POLLIN:
+                self._receive()
+            if events.get(self._dealer, 0) & zmq.POLLOUT:
+                self._flush(held)
+        self._close(held)
+
+    def _periodic_beat(self, next_beat: float | None, held: list[bytes]) -> tuple[float, int]:
+        """Beat if it is time; returns the next beat's time and the poll timeout (ms) until it."""
+        now = time.monotonic()
+        if next_beat is None or now >= next_beat:
+            self._deliver("beat", self._owner._encode("beat"), held)
+            next_beat = now + self._owner.interval
+        return next_beat, math.ceil((next_beat - now) * 1000)
+
+    def _deliver(self, kind: str, frame: bytes, held: list[bytes]) -> None:
+        if not held and self._send(frame):
+            return
+        if kind == "beat":
+            self.dropped_beats += 1  # stale by the time a daemon could read it
+        else:
+            held.append(frame)  # behind earlier held messages, to keep their order
+
+    def _send(self, frame: bytes) -> bool:
+        try:
+            self._dealer.send(frame, self._zmq.NOBLOCK)
+            return True
+        except self._zmq.ZMQError:
+            return False  # Again: no daemon connected (IMMEDIATE), or it is not reading
+
+    def _flush(self, held: list[bytes]) -> None:
+        while held and self._send(held[0]):
+            held.pop(0)
+
+    def _drain_wakeups(self) -> None:
+        while self._wake_r.poll(0):
+            self._wake_r.recv()
+
+    def _receive(self) -> None:
+        zmq = self._zmq
+        while True:
+            try:
+                frames = self._dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            try:
+                kind = protocol.decode_daemon_message(frames)
+            except protocol.ProtocolError:
+                continue  # not from a daemon we understand; nothing useful to do with it
+            if kind == "drain":
+                self._owner.draining.set()
+
+    def _close(self, held: list[bytes]) -> None:
+        zmq = self._zmq
+        deadline = time.monotonic() + LINGER
+        poller = zmq.Poller()
+        poller.register(self._dealer, zmq.POLLOUT)
+        while held and (left := deadline - time.monotonic()) > 0:
+            if poller.poll(math.ceil(left * 1000)):
+                self._flush(held)
+        linger = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+        self._dealer.close(linger=linger)  # what was sent but not yet written gets the rest
+        self._wake_r.close(linger=0)
+
+
+def listen_fds(environ: Mapping[str, str], pid: int) -> list[tuple[int, str | None]]:
+    """The (fd, name) pairs systemd's socket-passing protocol gives process
+    ``pid``: ``LISTEN_FDS`` fds from 3, named by ``LISTEN_FDNAMES``
+    (':'-separated, optional). [] unless ``LISTEN_PID`` is ``pid``: the
+    variables may have been inherited from a parent they were meant for."""
+    try:
+        if int(environ.get("LISTEN_PID", "")) != pid:
+            return []
+        count = int(environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    if not 0 < count <= 4096:
+        return []
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    return [(LISTEN_FDS_START + i, names[i] if i < len(names) and names[i] else None)
+            for i in range(count)]
+
+
+def _adopt(fd: int, name: str | None) -> socket.socket | None:
+    try:
+        sock = socket.socket(fileno=fd)  # family and type come from the fd itself
+    except OSError as exc:
+        warnings.warn(f"supervise.worker: LISTEN_FDS fd {fd} ({name or 'unnamed'}) is not a usable socket: {exc}",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    os.set_inheritable(fd, False)  # like sd_listen_fds(): not leaked into the worker's own children
+    return sock
+
+
+def _interval(text: str | None) -> float:
+    try:
+        value = float(text) if text else DEFAULT_INTERVAL
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if math.isfinite(value) and value > 0 else DEFAULT_INTERVAL
+
+
+def _check_status(status: dict) -> None:
+    """Refuse fields the daemon would refuse: it drops a malformed beat, and a
+    worker whose every beat is dropped looks hung. The daemon's own decoder is
+    the rule, so the two cannot drift apart."""
+    msg = protocol.Heartbeat("beat", "-", "-", None, status)
+    try:
+        protocol.decode_heartbeat([protocol.encode_heartbeat(msg)])
+    except (ValueError, TypeError) as exc:  # ProtocolError is a ValueError
+        raise ValueError(f"supervise.worker: bad status fields: {exc}") from None
+
+
+def _import_zmq() -> ModuleType:
+    try:
+        import zmq  # deferred: an inert Heartbeat (a standalone run) never needs it
+    except ImportError as exc:
+        raise ImportError(f"supervise.worker needs pyzmq to report to supervise ({exc}): pip install pyzmq") from None
+    return zmq
