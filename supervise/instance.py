@@ -345,7 +345,11 @@ def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Effec
     if not should_restart(ctx.app.restart, clean_exit=last_exit.reason is ExitReason.EXITED):
         inst.state = State.STOPPED
         return []
-    if last_exit.reason in FAILURE_REASONS:
+    if last_exit.reason in FAILURE_REASONS and last_exit.reason is not ExitReason.MEMORY:
+        # A memory restart recycles a worker that was doing its job (a slow
+        # leak): no growing backoff, as with PM2's max_memory_restart. It
+        # still counts towards the crash-loop breaker, which catches a worker
+        # that bloats the moment it starts.
         inst.failures += 1
     if not inst.breaker.allows_restart(ctx.now):
         inst.breaker.trip()

@@ -356,3 +356,16 @@ def test_drained_while_running_is_ignored():
     m(Started(10))
     m(BecameReady(), at=1.0)
     assert m(ReportedDrained()) == [] and m.state is State.RUNNING
+
+
+def test_memory_restarts_do_not_grow_the_backoff():
+    m = Machine(HEALTHY)
+    m(Launch())
+    for k in range(3):
+        m(Started(10 + k))
+        m(BecameReady(), at=m.now + 1.0)
+        for _ in range(3):
+            m(MemorySampled(2000))
+        m(Died(0, None), at=m.now + 0.1)
+        assert m.state is State.STARTING and m.inst.last_exit.reason is ExitReason.MEMORY
+    assert m.inst.failures == 0 and m.inst.restarts == 3
