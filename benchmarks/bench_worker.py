@@ -8,12 +8,11 @@ something) and sleeps in ``signal.pause()``; SIGTERM (or SIGINT) exits 0 at
 once. Deliberately tiny: only builtin modules, nothing from ``supervise``.
 """
 
+import _socket
 import os
 import signal
 import sys
 import time
-
-import _socket
 
 
 def _exit(signum, frame):
