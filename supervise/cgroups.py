@@ -59,13 +59,12 @@ class Cgroups:
     def create(self, name: str) -> Path | None:
         """A new, empty leaf for one spawn of instance `name`; None on failure.
 
-        Empty leaves of earlier spawns of `name` are removed first, so leaves
-        do not pile up however often an instance restarts. (A sweep still
-        pending for one of them finds no directory and does nothing.)
+        The caller removes a leaf once its spawn has exited and been swept
+        (`remove`), and `close` takes whatever is left, so leaves do not pile
+        up; no directory listing here, which would make spawning N instances
+        cost O(N^2).
         """
         base = _CGROUP_NAME_UNSAFE.sub("_", name)
-        for old in self.root.glob(f"{base}.*"):
-            _rmdir_tree(old)
         for _ in range(8):
             path = self.root / f"{base}.{secrets.token_hex(3)}"
             try:

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 from supervise import protocol
-from supervise.config import ConfigError, locate_state_dir
 from supervise.control import Control, ControlError, NoDaemon
-from supervise.paths import StatePaths
+from supervise.paths import BadConfig, StatePaths, locate_state_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 DEFAULT_CONFIG = "supervise.toml"
@@ -31,16 +30,24 @@ class UsageError(Exception):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # asyncio imports ssl when it can (4-5 MiB resident); the daemon speaks no
+    # TLS, so keep it out. Only in this process, and only if nothing loaded it.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from supervise import config as config_module
     from supervise import daemon, log
 
     cfg = config_module.load(args.config)
     logger = log.configure(cfg.supervise.log_format, cfg.supervise.log_level)
     try:
-        return daemon.run(cfg, logger)
+        code = daemon.run(cfg, logger)
     except daemon.AlreadyRunning as exc:
         print(f"supervise: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    # Everything is drained, closed and unlocked: skip the interpreter's final
+    # garbage collection, which alone took ~90 ms of a 100-instance shutdown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -216,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except BadConfig as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
@@ -230,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.usage else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `supervise status | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

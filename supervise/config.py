@@ -20,6 +20,7 @@ from typing import Any
 from supervise import config_units as units
 from supervise.config_lines import Key, LineIndex, key_text
 from supervise.config_units import Invalid, did_you_mean, show
+from supervise.paths import BadConfig
 
 __all__ = [
     "AppConfig", "BackoffConfig", "Config", "ConfigError", "CrashLoopConfig", "Problem",
@@ -138,7 +139,7 @@ class Problem:
         return ": ".join(part for part in (where, self.key, self.message) if part)
 
 
-class ConfigError(Exception):
+class ConfigError(BadConfig):
     """Every problem of a config at once, so one edit can fix them all."""
 
     def __init__(self, problems: list[Problem]) -> None:

@@ -18,6 +18,7 @@ import random
 import secrets
 import signal
 import time
+from pathlib import Path
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,9 +51,9 @@ from supervise.heartbeats import HeartbeatServer
 from supervise.history import History
 from supervise.paths import StatePaths
 
-LOG_CHECK_INTERVAL = 2.0  # stat() per instance: cheap, and a flood is caught within seconds
+LOG_CHECK_INTERVAL = 3.0  # one stat() per instance on the loop; rotation itself runs off it
 MEMORY_INTERVAL = 0.5  # sampling period while some app has max_memory
-DISPLAY_INTERVAL = 10.0  # otherwise RSS is only for `status`: sample rarely
+DISPLAY_INTERVAL = 30.0  # otherwise RSS is only for `status`: sample rarely
 MAX_FOLLOWERS = 64
 HEARTBEAT_INTERVAL = 1.0
 
@@ -69,6 +70,7 @@ class _Worker:
     child: process.Child  # without its pidfd: the loop owns that, the sweeper thread must not
     token: str
     pidfd: int | None
+    log_path: str
 
 
 def lock_state_dir(paths: StatePaths) -> int:
@@ -137,7 +139,8 @@ class Daemon:
         self.log.info("daemon started", pid=os.getpid(), config=str(self.config.path),
                       state_dir=str(self.paths.root), apps=len(self.config.apps),
                       subreaper=subreaper, cgroups=self.cgroups is not None)
-        self._chores = [loop.create_task(self._rotate_logs_forever()), loop.create_task(self._sample_forever())]
+        self._chores = [loop.create_task(self._sample_forever())]
+        self._log_check = loop.call_later(LOG_CHECK_INTERVAL, self._check_logs)
         self._dispatching = True  # spawns report back through the queue, after these actions
         self._run_actions(self.core.start(loop.time()))
         self._drain_queue()
@@ -149,6 +152,7 @@ class Daemon:
     async def _close(self) -> None:
         for chore in self._chores:
             chore.cancel()
+        self._log_check.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             self.loop.remove_signal_handler(sig)
         # Last sweep: anything still descending from us (a grandchild that
@@ -262,17 +266,16 @@ class Daemon:
             "SUPERVISE_TOKEN": token,
             "SUPERVISE_HEARTBEAT_INTERVAL": str(_beat_interval(app)),
         })
-        spec = process.SpawnSpec(
-            argv=tuple(app.argv(index)), cwd=app.cwd, env=env,
-            log_path=self.paths.log_file(app.name, index), name=name,
-        )
+        log_path = self.paths.log_file(app.name, index)
+        spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, log_path=log_path, name=name)
         try:
             child = process.spawn(spec, self.cgroups)
         except process.SpawnError as exc:
             self.log.error("spawn failed", name=name, error=str(exc))
             self.dispatch(SpawnFailed(action.spawn_id, str(exc)))
             return
-        worker = _Worker(action.spawn_id, name, app, dataclasses.replace(child, pidfd=None), token, child.pidfd)
+        worker = _Worker(action.spawn_id, name, app, dataclasses.replace(child, pidfd=None), token, child.pidfd,
+                         str(log_path))
         self.workers[child.pid] = worker
         self.pids[action.spawn_id] = child.pid
         self.heartbeats.register(token, action.spawn_id, name)
@@ -316,18 +319,25 @@ class Daemon:
                 rss = await self.loop.run_in_executor(self._executor, sampler.sample, roots)
                 self.dispatch(Sampled(rss))
 
-    async def _rotate_logs_forever(self) -> None:
-        while True:
-            await asyncio.sleep(LOG_CHECK_INTERVAL)  # a periodic chore, not synchronization
-            jobs = {(w.app.name, int(w.name.rpartition(":")[2])): w.app for w in self.workers.values()}
-            await self.loop.run_in_executor(self._executor, self._rotate_logs, jobs)
-
-    def _rotate_logs(self, jobs: dict[tuple[str, int], AppConfig]) -> None:
-        for (app_name, index), app in jobs.items():
+    def _check_logs(self) -> None:
+        """Stat each live instance's log here (microseconds); rotate the big ones off the loop."""
+        big = []
+        for worker in self.workers.values():
             try:
-                logfiles.rotate_if_needed(self.paths.log_file(app_name, index), app.log_max_size, app.log_backups)
+                if os.stat(worker.log_path).st_size >= worker.app.log_max_size:
+                    big.append((worker.log_path, worker.app.log_max_size, worker.app.log_backups))
+            except OSError:
+                continue
+        if big:
+            self.loop.run_in_executor(self._executor, self._rotate_logs, big)
+        self._log_check = self.loop.call_later(LOG_CHECK_INTERVAL, self._check_logs)
+
+    def _rotate_logs(self, jobs: list[tuple[str, int, int]]) -> None:
+        for path, max_size, backups in jobs:
+            try:
+                logfiles.rotate_if_needed(Path(path), max_size, backups)
             except OSError as exc:
-                self.log.warning("log rotation failed", app=app_name, index=index, error=str(exc))
+                self.log.warning("log rotation failed", path=path, error=str(exc))
 
     # -- control channel --------------------------------------------------------------
 

@@ -7,17 +7,67 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 # struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid
 _FLOCK = "hhqqi4x"  # native alignment adds the padding after l_whence
 
 
-@dataclass(frozen=True, slots=True)
+DEFAULT_STATE_DIR = ".supervise"
+_SECTION = re.compile(r"^\s*\[\s*([^\]]*?)\s*\]\s*(#.*)?$")
+_STATE_DIR = re.compile(r'^\s*state_dir\s*=\s*"([^"\\]*)"\s*(#.*)?$')
+
+
+class BadConfig(Exception):
+    """Base of config errors, so the CLI can catch them without importing the loader."""
+
+
+def locate_state_dir(config: str | os.PathLike[str]) -> Path:
+    """The state dir of the daemon started with ``config``, found cheaply.
+
+    Every control command needs this before anything else, and the full
+    loader (tomllib, validation) costs more than the whole command should. A
+    plain ``state_dir = "..."`` under ``[supervise]``, or none at all, is read
+    here; anything fancier goes to ``config.locate_state_dir``.
+    """
+    try:
+        text = Path(config).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = None
+    if text is not None:
+        found = _scan_state_dir(text)
+        if found is not None:
+            base = Path(os.path.abspath(config)).parent
+            return Path(os.path.abspath(base / os.path.expanduser(found)))
+    from supervise.config import locate_state_dir as full
+
+    return full(config)
+
+
+def _scan_state_dir(text: str) -> str | None:
+    if "state_dir" not in text:
+        return DEFAULT_STATE_DIR
+    section, value = None, None
+    for line in text.splitlines():
+        if (header := _SECTION.match(line)) is not None:
+            section = header.group(1)
+        elif "state_dir" in line:
+            match = _STATE_DIR.match(line)
+            if match is None or section != "supervise" or value is not None:
+                return None  # a form this scanner does not read: let tomllib decide
+            value = match.group(1)
+    return value or (DEFAULT_STATE_DIR if value is None else None)
+
+
 class StatePaths:
-    root: Path
+    """Where the daemon keeps its lock, sockets and logs."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
 
     @property
     def lock(self) -> Path:

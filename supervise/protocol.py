@@ -9,7 +9,10 @@ its loop. docs/protocol.md is the human-readable copy of this module.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import namedtuple
+
+# Messages are namedtuples, not dataclasses: the CLI imports this module, and
+# dataclasses (with inspect) would cost it more time than the request itself.
 
 VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
@@ -21,15 +24,10 @@ class ProtocolError(ValueError):
     """A frame that is not a valid message; the text says what is wrong with it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    cmd: str
-    targets: tuple[str, ...] = ()
-    count: int | None = None  # scale
-    timeout: float | None = None  # start/stop/restart/scale: give up waiting after this
-    since: int = 0  # events: replay history after this sequence number
-    follow: bool = False  # events: keep streaming live events after the replay
-    id: object = None  # echoed back, lets a client match replies
+Request = namedtuple("Request", "cmd targets count timeout since follow id",
+                     defaults=((), None, None, 0, False, None))
+Request.__doc__ = """A control request. ``count``: scale's new size; ``timeout``: give up waiting
+after this; ``since``/``follow``: events replay and live streaming; ``id``: echoed back."""
 
 
 def encode_request(req: Request) -> bytes:
@@ -113,13 +111,8 @@ def encode_event(event: dict) -> bytes:
     return json.dumps({"v": VERSION, "event": event}, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    ok: bool
-    result: object = None
-    error: str | None = None
-    usage: bool = False
-    event: dict | None = None  # set on a pushed live event instead of a reply
+Reply = namedtuple("Reply", "ok result error usage event", defaults=(None, None, False, None))
+Reply.__doc__ = """A decoded reply; ``event`` is set instead on a live event pushed to a follower."""
 
 
 def decode_reply(frames: list[bytes]) -> Reply:
@@ -148,16 +141,9 @@ MAX_STATUS_TEXT = 256
 HEARTBEAT_TYPES = frozenset({"ready", "beat", "drained"})
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """One message from a worker: ``ready`` (startup done, also a beat), ``beat``
-    (alive; optional status fields), or ``drained`` (no work in flight, stop me now)."""
-
-    type: str
-    name: str
-    token: str
-    pid: int | None = None
-    status: dict | None = None
+Heartbeat = namedtuple("Heartbeat", "type name token pid status", defaults=(None, None))
+Heartbeat.__doc__ = """One message from a worker: ``ready`` (startup done, also a beat), ``beat``
+(alive; optional status fields), or ``drained`` (no work in flight, stop me now)."""
 
 
 def encode_heartbeat(msg: Heartbeat) -> bytes:

@@ -322,12 +322,13 @@ def test_cgroups_kill_and_pid_fallback(procs: Procs, cgroups: Cgroups) -> None:
     assert not cgroups.kill(cgroups.root / "missing")
 
 
-def test_cgroups_create_replaces_empty_leaves_of_the_same_name(cgroups: Cgroups) -> None:
+def test_cgroups_each_spawn_gets_a_fresh_leaf_and_remove_drops_it(cgroups: Cgroups) -> None:
     first = cgroups.create("x:1")
-    other = cgroups.create("y:1")
     second = cgroups.create("x:1")
-    assert first is not None and second is not None and other is not None
-    assert not first.exists() and second.is_dir() and other.is_dir()
+    assert first is not None and second is not None and first != second
+    assert first.is_dir() and second.is_dir()
+    cgroups.remove(first)
+    assert not first.exists() and second.is_dir()
 
 
 def test_cgroups_close_waits_for_killed_leaves_then_removes_owner_dir(procs: Procs, cgroups: Cgroups) -> None:
