@@ -7,11 +7,11 @@ Exit codes: 0 done, 1 the operation failed, 2 bad usage or bad config,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from supervise import protocol
 from supervise.control import Control, ControlError, NoDaemon
@@ -29,7 +29,7 @@ class UsageError(Exception):
 # -- verbs -------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args) -> int:
     # asyncio imports ssl when it can (4-5 MiB resident); the daemon speaks no
     # TLS, so keep it out. Only in this process, and only if nothing loaded it.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
@@ -43,6 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except daemon.AlreadyRunning as exc:
         print(f"supervise: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except daemon.CannotStart as exc:
+        print(f"supervise: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     # Everything is drained, closed and unlocked: skip the interpreter's final
     # garbage collection, which alone took ~90 ms of a 100-instance shutdown.
     sys.stdout.flush()
@@ -50,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: SimpleNamespace) -> int:
     from supervise import config as config_module
 
     cfg = config_module.load(args.config)
@@ -59,7 +62,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: SimpleNamespace) -> int:
     result = _control(args).request(protocol.Request("status", tuple(args.targets)))
     if args.json:
         print(json.dumps(result))
@@ -69,7 +72,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _wait_verb(verb: str):
-    def cmd(args: argparse.Namespace) -> int:
+    def cmd(args: SimpleNamespace) -> int:
         req = protocol.Request(verb, tuple(args.targets), timeout=args.timeout)
         result = _control(args).request(req, timeout=args.timeout + 5)
         print(_status_table(result))
@@ -85,7 +88,7 @@ cmd_stop = _wait_verb("stop")
 cmd_restart = _wait_verb("restart")
 
 
-def cmd_scale(args: argparse.Namespace) -> int:
+def cmd_scale(args: SimpleNamespace) -> int:
     if args.count < 0:
         raise UsageError("scale: N must be >= 0")
     req = protocol.Request("scale", (args.app,), count=args.count, timeout=args.timeout)
@@ -94,13 +97,13 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_shutdown(args: argparse.Namespace) -> int:
+def cmd_shutdown(args: SimpleNamespace) -> int:
     result = _control(args).shutdown()
     print(f"supervise: drained {result['draining']} instances; the daemon has exited")
     return EXIT_OK
 
 
-def cmd_events(args: argparse.Namespace) -> int:
+def cmd_events(args: SimpleNamespace) -> int:
     try:
         for event in _control(args).events(args.since, follow=not args.no_follow):
             print(json.dumps(event), flush=True)
@@ -109,7 +112,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
+def cmd_logs(args: SimpleNamespace) -> int:
     from supervise import logs_view
 
     status = _control(args).request(protocol.Request("status", (args.target,)))
@@ -125,11 +128,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
 # -- plumbing ------------------------------------------------------------------------
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
+def _state_dir(args: SimpleNamespace) -> Path:
     return locate_state_dir(args.config)
 
 
-def _control(args: argparse.Namespace) -> Control:
+def _control(args: SimpleNamespace) -> Control:
     return Control(StatePaths(_state_dir(args)))
 
 
@@ -177,14 +180,16 @@ def _status_table(result: dict) -> str:
                      for r in rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    import argparse
+
     parser = argparse.ArgumentParser(prog="supervise", description="A process supervisor.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=os.environ.get("SUPERVISE_CONFIG", DEFAULT_CONFIG),
                         help="config file (default ./supervise.toml); also finds the daemon's state dir")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    def verb(name: str, func, help: str) -> argparse.ArgumentParser:
+    def verb(name: str, func, help: str):
         p = sub.add_parser(name, parents=[common], help=help, description=help)
         p.set_defaults(func=func)
         return p
@@ -215,12 +220,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The verbs a script calls in a loop, and their options: parsed without
+# argparse (whose import is most of a status call's own cost). Anything else,
+# --help and every mistake included, goes to argparse for its messages.
+_FAST = {
+    "status": ({"--json": "json"}, {}, "targets"),
+    "start": ({}, {"--timeout": ("timeout", float)}, "targets+"),
+    "stop": ({}, {"--timeout": ("timeout", float)}, "targets+"),
+    "restart": ({}, {"--timeout": ("timeout", float)}, "targets+"),
+    "shutdown": ({}, {}, None),
+}
+
+
+def fast_parse(argv: list[str]) -> SimpleNamespace | None:
+    if not argv or argv[0] not in _FAST:
+        return None
+    flags, options, positional = _FAST[argv[0]]
+    values: dict = {"verb": argv[0], "func": globals()[f"cmd_{argv[0]}"],
+                    "config": os.environ.get("SUPERVISE_CONFIG", DEFAULT_CONFIG), "timeout": DEFAULT_WAIT}
+    values.update({dest: False for dest in flags.values()})
+    rest: list[str] = []
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in ("-c", "--config") or arg in options:
+            value = next(args, None)
+            if value is None:
+                return None
+            if arg in options:
+                dest, kind = options[arg]
+                try:
+                    values[dest] = kind(value)
+                except ValueError:
+                    return None
+            else:
+                values["config"] = value
+        elif arg in flags:
+            values[flags[arg]] = True
+        elif arg.startswith("-"):
+            return None
+        else:
+            rest.append(arg)
+    if positional is None and rest or positional == "targets+" and not rest:
+        return None
+    values["targets"] = rest
+    return SimpleNamespace(**values)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
-        return int(exc.code or 0)
+    argv = sys.argv[1:] if argv is None else argv
+    args = fast_parse(argv)
+    if args is None:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+            return int(exc.code or 0)
     try:
         return args.func(args)
     except BadConfig as exc:
@@ -237,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.usage else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except ConnectionError as exc:
+        print(f"supervise: lost the connection to the daemon: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:  # `supervise status | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

@@ -38,6 +38,10 @@ class Control:
         except (FileNotFoundError, ConnectionRefusedError):
             raise NoDaemon(f"the supervise daemon for {where} is not accepting commands "
                            "(it may be starting or stopping; try again)") from None
+        except TimeoutError:
+            raise ControlError(f"the daemon for {where} did not answer within {timeout:g}s") from None
+        except (OSError, zmtp.ZmtpError) as exc:
+            raise ControlError(f"cannot talk to the daemon for {where}: {exc}") from None
 
     def request(self, req: protocol.Request, timeout: float = 10.0) -> object:
         """Send one request and return its result; raises ControlError on a refusal."""

@@ -62,6 +62,10 @@ class AlreadyRunning(Exception):
     pass
 
 
+class CannotStart(Exception):
+    """The state dir or a socket in it is unusable; the message says which and why."""
+
+
 @dataclass(slots=True)
 class _Worker:
     spawn_id: int
@@ -445,8 +449,14 @@ def _kill_tree_quietly(child: process.Child, token: str, cgroups: process.Cgroup
 def run(config: Config, log) -> int:
     """Run the daemon in the foreground until it has drained; returns the exit code."""
     paths = StatePaths(config.supervise.state_dir)
-    lock_fd = lock_state_dir(paths)
+    try:
+        lock_fd = lock_state_dir(paths)
+    except OSError as exc:
+        raise CannotStart(f"state dir {paths.root}: {exc.strerror or exc}") from None
     try:
         return asyncio.run(Daemon(config, log, lock_fd).run())
+    except zmq.ZMQError as exc:
+        raise CannotStart(f"sockets in {paths.root}: {exc} (an ipc path must be under 108 bytes: "
+                          "choose a shorter state_dir)") from None
     finally:
         os.close(lock_fd)

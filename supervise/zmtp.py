@@ -10,7 +10,9 @@ multipart messages, PING answered with PONG.  Nothing here imports more than
 
 from __future__ import annotations
 
-import socket
+# _socket, not socket: the wrapper module pulls in selectors and enum
+# conversions, a few ms the CLI does not need for one stream connection.
+import _socket
 import struct
 import time
 from types import TracebackType
@@ -74,7 +76,7 @@ class DealerConnection:
     complete, so a ``recv`` that times out mid-message leaves the stream in sync.
     """
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
+    def __init__(self, sock: _socket.socket, timeout: float) -> None:
         self._sock = sock
         self._timeout = timeout  # bounds each blocking send, as recv has its own
         self._buf = bytearray()
@@ -87,7 +89,7 @@ class DealerConnection:
         (they mean "no daemon"); TimeoutError if the handshake is not done in time.
         """
         deadline = time.monotonic() + timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
             sock.connect(path)
@@ -226,7 +228,7 @@ class DealerConnection:
             self._sock.settimeout(remaining)
         try:
             chunk = self._sock.recv(1 << 20)
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError("timed out waiting for the peer") from None
         except ConnectionError as exc:
             raise ZmtpError(f"connection lost: {exc}") from exc

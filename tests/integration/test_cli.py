@@ -211,3 +211,17 @@ def test_protocol_spoken_from_raw_pyzmq(supervisor, kind):
     finally:
         sock.close()
         ctx.term()
+
+
+def test_run_with_unusable_state_dir_says_why(tmp_path):
+    long_dir = tmp_path / ("d" * 100)
+    sup = Supervisor(tmp_path, f'[supervise]\nstate_dir = "{long_dir}"\n' + CONFIG)
+    result = sup.cli("run", timeout=30)
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "shorter state_dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    sup = Supervisor(tmp_path, f'[supervise]\nstate_dir = "{blocked}"\n' + CONFIG)
+    result = sup.cli("run", timeout=30)
+    assert result.returncode == 1 and "cannot start: state dir" in result.stderr

@@ -1,0 +1,30 @@
+"""The CLI's argparse-free fast path must read every argv exactly as argparse does."""
+
+import pytest
+
+from supervise.cli import build_parser, fast_parse
+
+SAME = [
+    ["status"], ["status", "--json"], ["status", "web", "web:1", "--json"], ["status", "-c", "x.toml"],
+    ["status", "--config", "a b.toml", "web"], ["start", "web"], ["stop", "web:0", "--timeout", "3.5"],
+    ["restart", "-c", "c.toml", "web", "worker"], ["shutdown"], ["shutdown", "-c", "/tmp/s.toml"],
+]
+DECLINED = [
+    [], ["status", "--jsn"], ["start"], ["stop", "--timeout"], ["stop", "web", "--timeout", "soon"],
+    ["shutdown", "now"], ["status", "-c"], ["scale", "web", "2"], ["logs", "web"], ["--help"], ["status", "-h"],
+]
+
+
+@pytest.mark.parametrize("argv", SAME, ids=" ".join)
+def test_fast_path_matches_argparse(argv):
+    fast = fast_parse(argv)
+    slow = build_parser().parse_args(argv)
+    assert fast is not None
+    for key in ("func", "config", "targets", "json", "timeout"):
+        if hasattr(slow, key):
+            assert getattr(fast, key) == getattr(slow, key), key
+
+
+@pytest.mark.parametrize("argv", DECLINED, ids=lambda a: " ".join(a) or "(none)")
+def test_fast_path_leaves_the_rest_to_argparse(argv):
+    assert fast_parse(argv) is None
