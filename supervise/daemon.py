@@ -102,15 +102,13 @@ def lock_state_dir(paths: StatePaths) -> int:
 
 
 class Daemon:
-    def __init__(self, config: Config, log, lock_fd: int) -> None:
+    def __init__(self, config: Config, log) -> None:
         self.config = config
         self.log = log
         self.paths = StatePaths(config.supervise.state_dir)
-        self.lock_fd = lock_fd
         self.core = Core(config, random.Random())
         self.history = History()
         self.workers: dict[int, _Worker] = {}  # by pid
-        self.pids: dict[int, int] = {}  # spawn_id -> pid
         self.followers: set[tuple[bytes, ...]] = set()  # envelopes
         self.requests: dict[int, tuple[tuple[bytes, ...], object, str]] = {}  # id -> (envelope, client id, cmd)
         self.malformed = 0
@@ -281,7 +279,6 @@ class Daemon:
         worker = _Worker(action.spawn_id, name, app, dataclasses.replace(child, pidfd=None), token, child.pidfd,
                          str(log_path))
         self.workers[child.pid] = worker
-        self.pids[action.spawn_id] = child.pid
         self.heartbeats.register(token, action.spawn_id, name)
         if worker.pidfd is not None:
             self.loop.add_reader(worker.pidfd, self._reap)
@@ -294,7 +291,6 @@ class Daemon:
             if worker is None:
                 continue  # an orphaned grandchild; reaping it is all it needs
             self._forget_pidfd(worker)
-            self.pids.pop(worker.spawn_id, None)
             self.heartbeats.unregister(worker.token, worker.spawn_id)
             if not self.core.shutting_down:
                 self._sweep(worker)  # leftovers of the tree (KillMode=mixed semantics)
@@ -454,7 +450,7 @@ def run(config: Config, log) -> int:
     except OSError as exc:
         raise CannotStart(f"state dir {paths.root}: {exc.strerror or exc}") from None
     try:
-        return asyncio.run(Daemon(config, log, lock_fd).run())
+        return asyncio.run(Daemon(config, log).run())
     except zmq.ZMQError as exc:
         raise CannotStart(f"sockets in {paths.root}: {exc} (an ipc path must be under 108 bytes: "
                           "choose a shorter state_dir)") from None
