@@ -269,12 +269,12 @@ class Core:
             case Exited(spawn_id=sid, code=code, signal=sig):
                 actions += self._feed_spawn(sid, Died(code, sig), now, retire=True)
             case Beat(spawn_id=sid, fields=fields):
-                self._beat(sid, fields, now)
+                self.beat(sid, fields, now)
             case Ready(spawn_id=sid):
-                self._beat(sid, None, now)
+                self.beat(sid, None, now)
                 actions += self._feed_spawn(sid, BecameReady(), now)
             case Drained(spawn_id=sid):
-                self._beat(sid, None, now)
+                self.beat(sid, None, now)
                 actions += self._feed_spawn(sid, ReportedDrained(), now)
             case Sampled(rss=rss):
                 actions += self._sampled(rss, now)
@@ -307,8 +307,12 @@ class Core:
 
     # -- feeding the state machines -------------------------------------------------
 
-    def _beat(self, spawn_id: int, fields: dict | None, now: float) -> None:
-        """The hot path (thousands a second): no transition, no timer, no allocation."""
+    def beat(self, spawn_id: int, fields: dict | None, now: float) -> None:
+        """The hot path (thousands a second): no transition, no timer, no action.
+
+        Equivalent to ``handle(Beat(...))``, which can return nothing: the shell
+        calls it directly to skip the event queue for the commonest message.
+        """
         key = self._spawn_ids.get(spawn_id)
         if key is None:
             return

@@ -55,6 +55,7 @@ LOG_CHECK_INTERVAL = 3.0  # one stat() per instance on the loop; rotation itself
 MEMORY_INTERVAL = 0.5  # sampling period while some app has max_memory
 DISPLAY_INTERVAL = 30.0  # otherwise RSS is only for `status`: sample rarely
 MAX_FOLLOWERS = 64
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 HEARTBEAT_INTERVAL = 1.0
 
 
@@ -114,6 +115,7 @@ class Daemon:
         self.malformed = 0
         self._queue: deque[Event] = deque()
         self._dispatching = False
+        self._reap_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._exit: asyncio.Future[int] | None = None
         self._next_request = 0
@@ -132,12 +134,10 @@ class Daemon:
         self.cgroups = process.Cgroups.detect(str(os.getpid()))
         self.ctx = zmq.Context()
         self.control = self._bind_control()
-        self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, loop, self.dispatch)
+        self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, loop, self.dispatch,
+                                          lambda sid, fields: self.core.beat(sid, fields, loop.time()))
         self._sample_now = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.dispatch, ShutdownRequested())
-        loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._install_signal_handlers()
         self.log.info("daemon started", pid=os.getpid(), config=str(self.config.path),
                       state_dir=str(self.paths.root), apps=len(self.config.apps),
                       subreaper=subreaper, cgroups=self.cgroups is not None)
@@ -155,8 +155,8 @@ class Daemon:
         for chore in self._chores:
             chore.cancel()
         self._log_check.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
-            self.loop.remove_signal_handler(sig)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
         # Last sweep: anything still descending from us (a grandchild that
         # escaped every process group) goes now, so shutdown leaves nothing.
         leftovers = await self.loop.run_in_executor(self._executor, process.kill_all_descendants)
@@ -174,6 +174,31 @@ class Daemon:
             self.cgroups.close()
         self._executor.shutdown(wait=True)
         self.log.info("daemon stopped")
+
+    def _install_signal_handlers(self) -> None:
+        """Signals only enqueue work for the loop, through call_soon_threadsafe.
+
+        Not loop.add_signal_handler: that routes every signal through one
+        wakeup pipe, which a burst of SIGCHLD (1,000 workers killed at once)
+        fills, losing signal numbers — possibly a SIGTERM. A Python-level
+        handler runs whatever the pipe's state (CPython sets a flag in C and
+        retries an interrupted epoll after running it, PEP 475), and SIGCHLDs
+        are coalesced into one reap pass.
+        """
+        loop = self.loop
+
+        def on_signal(signum: int, frame) -> None:
+            if signum == signal.SIGCHLD:
+                if not self._reap_pending:
+                    self._reap_pending = True
+                    loop.call_soon_threadsafe(self._reap)
+            elif signum == signal.SIGHUP:
+                loop.call_soon_threadsafe(self._on_sighup)
+            else:
+                loop.call_soon_threadsafe(self.dispatch, ShutdownRequested())
+
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, on_signal)
 
     def _loop_error(self, loop, context) -> None:
         self.log.error("internal error", message=context.get("message"), exc_info=context.get("exception"))
@@ -286,6 +311,7 @@ class Daemon:
 
     def _reap(self) -> None:
         """The one reaper: every exit, of workers and of orphans re-parented to us."""
+        self._reap_pending = False
         for pid, code, sig in process.reap():
             worker = self.workers.pop(pid, None)
             if worker is None:
@@ -306,7 +332,13 @@ class Daemon:
         self.loop.run_in_executor(self._executor, _kill_tree_quietly, worker.child, worker.token, self.cgroups)
 
     async def _sample_forever(self) -> None:
-        """Memory of every instance's tree, in one pass off the loop; often only when needed."""
+        """Memory of instances' trees, in one pass off the loop.
+
+        Apps with max_memory are sampled every MEMORY_INTERVAL (or sooner when
+        the core asks to confirm a reading); the rest only every
+        DISPLAY_INTERVAL, for `status`: their RSS decides nothing.
+        """
+        last_full = self.loop.time()
         while True:
             fast = any(w.app.max_memory is not None for w in self.workers.values())
             try:
@@ -314,7 +346,11 @@ class Daemon:
             except TimeoutError:
                 pass
             self._sample_now.clear()
-            roots = [sampler.Root(w.spawn_id, pid, w.child.cgroup) for pid, w in self.workers.items()]
+            full = self.loop.time() - last_full >= DISPLAY_INTERVAL
+            if full:
+                last_full = self.loop.time()
+            roots = [sampler.Root(w.spawn_id, pid, w.child.cgroup) for pid, w in self.workers.items()
+                     if full or w.app.max_memory is not None]
             if roots:
                 rss = await self.loop.run_in_executor(self._executor, sampler.sample, roots)
                 self.dispatch(Sampled(rss))

@@ -51,10 +51,13 @@ def sample(roots: Iterable[Root]) -> dict[int, int | None]:
 
 
 def _cgroup_members(path: Path) -> set[int] | None:
-    pids: set[int] = set()
     try:
-        for dirpath, _, _ in os.walk(path):
-            with open(os.path.join(dirpath, "cgroup.procs")) as f:
+        # On cgroupfs a directory's link count is 2 + its sub-cgroups: a leaf
+        # (the usual case) is read directly, without the cost of os.walk.
+        dirs = [str(path)] if os.stat(path).st_nlink == 2 else [d for d, _, _ in os.walk(path)]
+        pids: set[int] = set()
+        for directory in dirs:
+            with open(os.path.join(directory, "cgroup.procs")) as f:
                 pids.update(int(line) for line in f.read().split())
     except (OSError, ValueError):
         return None
