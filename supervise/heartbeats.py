@@ -21,12 +21,12 @@ from supervise import protocol
 from supervise.core import Drained, Event, Ready
 
 BATCH = 5000  # messages per loop callback, so a flood cannot starve other work
-READ_PAUSE = 0.02
+READ_PAUSE = 0.03
 """After reading, leave the socket alone this long so messages arrive in batches.
 
 At 1,000 workers beating once a second, waking the loop per message costs
 more than handling the messages. A beat only moves a timestamp and hang
-checks allow far more than 20 ms of slack; ready and drained wait at most this.
+checks allow far more than 30 ms of slack; ready and drained wait at most this.
 """
 
 
