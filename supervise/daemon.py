@@ -131,11 +131,16 @@ class Daemon:
         self._exit = loop.create_future()
         loop.set_exception_handler(self._loop_error)
         subreaper = process.become_subreaper()
-        self.cgroups = process.Cgroups.detect(str(os.getpid()))
         self.ctx = zmq.Context()
-        self.control = self._bind_control()
-        self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, loop, self.dispatch,
-                                          lambda sid, fields: self.core.beat(sid, fields, loop.time()))
+        try:  # what can fail (an ipc path too long) comes before anything that needs undoing
+            self.control = self._bind_control()
+            self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, loop, self.dispatch,
+                                              lambda sid, fields: self.core.beat(sid, fields, loop.time()))
+        except zmq.ZMQError:
+            self.paths.control_socket.unlink(missing_ok=True)
+            self.ctx.destroy(linger=0)
+            raise
+        self.cgroups = process.Cgroups.detect(str(os.getpid()))
         self._sample_now = asyncio.Event()
         self._install_signal_handlers()
         self.log.info("daemon started", pid=os.getpid(), config=str(self.config.path),
