@@ -15,7 +15,6 @@ moment it starts. See benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -37,22 +36,16 @@ from harness import (
     Inbox,
     MiB,
     Processes,
+    Row,
     Supervised,
+    interrupt,
     median,
     ms,
     p99,
+    run_and_report,
 )
 
 FIGURES = ("restart", "spawn", "status", "footprint", "shutdown")
-
-
-@dataclass
-class Row:
-    figure: str
-    ours: str
-    floor: str
-    versus: str  # ratio or difference, and the target
-    ok: bool | None  # None: information only
 
 
 @dataclass
@@ -106,10 +99,6 @@ class Bench:
 
 def settle(seconds: float) -> None:
     time.sleep(seconds)  # let the previous step's exits and sweeps finish: not synchronization
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "MISS"
 
 
 # -- 1. restart latency ---------------------------------------------------------------
@@ -440,18 +429,6 @@ def bench_shutdown(b: Bench, n: int = 100) -> None:
 # -- the run ----------------------------------------------------------------------------
 
 
-def print_table(rows: list[Row]) -> None:
-    header = Row("figure", "ours", "floor", "vs floor (target)", None)
-    cells = [(r.figure, r.ours, r.floor, r.versus, "" if r.ok is None else verdict(r.ok)) for r in rows]
-    cells.insert(0, (header.figure, header.ours, header.floor, header.versus, "result"))
-    widths = [max(len(c[i]) for c in cells) for i in range(5)]
-    print()
-    for i, c in enumerate(cells):
-        print("  ".join(c[j].ljust(widths[j]) for j in range(5)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -495,10 +472,6 @@ def warm_up(b: Bench) -> None:
         subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, cwd=b.dir, check=True)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM/SIGHUP clean up like Ctrl-C
-
-
 def run(b: Bench) -> None:
     only = b.args.only
     if "restart" in only:
@@ -526,8 +499,8 @@ def run(b: Bench) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="sv-bench-"))
     procs = Processes(None if args.as_is_env else workdir / "pycache")
     inbox = Inbox(workdir / "hello.sock", procs.saw_pid)
@@ -536,37 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = "as-is environment" if args.as_is_env else "bytecode cached"
     print(f"supervise foundation benchmarks: {PY} ({' '.join(worker_argv[1:-1]) or 'with site'} worker, "
           f"{cache}), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, work dir {workdir}", flush=True)
-    code = 0
-    try:
-        warm_up(b)
-        run(b)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        code = 130
-    except (BenchError, subprocess.TimeoutExpired) as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        killed = procs.cleanup()
-        inbox.close()
-        os.close(b.floor_log)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if killed:
-            print(f"cleanup had to SIGKILL {len(killed)} processes: {killed[:20]}", file=sys.stderr)
-        if args.keep:
-            print(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if b.rows:
-        print_table(b.rows)
-        print(f"\n(load average at the end: {os.getloadavg()[0]:.2f}; command: "
-              f"{shlex.join([Path(PY).name, *sys.argv])})")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in b.rows], "raw": b.raw}, indent=1))
-    if code == 0 and any(r.ok is False for r in b.rows):
-        code = 1
-    return code
+    return run_and_report(b, lambda: (warm_up(b), run(b)), workdir, args.keep, args.json)
 
 
 if __name__ == "__main__":

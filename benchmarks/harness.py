@@ -316,3 +316,74 @@ class Supervised:
             return "\n".join((self.dir / "daemon.log").read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+# -- the table and the run's end, shared by every benchmark script ---------------------
+
+
+@dataclass
+class Row:
+    figure: str
+    ours: str
+    floor: str
+    versus: str  # the comparison with the floor, and the target
+    ok: bool | None  # None: information only
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "MISS"
+
+
+def print_table(rows: list[Row]) -> None:
+    cells = [("figure", "ours", "floor", "vs floor (target)", "result")]
+    cells += [(r.figure, r.ours, r.floor, r.versus, "" if r.ok is None else verdict(r.ok)) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    print()
+    for i, c in enumerate(cells):
+        print("  ".join(c[j].ljust(widths[j]) for j in range(5)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM/SIGHUP clean up like Ctrl-C
+
+
+def run_and_report(b, body, workdir: Path, keep: bool, json_path: str | None) -> int:
+    """Run ``body()``, clean up every process whatever happens, print the table; the exit code.
+
+    ``b`` has ``procs``, ``inbox``, ``floor_log``, ``rows`` and ``raw``.
+    """
+    import shlex
+    import shutil
+
+    code = 0
+    try:
+        body()
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        code = 130
+    except (BenchError, subprocess.TimeoutExpired) as exc:
+        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        killed = b.procs.cleanup()
+        b.inbox.close()
+        os.close(b.floor_log)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if killed:
+            print(f"cleanup had to SIGKILL {len(killed)} processes: {killed[:20]}", file=sys.stderr)
+        if keep:
+            print(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if b.rows:
+        print_table(b.rows)
+        print(f"\n(load average at the end: {os.getloadavg()[0]:.2f}; command: "
+              f"{shlex.join([Path(PY).name, *sys.argv])})")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"rows": [r.__dict__ for r in b.rows], "raw": b.raw}, indent=1))
+    if code == 0 and any(r.ok is False for r in b.rows):
+        code = 1
+    return code

@@ -36,21 +36,24 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from supervise import protocol, sampler
+from supervise.cgroups import Cgroups
+from supervise.control import Control, ControlError, NoDaemon
+from supervise.paths import StatePaths, locate_state_dir
+
 from harness import (
     PY,
     BenchError,
     Inbox,
     MiB,
     Processes,
+    Row,
     Supervised,
+    interrupt,
     median,
     ms,
+    run_and_report,
 )
-
-from supervise import protocol, sampler
-from supervise.cgroups import Cgroups
-from supervise.control import Control, ControlError, NoDaemon
-from supervise.paths import StatePaths, locate_state_dir
 
 HERE = Path(__file__).resolve().parent
 HEALTH_WORKER = HERE / "health_worker.py"
@@ -58,15 +61,6 @@ LOAD = HERE / "health_load.py"
 SINK = HERE / "health_sink.py"
 FIGURES = ("ingest", "hang", "memory", "sampler", "beat1000")
 OTHER_BENCHMARKS = ("foundation.py",)  # never measured at the same time as ours
-
-
-@dataclass
-class Row:
-    figure: str
-    ours: str
-    floor: str
-    versus: str  # the comparison, and the target
-    ok: bool | None  # None: information only
 
 
 @dataclass
@@ -156,10 +150,6 @@ class Helper:
 
 def settle(seconds: float) -> None:
     time.sleep(seconds)  # let the previous step's exits and sweeps finish: not synchronization
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "MISS"
 
 
 def per_second(value: float) -> str:
@@ -787,17 +777,6 @@ def bench_beat1000(b: Bench) -> None:
 # -- the run ----------------------------------------------------------------------------
 
 
-def print_table(rows: list[Row]) -> None:
-    cells = [("figure", "ours", "floor", "vs floor (target)", "result")]
-    cells += [(r.figure, r.ours, r.floor, r.versus, "" if r.ok is None else verdict(r.ok)) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(5)]
-    print()
-    for i, c in enumerate(cells):
-        print("  ".join(c[j].ljust(widths[j]) for j in range(5)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -871,10 +850,6 @@ def warm_up(b: Bench) -> None:
         subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, cwd=b.dir, check=True)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM/SIGHUP clean up like Ctrl-C
-
-
 def run(b: Bench) -> None:
     only = b.args.only
     if "ingest" in only:
@@ -892,8 +867,8 @@ def run(b: Bench) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
     if not args.no_wait:
         try:
             wait_for_other_benchmarks()
@@ -906,37 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = "as-is environment" if args.as_is_env else "bytecode cached"
     print(f"supervise health benchmarks: {PY} ({cache}), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
           f"work dir {workdir}", flush=True)
-    code = 0
-    try:
-        warm_up(b)
-        run(b)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        code = 130
-    except (BenchError, subprocess.TimeoutExpired) as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        killed = procs.cleanup()
-        inbox.close()
-        os.close(b.floor_log)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if killed:
-            print(f"cleanup had to SIGKILL {len(killed)} processes: {killed[:20]}", file=sys.stderr)
-        if args.keep:
-            print(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if b.rows:
-        print_table(b.rows)
-        print(f"\n(load average at the end: {os.getloadavg()[0]:.2f}; command: "
-              f"{shlex.join([Path(PY).name, *sys.argv])})")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in b.rows], "raw": b.raw}, indent=1))
-    if code == 0 and any(r.ok is False for r in b.rows):
-        code = 1
-    return code
+    return run_and_report(b, lambda: (warm_up(b), run(b)), workdir, args.keep, args.json)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import sys
 import time
 
 import zmq
-
 from supervise import protocol
 
 
