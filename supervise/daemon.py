@@ -49,6 +49,7 @@ from supervise.core import (
 )
 from supervise.heartbeats import HeartbeatServer
 from supervise.history import History
+from supervise.listeners import ListenError, Listeners, environment as listen_environment
 from supervise.paths import StatePaths
 
 LOG_CHECK_INTERVAL = 3.0  # one stat() per instance on the loop; rotation itself runs off it
@@ -140,6 +141,18 @@ class Daemon:
             self.paths.control_socket.unlink(missing_ok=True)
             self.ctx.destroy(linger=0)
             raise
+        self.listeners = Listeners()
+        try:
+            for app in self.config.apps.values():
+                for address in app.listen:
+                    self.listeners.bind(address)
+        except ListenError:
+            self.listeners.close()
+            self.heartbeats.close()
+            self.control.close(linger=0)
+            self.paths.control_socket.unlink(missing_ok=True)
+            self.ctx.term()
+            raise
         self.cgroups = process.Cgroups.detect(str(os.getpid()))
         self._sample_now = asyncio.Event()
         self._install_signal_handlers()
@@ -171,6 +184,7 @@ class Daemon:
         for worker in self.workers.values():
             self._forget_pidfd(worker)
         self.heartbeats.close()
+        self.listeners.close()
         self.loop.remove_reader(self.control.getsockopt(zmq.FD))
         self.control.close(linger=200)
         self.ctx.term()
@@ -298,8 +312,15 @@ class Daemon:
             "SUPERVISE_TOKEN": token,
             "SUPERVISE_HEARTBEAT_INTERVAL": str(_beat_interval(app)),
         })
+        fds: tuple[int, ...] = ()
+        launcher: tuple[str, ...] = ()
+        if app.listen:
+            fds = self.listeners.fds(app.listen)
+            launcher = self.listeners.launcher(fds)
+            env.update(listen_environment(app.listen))
         log_path = self.paths.log_file(app.name, index)
-        spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, log_path=log_path, name=name)
+        spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, log_path=log_path, name=name,
+                                 pass_fds=fds, launcher=launcher)
         try:
             child = process.spawn(spec, self.cgroups)
         except process.SpawnError as exc:
@@ -492,6 +513,8 @@ def run(config: Config, log) -> int:
         raise CannotStart(f"state dir {paths.root}: {exc.strerror or exc}") from None
     try:
         return asyncio.run(Daemon(config, log).run())
+    except ListenError as exc:
+        raise CannotStart(str(exc)) from None
     except zmq.ZMQError as exc:
         raise CannotStart(f"sockets in {paths.root}: {exc} (an ipc path must be under 108 bytes: "
                           "choose a shorter state_dir)") from None

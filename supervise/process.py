@@ -61,6 +61,7 @@ class SpawnSpec:
     log_path: Path
     name: str  # "web:0"; names the instance's cgroup
     pass_fds: tuple[int, ...] = ()
+    launcher: tuple[str, ...] = ()  # run argv through this (it execs argv); e.g. to set LISTEN_PID
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +101,16 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
         raise SpawnError(f"cwd does not exist: {spec.cwd}")
     if not spec.cwd.is_dir():
         raise SpawnError(f"cwd is not a directory: {spec.cwd}")
+    if spec.launcher and _resolve(spec.argv[0], spec.cwd, spec.env.get("PATH", os.defpath)) is None:
+        # Through a launcher a missing command would only show as its exit 127: say it here.
+        raise SpawnError(_explain_spawn_failure(spec, FileNotFoundError(errno.ENOENT, "not found")))
     log_fd = _open_log(spec.log_path)
     try:
         # Popen, not fork+exec by hand: without preexec_fn it uses vfork, which
         # keeps spawning fast however big the daemon gets. Output goes to a file,
         # not a pipe, so a worker never blocks on (or dies with) the daemon.
         proc = subprocess.Popen(
-            spec.argv, cwd=spec.cwd, env=dict(spec.env),
+            spec.launcher + spec.argv, cwd=spec.cwd, env=dict(spec.env),
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
             close_fds=True, pass_fds=spec.pass_fds,
             start_new_session=True,  # own session and process group: pgid == pid
