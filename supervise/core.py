@@ -249,15 +249,15 @@ class Core:
         self._timers = _Timers()
         self._waiters: dict[object, _Waiter] = {}
         self._exited = False
+        self._waiting: set[str] = set()  # apps whose start waits for their dependencies
+        self._draining: set[str] = set()  # apps whose shutdown waits for their dependents
 
     # -- the public surface -------------------------------------------------------
 
     def start(self, now: float) -> list[Action]:
-        """Bring every app up to its instance count."""
-        actions: list[Action] = [Publish({"type": "daemon", "event": "started"})]
-        for app in self.apps.values():
-            actions += self._converge(app, now)
-        return actions
+        """Bring every app up to its instance count, each after the apps it depends on."""
+        self._waiting = set(self.apps)
+        return [Publish({"type": "daemon", "event": "started"})] + self._follow_dependencies(now)
 
     def handle(self, event: Event, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -284,6 +284,8 @@ class Core:
                 actions += self._shutdown(now)
             case DeadlineReached():
                 actions += self._deadlines(now)
+        if self._waiting or self._draining:
+            actions += self._follow_dependencies(now)
         actions += self._settle_waiters(now)
         if self.shutting_down and not self._exited and self.live_count() == 0:
             self._exited = True
@@ -432,11 +434,39 @@ class Core:
         if self.shutting_down:
             return []
         self.shutting_down = True
-        actions: list[Action] = [Publish({"type": "daemon", "event": "draining"})]
-        for app in self.apps.values():
-            for inst in list(app.slots.values()):
-                actions += self._feed(app, inst, Halt(ExitReason.STOPPED), now)
+        self._waiting.clear()
+        self._draining = set(self.apps)
+        return [Publish({"type": "daemon", "event": "draining"})] + self._follow_dependencies(now)
+
+    # -- depends_on: start after, stop before ---------------------------------------
+
+    def _follow_dependencies(self, now: float) -> list[Action]:
+        """Start the apps whose dependencies are all running; in a shutdown, stop the
+        apps nothing live depends on any more. Repeats until nothing changes."""
+        actions: list[Action] = []
+        progressed = True
+        while progressed:
+            progressed = False
+            for name, app in self.apps.items():
+                if name in self._waiting and all(self._app_up(dep) for dep in app.config.depends_on):
+                    self._waiting.discard(name)
+                    actions += self._converge(app, now)
+                    progressed = True
+                if name in self._draining and not any(
+                        self._app_live(other) for other, o in self.apps.items() if name in o.config.depends_on):
+                    self._draining.discard(name)
+                    for inst in list(app.slots.values()):
+                        actions += self._feed(app, inst, Halt(ExitReason.STOPPED), now)
+                    progressed = True
         return actions
+
+    def _app_up(self, name: str) -> bool:
+        app = self.apps.get(name)
+        return app is None or (len(app.slots) >= app.target
+                               and all(i.state is State.RUNNING for i in app.slots.values()))
+
+    def _app_live(self, name: str) -> bool:
+        return any(i.state in LIVE_STATES for i in self.apps[name].slots.values())
 
     # -- commands -------------------------------------------------------------------
 

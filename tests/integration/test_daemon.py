@@ -229,3 +229,26 @@ def test_json_log_format(supervisor):
     records = [json.loads(line) for line in sup.log.read_text().splitlines() if line.strip()]
     assert any(r["event"] == "daemon started" and r["level"] == "info" for r in records)
     assert any(r.get("event", "").startswith("sleep:0 starting -> running") for r in records)
+
+
+def test_depends_on_orders_start_and_shutdown(supervisor):
+    sup = supervisor("""
+    [apps.web]
+    command = ["{python}", "{workers}/raw_beat.py", "good"]
+    readiness = "heartbeat"
+    depends_on = ["db"]
+
+    [apps.db]
+    command = ["{python}", "{workers}/raw_beat.py", "good"]
+    readiness = "heartbeat"
+    instances = 2
+    """)
+    sup.wait_state("web:0", "running", timeout=15)
+    assert sup.cli("shutdown").returncode == 0
+    assert sup.proc.wait(10) == 0
+    lines = sup.log.read_text().splitlines()
+    at = {key: next(i for i, line in enumerate(lines) if key in line)
+          for key in ("db:0 starting -> running", "db:1 starting -> running", "web:0 stopped -> starting",
+                      "web:0 running -> stopping", "web:0 stopping -> stopped", "db:0 running -> stopping")}
+    assert max(at["db:0 starting -> running"], at["db:1 starting -> running"]) < at["web:0 stopped -> starting"]
+    assert at["web:0 running -> stopping"] < at["web:0 stopping -> stopped"] < at["db:0 running -> stopping"]
