@@ -67,6 +67,11 @@ class Server(ThreadingHTTPServer):
             self.server_address = sock.getsockname()
             self.server_name, self.server_port = self.server_address[:2]
             sock.listen(self.request_queue_size)  # harmless on a listening socket
+            # Every instance waits on this one socket and all wake for each
+            # connection; only one wins the accept(). Blocking, the others
+            # would sit in accept() deaf to shutdown(); non-blocking, they get
+            # EAGAIN (an OSError socketserver ignores) and go back to waiting.
+            sock.setblocking(False)
 
     def process_request(self, request, client_address) -> None:
         # Counted here, in the accepting thread, so that once serve_forever()
