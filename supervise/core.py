@@ -10,14 +10,36 @@ schedules with a fake clock, and keeps policy readable in one place.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from supervise.config import AppConfig, Config
+from supervise.events import (  # noqa: F401  (re-exported: the core's public vocabulary)
+    Action,
+    Beat,
+    CommandReceived,
+    DeadlineReached,
+    Drained,
+    Event,
+    Exit,
+    Exited,
+    KillTree,
+    Publish,
+    Ready,
+    Reply,
+    Resample,
+    Sampled,
+    SendDrain,
+    ShutdownRequested,
+    Signal,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+)
 from supervise.instance import (
     LIVE_STATES,
+    MEMORY_HYSTERESIS,
     BecameReady,
     Context,
     Died,
@@ -30,191 +52,24 @@ from supervise.instance import (
     Launch,
     MemorySampled,
     ReportedDrained,
-    SendDrain as SendDrainEffect,
     SignalProcess,
     SpawnProcess,
-    StartFailed,
     Started,
+    StartFailed,
     State,
     TimerFired,
     step,
 )
-from supervise.instance import MEMORY_HYSTERESIS
+from supervise.instance import (
+    SendDrain as SendDrainEffect,
+)
 from supervise.policy import CrashLoopBreaker
-
-# Events -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Spawned:
-    spawn_id: int
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnFailed:
-    spawn_id: int
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Exited:
-    spawn_id: int
-    code: int | None
-    signal: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    spawn_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Beat:
-    """A valid heartbeat (the shell has checked its token); ``fields`` are its status fields."""
-
-    spawn_id: int
-    fields: dict | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Drained:
-    spawn_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Sampled:
-    """One memory pass: RSS of each instance's process tree, by spawn id (None: gone)."""
-
-    rss: dict[int, int | None]
-
-
-@dataclass(frozen=True, slots=True)
-class CommandReceived:
-    """An operator's command. ``targets`` are app names or instance names (``web:1``)."""
-
-    request_id: object
-    verb: str  # status | start | stop | restart | scale | shutdown
-    targets: tuple[str, ...] = ()
-    count: int | None = None
-    timeout: float | None = None  # reply with an error if not done by then
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownRequested:
-    """SIGTERM/SIGINT: drain everything, then exit."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadlineReached:
-    pass
-
-
-Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Drained | Sampled | CommandReceived | ShutdownRequested
-         | DeadlineReached)
-
-# Actions ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Spawn:
-    spawn_id: int
-    app: AppConfig
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    spawn_id: int
-    pid: int
-    signal: int
-
-
-@dataclass(frozen=True, slots=True)
-class KillTree:
-    spawn_id: int
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class SendDrain:
-    """Ask the worker over its heartbeat channel to finish in-flight work."""
-
-    spawn_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Resample:
-    """Sample memory again ``after`` seconds: an instance is over its limit, not yet confirmed."""
-
-    after: float
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    request_id: object
-    ok: bool
-    result: object = None
-    error: str | None = None
-    usage: bool = False  # the request itself was wrong (exit code 2), not the operation
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    event: dict
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    code: int
-
-
-Action = Spawn | Signal | KillTree | SendDrain | Resample | Reply | Publish | Exit
+from supervise.timers import Timers
 
 Key = tuple[str, int]
 
 MEMORY_RECHECK = 0.1
 """Seconds until the next memory sample while an over-limit reading awaits confirmation."""
-
-
-class _Timers:
-    """Deadlines by key, earliest first; stale heap entries are skipped lazily."""
-
-    def __init__(self) -> None:
-        self._when: dict[object, float] = {}
-        self._heap: list[tuple[float, int, object]] = []
-        self._seq = 0
-
-    def set(self, key: object, when: float | None) -> None:
-        if when is None:
-            self._when.pop(key, None)
-            return
-        if self._when.get(key) == when:
-            return
-        self._when[key] = when
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, key))
-        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._when):
-            self._heap = [(w, i, k) for w, i, k in self._heap if self._when.get(k) == w]
-            heapq.heapify(self._heap)
-
-    def _drop_stale(self) -> None:
-        while self._heap and self._when.get(self._heap[0][2]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-
-    def next(self) -> float | None:
-        self._drop_stale()
-        return self._heap[0][0] if self._heap else None
-
-    def pop_due(self, now: float) -> list[object]:
-        due = []
-        self._drop_stale()
-        while self._heap and self._heap[0][0] <= now:
-            _, _, key = heapq.heappop(self._heap)
-            del self._when[key]
-            due.append(key)
-            self._drop_stale()
-        return due
 
 
 @dataclass(slots=True)
@@ -246,7 +101,7 @@ class Core:
         self._spawn_ids: dict[int, Key] = {}
         self._current_spawn: dict[Key, int] = {}
         self._next_spawn_id = 1
-        self._timers = _Timers()
+        self._timers = Timers()
         self._waiters: dict[object, _Waiter] = {}
         self._exited = False
         self._waiting: set[str] = set()  # apps whose start waits for their dependencies

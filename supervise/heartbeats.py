@@ -18,7 +18,7 @@ from pathlib import Path
 import zmq
 
 from supervise import protocol
-from supervise.core import Drained, Event, Ready
+from supervise.events import Drained, Event, Ready
 
 BATCH = 5000  # messages per loop callback, so a flood cannot starve other work
 READ_PAUSE = 0.03

@@ -1,6 +1,6 @@
 """Serves on the sockets it was handed (systemd protocol): each connection gets one
 JSON line {pid, listen_pid, names, fds} and is closed."""
-import json, os, signal, sys, threading
+import json, os, signal, threading
 from supervise.worker import Heartbeat
 
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
