@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from supervise import logfiles, process, protocol, sampler
+from supervise import logfiles, process, sampler
 from supervise.config import AppConfig, Config
 from supervise.core import (
     Action,
@@ -47,6 +47,7 @@ from supervise.core import (
     SpawnFailed,
     DeadlineReached,
 )
+from supervise.control_server import ControlServer
 from supervise.heartbeats import HeartbeatServer
 from supervise.history import History
 from supervise.listeners import ListenError, Listeners, environment as listen_environment
@@ -55,7 +56,6 @@ from supervise.paths import StatePaths
 LOG_CHECK_INTERVAL = 3.0  # one stat() per instance on the loop; rotation itself runs off it
 MEMORY_INTERVAL = 0.5  # sampling period while some app has max_memory
 DISPLAY_INTERVAL = 30.0  # otherwise RSS is only for `status`: sample rarely
-MAX_FOLLOWERS = 64
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 HEARTBEAT_INTERVAL = 1.0
 
@@ -111,15 +111,11 @@ class Daemon:
         self.core = Core(config, random.Random())
         self.history = History()
         self.workers: dict[int, _Worker] = {}  # by pid
-        self.followers: set[tuple[bytes, ...]] = set()  # envelopes
-        self.requests: dict[int, tuple[tuple[bytes, ...], object, str]] = {}  # id -> (envelope, client id, cmd)
-        self.malformed = 0
         self._queue: deque[Event] = deque()
         self._dispatching = False
         self._reap_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._exit: asyncio.Future[int] | None = None
-        self._next_request = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supervise-io")
         self._base_env = dict(os.environ)
         self.cgroups: process.Cgroups | None = None
@@ -134,7 +130,10 @@ class Daemon:
         subreaper = process.become_subreaper()
         self.ctx = zmq.Context()
         try:  # what can fail (an ipc path too long) comes before anything that needs undoing
-            self.control = self._bind_control()
+            self.control = ControlServer(
+                self.ctx, self.paths.control_socket, loop, self.history,
+                lambda rid, req: self.dispatch(CommandReceived(rid, req.cmd, req.targets, req.count, req.timeout)),
+                self._status_extra)
             self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, loop, self.dispatch,
                                               lambda sid, fields: self.core.beat(sid, fields, loop.time()))
         except zmq.ZMQError:
@@ -149,8 +148,7 @@ class Daemon:
         except ListenError:
             self.listeners.close()
             self.heartbeats.close()
-            self.control.close(linger=0)
-            self.paths.control_socket.unlink(missing_ok=True)
+            self.control.close()
             self.ctx.term()
             raise
         self.cgroups = process.Cgroups.detect(str(os.getpid()))
@@ -185,8 +183,7 @@ class Daemon:
             self._forget_pidfd(worker)
         self.heartbeats.close()
         self.listeners.close()
-        self.loop.remove_reader(self.control.getsockopt(zmq.FD))
-        self.control.close(linger=200)
+        self.control.close()
         self.ctx.term()
         self.paths.control_socket.unlink(missing_ok=True)
         if self.cgroups is not None:
@@ -289,7 +286,7 @@ class Daemon:
             case Resample(after=after):
                 self.loop.call_later(after, self._sample_now.set)
             case Reply():
-                self._reply(action)
+                self.control.reply(action)
             case Publish(event=event):
                 self._publish(event)
             case Exit(code=code):
@@ -401,92 +398,16 @@ class Daemon:
             except OSError as exc:
                 self.log.warning("log rotation failed", path=path, error=str(exc))
 
-    # -- control channel --------------------------------------------------------------
-
-    def _bind_control(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished client raises, so followers get dropped
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES + 1024)
-        path = self.paths.control_socket
-        path.unlink(missing_ok=True)  # we hold the lock: any socket file here is stale
-        old_umask = os.umask(0o077)
-        try:
-            sock.bind(f"ipc://{path}")
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        self.loop.add_reader(sock.getsockopt(zmq.FD), self._on_control)
-        return sock
-
-    def _on_control(self) -> None:
-        # zmq.FD is edge-triggered: drain every queued message before returning.
-        while self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if len(frames) < 2:
-                self.malformed += 1
-                continue
-            # A REQ client puts an empty delimiter after its identity; keep it
-            # in the envelope so the reply finds its way back.
-            split = 2 if len(frames) > 2 and frames[1] == b"" else 1
-            self._on_request(tuple(frames[:split]), frames[split:])
-
-    def _on_request(self, peer: tuple[bytes, ...], frames: list[bytes]) -> None:
-        try:
-            req = protocol.decode_request(frames)
-        except protocol.ProtocolError as exc:
-            self.malformed += 1
-            self._send(peer, protocol.encode_reply(False, error=f"bad request: {exc}", usage=True))
-            return
-        if req.cmd == "events":
-            events = self.history.since(req.since)
-            self._send(peer, protocol.encode_reply(
-                True, {"events": events, "first": self.history.first_seq, "last": self.history.last_seq},
-                id=req.id))
-            if req.follow:
-                if len(self.followers) >= MAX_FOLLOWERS:
-                    self.followers.pop()
-                self.followers.add(peer)
-            return
-        self._next_request += 1
-        rid = self._next_request
-        self.requests[rid] = (peer, req.id, req.cmd)
-        self.dispatch(CommandReceived(rid, req.cmd, req.targets, req.count, req.timeout))
-
-    def _reply(self, reply: Reply) -> None:
-        peer, client_id, cmd = self.requests.pop(reply.request_id, (None, None, None))
-        if peer is None:
-            return
-        result = reply.result
-        if cmd == "status" and reply.ok:
-            result = {**result, "daemon": {"pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
-                                           "control_malformed": self.malformed}}
-        self._send(peer, protocol.encode_reply(reply.ok, result, reply.error, reply.usage, id=client_id))
-
-    def _send(self, envelope: tuple[bytes, ...], payload: bytes) -> bool:
-        try:
-            self.control.send_multipart([*envelope, payload], zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError:  # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading
-            return False
-        finally:
-            # Sending can consume the edge of zmq.FD; look again for queued input.
-            if self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self.loop.call_soon(self._on_control)
-
     def _publish(self, event: dict) -> None:
         stamped = self.history.append(event, time.time())
         if event.get("type") == "state":
             fields = {k: v for k, v in event.items() if k in ("pid", "exit") and v is not None}
             self.log.info(f"{event['name']} {event['from']} -> {event['to']}", **fields)
-        if self.followers:
-            payload = protocol.encode_event(stamped)
-            for peer in list(self.followers):
-                if not self._send(peer, payload):
-                    self.followers.discard(peer)
+        self.control.push(stamped)
+
+    def _status_extra(self) -> dict:
+        return {"pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
+                "control_malformed": self.control.malformed}
 
 
 def _beat_interval(app: AppConfig) -> float:

@@ -1,0 +1,119 @@
+"""The control channel's server side: a ROUTER for CLI requests and live event streams.
+
+Requests become core commands (their replies come back as the core's Reply
+actions, matched by request id); ``events`` is served here from the event
+history, with live events pushed to followers. A malformed frame is counted
+and answered, never raised into the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from supervise import protocol
+from supervise.events import Reply
+from supervise.history import History
+
+MAX_FOLLOWERS = 64
+
+
+class ControlServer:
+    def __init__(self, ctx: zmq.Context, path: Path, loop: asyncio.AbstractEventLoop, history: History,
+                 submit: Callable[[int, protocol.Request], None], status_extra: Callable[[], dict]) -> None:
+        self.loop = loop
+        self.path = path
+        self.history = history
+        self.submit = submit
+        self.status_extra = status_extra
+        self.malformed = 0
+        self.followers: set[tuple[bytes, ...]] = set()  # envelopes of `events --follow` clients
+        self._requests: dict[int, tuple[tuple[bytes, ...], object, str]] = {}  # id -> (envelope, client id, cmd)
+        self._next_request = 0
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished client raises, so followers get dropped
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES + 1024)
+        path.unlink(missing_ok=True)  # the daemon holds the lock: any socket file here is stale
+        old_umask = os.umask(0o077)
+        try:
+            self.sock.bind(f"ipc://{path}")
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._fd = self.sock.getsockopt(zmq.FD)
+        loop.add_reader(self._fd, self._on_readable)
+
+    def reply(self, reply: Reply) -> None:
+        envelope, client_id, cmd = self._requests.pop(reply.request_id, (None, None, None))
+        if envelope is None:
+            return
+        result = reply.result
+        if cmd == "status" and reply.ok:
+            result = {**result, "daemon": self.status_extra()}
+        self._send(envelope, protocol.encode_reply(reply.ok, result, reply.error, reply.usage, id=client_id))
+
+    def push(self, stamped_event: dict) -> None:
+        """A live event to every follower; one that stopped reading is dropped."""
+        if not self.followers:
+            return
+        payload = protocol.encode_event(stamped_event)
+        for envelope in list(self.followers):
+            if not self._send(envelope, payload):
+                self.followers.discard(envelope)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self._fd)
+        self.sock.close(linger=200)
+        self.path.unlink(missing_ok=True)
+
+    def _on_readable(self) -> None:
+        # zmq.FD is edge-triggered: drain every queued message before returning.
+        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) < 2:
+                self.malformed += 1
+                continue
+            # A REQ client puts an empty delimiter after its identity; keep it
+            # in the envelope so the reply finds its way back.
+            split = 2 if len(frames) > 2 and frames[1] == b"" else 1
+            self._on_request(tuple(frames[:split]), frames[split:])
+
+    def _on_request(self, envelope: tuple[bytes, ...], frames: list[bytes]) -> None:
+        try:
+            req = protocol.decode_request(frames)
+        except protocol.ProtocolError as exc:
+            self.malformed += 1
+            self._send(envelope, protocol.encode_reply(False, error=f"bad request: {exc}", usage=True))
+            return
+        if req.cmd == "events":
+            events = self.history.since(req.since)
+            self._send(envelope, protocol.encode_reply(
+                True, {"events": events, "first": self.history.first_seq, "last": self.history.last_seq},
+                id=req.id))
+            if req.follow:
+                if len(self.followers) >= MAX_FOLLOWERS:
+                    self.followers.pop()
+                self.followers.add(envelope)
+            return
+        self._next_request += 1
+        self._requests[self._next_request] = (envelope, req.id, req.cmd)
+        self.submit(self._next_request, req)
+
+    def _send(self, envelope: tuple[bytes, ...], payload: bytes) -> bool:
+        try:
+            self.sock.send_multipart([*envelope, payload], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading
+            return False
+        finally:
+            # Sending can consume the edge of zmq.FD; look again for queued input.
+            if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self.loop.call_soon(self._on_readable)
