@@ -175,6 +175,9 @@ def _status_table(result: dict) -> str:
             rows.append((i["name"], i["state"], str(i["pid"] or "-"), _duration(i["uptime"]),
                          str(i["restarts"]), _size(i["rss"]), _duration(i.get("heartbeat_age")),
                          _last_exit(i["last_exit"])))
+    for app in result["apps"]:
+        if app.get("waiting_for"):
+            rows.append((app["name"], "waiting", "-", "-", "-", "-", "-", "for " + ", ".join(app["waiting_for"])))
     widths = [max(len(r[c]) for r in rows) for c in range(len(header) - 1)]
     return "\n".join("  ".join(r[c].ljust(widths[c]) for c in range(len(header) - 1)) + "  " + r[-1]
                      for r in rows)

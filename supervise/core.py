@@ -466,7 +466,10 @@ class Core:
                     continue
                 rows.append(self._instance_json(app.slots[index], now))
             if wanted is None or rows:
-                apps.append({"name": name, "target": app.target, "instances": rows})
+                entry = {"name": name, "target": app.target, "instances": rows}
+                if name in self._waiting:  # not started yet: its dependencies are not all running
+                    entry["waiting_for"] = [d for d in app.config.depends_on if not self._app_up(d)]
+                apps.append(entry)
         return {"apps": apps}
 
     def _instance_json(self, inst: Instance, now: float) -> dict:

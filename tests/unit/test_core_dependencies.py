@@ -22,6 +22,8 @@ def test_start_waits_for_dependencies_to_be_running():
     core = make(web=["db", "cache"], cache=["db"])
     first = spawned(core.start(0.0))
     assert {name for name, _, _ in first} == {"db"}
+    waiting = {a["name"]: a.get("waiting_for") for a in core.status(0.0)["apps"]}
+    assert waiting == {"web": ["db", "cache"], "db": None, "cache": ["db"]}
     later = []
     for _, _, sid in first:
         core.handle(Spawned(sid, 100 + sid), 0.1)
