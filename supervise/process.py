@@ -248,10 +248,12 @@ def kill_tree(child: Child, token: str | None) -> int:
     if child.cgroup is not None:
         in_cgroup = kill_cgroup(child.cgroup)
         if in_cgroup is not None:
-            # The cgroup holds every descendant (none can fork or setsid out of
-            # it), so the /proc walks below would find nothing more; only the
-            # process group covers the microseconds before the child was moved in.
-            return len(in_cgroup | _kill_process_group(child))
+            # The cgroup holds every descendant forked after the child was moved
+            # in. One forked before that (the daemon descheduled between Popen
+            # and the move, a fast binary) is still in its process group or,
+            # if it setsid'ed and its parent exited, an orphan of ours with the
+            # token: both are cheap to reach, so the full /proc walks are skipped.
+            return len(in_cgroup | _kill_process_group(child) | _kill_token_holders(token))
     for _ in range(_SWEEP_PASSES):
         found = (
             _kill_leader(child)
@@ -369,7 +371,37 @@ def _kill_token_holders(token: str | None) -> set[int]:
     # (as it was at exec) still holds the token of the spawn it came from.
     if not token:
         return set()
-    return _kill_live(proc for proc in _children(psutil.Process()) if _token_of(proc) == token)
+    found: set[int] = set()
+    for proc in _direct_children():
+        if _token_of(proc) == token:
+            found |= _kill_live([proc, *_children(proc)])
+    return found
+
+
+def _direct_children() -> list[psutil.Process]:
+    """Our children, from /proc/self/task/*/children (one small read per thread,
+    where psutil would walk all of /proc); psutil where that file is missing."""
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(pid) for pid in f.read().split())
+    except (OSError, ValueError):
+        return _children_once(psutil.Process())
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    return procs
+
+
+def _children_once(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children()
+    except psutil.Error:
+        return []
 
 
 def _token_of(proc: psutil.Process) -> str | None:

@@ -291,7 +291,8 @@ def test_kill_tree_without_cgroup_kills_double_forked_grandchild(tmp_path: Path)
 
 def test_kill_tree_with_cgroup_kills_double_forked_grandchild(procs: Procs, cgroups: Cgroups, tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
-    child = procs.spawn(sys.executable, str(DOUBLE_FORK), str(pidfile), cgroups=cgroups, name="web:0")
+    child = procs.spawn(sys.executable, str(DOUBLE_FORK), str(pidfile), cgroups=cgroups, name="web:0",
+                        env={**os.environ, "PROC_WAIT_CGROUP": "/web_0."})
     assert child.cgroup is not None and child.cgroup.parent == cgroups.root
     assert child.cgroup.name.startswith("web_0.")
     gpid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text()))
