@@ -352,7 +352,8 @@ class Daemon:
             worker.pidfd = None
 
     def _sweep(self, worker: _Worker) -> None:
-        self.loop.run_in_executor(self._executor, _kill_tree_quietly, worker.child, worker.token, self.cgroups)
+        self.loop.run_in_executor(self._executor, _kill_tree_quietly, worker.child, worker.token, self.cgroups,
+                               frozenset(self.workers))
 
     async def _sample_forever(self) -> None:
         """Memory of instances' trees, in one pass off the loop.
@@ -416,9 +417,10 @@ def _beat_interval(app: AppConfig) -> float:
     return round(min(HEARTBEAT_INTERVAL, app.heartbeat_timeout / 3), 3)
 
 
-def _kill_tree_quietly(child: process.Child, token: str, cgroups: process.Cgroups | None) -> None:
+def _kill_tree_quietly(child: process.Child, token: str, cgroups: process.Cgroups | None,
+                       workers: frozenset[int]) -> None:
     try:
-        process.kill_tree(child, token)
+        process.kill_tree(child, token, workers)
         if cgroups is not None and child.cgroup is not None:
             cgroups.remove(child.cgroup)
     except Exception:  # the sweep is best effort; the final shutdown sweep backs it up

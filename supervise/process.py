@@ -20,7 +20,7 @@ import errno
 import os
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,11 +237,12 @@ def send_signal(pid: int, sig: int) -> bool:
     return True
 
 
-def kill_tree(child: Child, token: str | None) -> int:
+def kill_tree(child: Child, token: str | None, workers: Collection[int] = ()) -> int:
     """SIGKILL an instance's whole process tree; returns how many processes were signalled.
 
     Safe when everything is already gone, and never signals a reused pid. It
-    walks /proc, so call it off the event loop. `child.pidfd`, when set, must
+    walks /proc, so call it off the event loop. `workers`: pids of live
+    workers, which the token sweep need not read (only orphans can match). `child.pidfd`, when set, must
     stay open until this returns.
     """
     signalled: set[int] = set()
@@ -253,13 +254,13 @@ def kill_tree(child: Child, token: str | None) -> int:
             # and the move, a fast binary) is still in its process group or,
             # if it setsid'ed and its parent exited, an orphan of ours with the
             # token: both are cheap to reach, so the full /proc walks are skipped.
-            return len(in_cgroup | _kill_process_group(child) | _kill_token_holders(token))
+            return len(in_cgroup | _kill_process_group(child) | _kill_token_holders(token, workers))
     for _ in range(_SWEEP_PASSES):
         found = (
             _kill_leader(child)
             | _kill_process_group(child)
             | _kill_descendants(child)
-            | _kill_token_holders(token)
+            | _kill_token_holders(token, workers)
         )
         if found <= signalled:
             break
@@ -365,20 +366,20 @@ def _kill_descendants(child: Child) -> set[int]:
     return _kill_live(_children(leader)) if leader is not None else set()
 
 
-def _kill_token_holders(token: str | None) -> set[int]:
+def _kill_token_holders(token: str | None, skip: Collection[int] = ()) -> set[int]:
     # We are a subreaper: a grandchild that double-forked or setsid'ed away
     # from the worker becomes our child when its parent exits. Its environment
     # (as it was at exec) still holds the token of the spawn it came from.
     if not token:
         return set()
     found: set[int] = set()
-    for proc in _direct_children():
+    for proc in _direct_children(skip):
         if _token_of(proc) == token:
             found |= _kill_live([proc, *_children(proc)])
     return found
 
 
-def _direct_children() -> list[psutil.Process]:
+def _direct_children(skip: Collection[int] = ()) -> list[psutil.Process]:
     """Our children, from /proc/self/task/*/children (one small read per thread,
     where psutil would walk all of /proc); psutil where that file is missing."""
     pids: set[int] = set()
@@ -389,7 +390,7 @@ def _direct_children() -> list[psutil.Process]:
     except (OSError, ValueError):
         return _children_once(psutil.Process())
     procs = []
-    for pid in pids:
+    for pid in pids.difference(skip):
         try:
             procs.append(psutil.Process(pid))
         except psutil.Error:
