@@ -58,6 +58,7 @@ MEMORY_INTERVAL = 0.5  # sampling period while some app has max_memory
 DISPLAY_INTERVAL = 30.0  # otherwise RSS is only for `status`: sample rarely
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 HEARTBEAT_INTERVAL = 1.0
+SWEEP_DELAY = 0.05
 
 
 class AlreadyRunning(Exception):
@@ -342,7 +343,10 @@ class Daemon:
             self._forget_pidfd(worker)
             self.heartbeats.unregister(worker.token, worker.spawn_id)
             if not self.core.shutting_down:
-                self._sweep(worker)  # leftovers of the tree (KillMode=mixed semantics)
+                # Leftovers of the tree (KillMode=mixed semantics), a moment
+                # later: the sweep walks /proc in a thread, and started at once
+                # it would compete for the GIL with spawning the replacement.
+                self.loop.call_later(SWEEP_DELAY, self._sweep, worker)
             self.dispatch(Exited(worker.spawn_id, code, sig))
 
     def _forget_pidfd(self, worker: _Worker) -> None:
