@@ -79,6 +79,14 @@ class _App:
     target: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _WaiterDeadline:
+    """A command's timeout in the timers, kept apart from instance keys (an app
+    may well be named "waiter", and request ids are small integers too)."""
+
+    request_id: object
+
+
 @dataclass(slots=True)
 class _Waiter:
     """A command whose reply waits until the instances it touched settle."""
@@ -153,11 +161,6 @@ class Core:
 
     def live_count(self) -> int:
         return sum(1 for app in self.apps.values() for i in app.slots.values() if i.state in LIVE_STATES)
-
-    def instance(self, name: str) -> Instance | None:
-        app, _, index = name.partition(":")
-        a = self.apps.get(app)
-        return a.slots.get(int(index)) if a and index.isdigit() else None
 
     def spawn_id_of(self, inst: Instance) -> int | None:
         return self._current_spawn.get((inst.app, inst.index))
@@ -273,8 +276,8 @@ class Core:
     def _deadlines(self, now: float) -> list[Action]:
         actions: list[Action] = []
         for key in self._timers.pop_due(now):
-            if isinstance(key, tuple) and key and key[0] == "waiter":
-                waiter = self._waiters.pop(key[1], None)
+            if isinstance(key, _WaiterDeadline):
+                waiter = self._waiters.pop(key.request_id, None)
                 if waiter is not None:
                     actions.append(Reply(waiter.request_id, False, error=f"{waiter.verb}: timed out; "
                                          + self._describe(waiter.keys)))
@@ -400,7 +403,7 @@ class Core:
     def _add_waiter(self, waiter: _Waiter, timeout: float | None, now: float) -> None:
         self._waiters[waiter.request_id] = waiter
         if timeout is not None:
-            self._timers.set(("waiter", waiter.request_id), now + timeout)
+            self._timers.set(_WaiterDeadline(waiter.request_id), now + timeout)
 
     def _settle_waiters(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -409,7 +412,7 @@ class Core:
             if verdict is None:
                 continue
             del self._waiters[rid]
-            self._timers.set(("waiter", rid), None)
+            self._timers.set(_WaiterDeadline(rid), None)
             ok, message = verdict
             actions.append(Reply(rid, ok, result=self.status(now, sorted(waiter.keys)) if ok else None,
                                  error=None if ok else message))

@@ -26,9 +26,6 @@ class State(StrEnum):
 LIVE_STATES = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 """States in which a process may exist for the slot."""
 
-RESTING_STATES = frozenset({State.STOPPED, State.BACKOFF, State.FAILED})
-"""States in which no process exists for the slot."""
-
 
 class ExitReason(StrEnum):
     CRASHED = "crashed"

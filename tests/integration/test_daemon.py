@@ -136,7 +136,8 @@ def test_double_forked_grandchild_is_not_left_behind(supervisor, tmp_path, how):
         assert sup.cli("shutdown").returncode == 0
         assert sup.proc.wait(10) == 0
     wait_until(lambda: not pid_alive(grandchild), timeout=5, message="the grandchild to be killed")
-    wait_until(lambda: not marked_processes(sup.marker) or how == "stop", timeout=5)
+    if how == "shutdown":  # the daemon too is gone: nothing of this test may be left
+        wait_until(lambda: not marked_processes(sup.marker), timeout=5)
 
 
 def test_scale_up_and_down_drains_highest_indexes(supervisor):

@@ -65,3 +65,18 @@ def test_shutdown_stops_dependents_first():
     for sid in db_ids:
         final += core.handle(Exited(sid, 0, None), 1.2)
     assert Exit(0) in final
+
+
+def test_a_command_timeout_never_collides_with_an_instance_deadline():
+    # Request ids and instance indexes are both small integers: an app named
+    # "waiter" must not have its stop deadline taken for a command's timeout.
+    from supervise.core import CommandReceived, DeadlineReached, KillTree
+
+    app = AppConfig("waiter", ("x",), Path("/"), instances=2, stop_timeout=5.0)
+    core = Core(Config(Path("/c.toml"), SuperviseConfig(Path("/s")), {"waiter": app}), random.Random(0))
+    for name, index, sid in spawned(core.start(0.0)):
+        core.handle(Spawned(sid, 100 + sid), 0.0)
+    core.handle(CommandReceived(1, "stop", ("waiter:1",), timeout=60.0), 1.0)
+    assert core.next_deadline() == 6.0  # waiter:1's stop_timeout, still armed
+    actions = core.handle(DeadlineReached(), 6.0)
+    assert [a for a in actions if isinstance(a, KillTree)]
