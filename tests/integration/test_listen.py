@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 
@@ -56,7 +57,14 @@ def test_the_socket_outlives_every_worker(supervisor):
     port = free_port()
     sup = supervisor(config(f"127.0.0.1:{port}", instances=1))
     old = sup.wait_state("echo:0", "running")["pid"]
+    pidfd = os.pidfd_open(old)
     os.kill(old, signal.SIGKILL)
+    # Wait until it has really died: a killed process still blocked in accept()
+    # can take one more connection from the queue before the signal lands.
+    try:
+        assert select.select([pidfd], [], [], 10)[0], "SIGKILLed worker still alive"
+    finally:
+        os.close(pidfd)
     # No instance is serving at this moment, yet the connection is accepted by
     # the kernel's queue and answered by the replacement.
     reply = ask(("127.0.0.1", port))
