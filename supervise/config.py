@@ -79,6 +79,18 @@ class AppConfig:
     crash_loop: CrashLoopConfig = CrashLoopConfig()
     port: int | None = None
     chaos: bool = False
+    reload_surge: int | None = None  # new instances started at once in a rollout; None: see surge()
+
+    def surge(self) -> int:
+        """How many new instances a rollout starts beside the old ones at once.
+
+        0 means stop an old instance before starting its replacement: the
+        default when instances bind their own `{port}` (two cannot share it);
+        with `listen` sockets or no port, one new instance at a time.
+        """
+        if self.reload_surge is not None:
+            return self.reload_surge
+        return 0 if self.port is not None and not self.listen else 1
 
     def argv(self, index: int) -> list[str]:
         """The command of instance ``index`` with its templates filled in."""
@@ -349,6 +361,7 @@ def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
         "log_backups": units.integer,
         "port": partial(units.integer, lo=1, hi=65535),
         "chaos": units.boolean,
+        "reload_surge": units.integer,
     }
 
 

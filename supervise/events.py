@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from supervise.config import AppConfig
+from supervise.config import AppConfig, Config
 
 # Events -------------------------------------------------------------------------
 
@@ -62,10 +62,13 @@ class CommandReceived:
     """An operator's command. ``targets`` are app names or instance names (``web:1``)."""
 
     request_id: object
-    verb: str  # status | start | stop | restart | scale | shutdown
+    verb: str  # status | start | stop | restart | scale | reload | shutdown
     targets: tuple[str, ...] = ()
     count: int | None = None
     timeout: float | None = None  # reply with an error if not done by then
+    config: Config | None = None  # reload: the re-read config whose difference to apply
+    dry_run: bool = False  # reload: only say what would change
+    cause: str = "reload"  # reload: what asked for it (reload | watch | signal); no reply when request_id is None
 
 
 @dataclass(frozen=True, slots=True)

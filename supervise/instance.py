@@ -121,6 +121,11 @@ Input = Launch | Halt | Started | StartFailed | BecameReady | Died | TimerFired 
 MEMORY_HYSTERESIS = 3
 """Consecutive samples over max_memory before a restart: a brief spike does not kill."""
 
+TRIAL_SETTLE = 1.0
+"""With readiness = "none", a rollout's new instance counts as ready once it has
+stayed up this long (or start_timeout, if shorter): code that crashes on start
+fails the rollout instead of replacing the old generation."""
+
 DRAINED_GRACE = 0.5
 """After reporting drained, a stopping worker gets this long to exit on its own before the kill."""
 
@@ -148,14 +153,30 @@ class SendDrain:
     pass
 
 
-Effect = SpawnProcess | SignalProcess | KillProcess | SendDrain
+@dataclass(frozen=True, slots=True)
+class ReplaceFirst:
+    """Start a replacement beside this instance and stop it once that one is ready.
+
+    Asked instead of a stop when the app's `listen` sockets let two processes
+    serve one slot for a moment (a memory restart that drops nothing)."""
+
+    reason: ExitReason
 
 
-@dataclass(slots=True)
+Effect = SpawnProcess | SignalProcess | KillProcess | SendDrain | ReplaceFirst
+
+
+@dataclass(slots=True, eq=False)  # identity: the core keys timers and spawns by the object
 class Instance:
     app: str
     index: int
     breaker: CrashLoopBreaker
+    config: AppConfig | None = None  # the generation it runs; the core's _feed passes it as Context.app
+    generation: int = 1
+    spawn_id: int | None = None  # of its current process; older ids are stale
+    trial: bool = False  # a rollout's new instance: a failure removes it instead of restarting it
+    retired: bool = False  # replaced: once its process is gone it is dropped, never restarted
+    replacing: bool = False  # a ReplaceFirst is under way
     state: State = State.STOPPED
     pid: int | None = None
     spawned_at: float | None = None
@@ -204,6 +225,9 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
 
         case State.STARTING, Started(pid=pid):
             inst.pid = pid
+            if ctx.app.readiness == "none" and inst.trial:
+                inst.deadline = ctx.now + min(TRIAL_SETTLE, ctx.app.start_timeout)
+                return []
             if ctx.app.readiness == "none":
                 return _become_running(inst, ctx)
             inst.deadline = ctx.now + ctx.app.start_timeout
@@ -254,6 +278,8 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
             inst.state = State.STOPPED
             return []
 
+        case State.STARTING, TimerFired() if inst.trial and ctx.app.readiness == "none":
+            return _become_running(inst, ctx)  # stayed up through TRIAL_SETTLE
         case State.STARTING, TimerFired():
             # Not ready within start_timeout: a failed start, taken down gracefully.
             return step(inst, Halt(ExitReason.START_TIMEOUT), ctx)
@@ -280,8 +306,11 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
                 inst.over_memory = 0
                 return []
             inst.over_memory += 1
-            if inst.over_memory < MEMORY_HYSTERESIS:
+            if inst.over_memory < MEMORY_HYSTERESIS or inst.replacing:
                 return []
+            if ctx.app.listen and inst.state is State.RUNNING and not inst.trial:
+                inst.replacing = True
+                return [ReplaceFirst(ExitReason.MEMORY)]
             return step(inst, Halt(ExitReason.MEMORY), ctx)
         case _, MemorySampled(rss=rss):
             inst.rss = rss
@@ -311,6 +340,7 @@ def _spawn(inst: Instance, ctx: Context) -> list[Effect]:
     inst.killed = False
     inst.last_beat = inst.heard_at = inst.fields = inst.rss = None
     inst.over_memory = 0
+    inst.replacing = False
     return [SpawnProcess()]
 
 
@@ -339,6 +369,9 @@ def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Effec
     if healthy:
         inst.failures = 0
         inst.breaker.close()
+    if inst.trial or inst.retired:  # the rollout (or replacement) decides what follows
+        inst.state = State.STOPPED
+        return []
     if not should_restart(ctx.app.restart, clean_exit=last_exit.reason is ExitReason.EXITED):
         inst.state = State.STOPPED
         return []
@@ -367,8 +400,8 @@ def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Effec
 def _after_requested_stop(inst: Instance, ctx: Context) -> list[Effect]:
     """The process is gone after a stop we asked for."""
     reason = inst.stop_reason
-    then_start = inst.then_start
-    if reason in FAILURE_REASONS:  # hung, memory, start-timeout: health restarts
+    then_start = inst.then_start and not inst.retired
+    if reason in FAILURE_REASONS and not inst.retired:  # hung, memory, start-timeout: health restarts
         return _after_exit(inst, inst.last_exit, ctx)
     inst.pid = None
     inst.running_since = None

@@ -1,0 +1,98 @@
+"""Rolling replacement as data: what a rollout has left to do, and what a new config changes.
+
+A rollout replaces an app's instances slot by slot: the new generation's
+instance starts beside the old one (up to `surge` at once), and only once it
+is ready is the old one drained and stopped. With a surge of 0 (instances
+that bind their own port) the old one stops first and comes back if its
+replacement fails. A replacement that fails to become ready stops the
+rollout: the slots not yet replaced keep the old generation, so a broken
+release never takes an app down. The core drives these steps; this module
+only holds their state and the config diff, both pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from supervise.config import AppConfig
+
+PROCESS_FIELDS = ("command", "cwd", "env", "listen", "port", "heartbeat_timeout")
+"""Keys that change what a running process was given: changing one rolls the app.
+The others (restart policy, timeouts, limits, watch, ...) apply to running
+instances in place."""
+
+
+@dataclass(slots=True)
+class Rollout:
+    app: str
+    generation: int
+    config: AppConfig  # the new generation's
+    previous: AppConfig  # restored if the rollout fails, for instances started later
+    previous_generation: int
+    pending: list[int]  # slots still to replace, in order
+    cause: str = "reload"  # reload | watch | config
+    started_at: float = 0.0
+    active: set[int] = field(default_factory=set)  # slots being replaced now
+    switched: list[int] = field(default_factory=list)  # stopped slots moved to the new generation as they were
+    total: int = 0
+    replaced: int = 0
+    state: str = "running"  # running | done | failed | cancelled
+    error: str | None = None
+    finished_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.total = len(self.pending)
+
+    @property
+    def surge(self) -> int:
+        return self.config.surge()
+
+    def as_json(self, now: float) -> dict:
+        end = self.finished_at if self.finished_at is not None else now
+        return {"generation": self.generation, "state": self.state, "cause": self.cause,
+                "replaced": self.replaced, "total": self.total, "error": self.error,
+                "duration": round(end - self.started_at, 3)}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One app's part of a config reload."""
+
+    app: str
+    action: str  # start | stop | roll | update | unchanged
+    instances: tuple[int, int] | None = None  # (before, after) when the count changes
+    fields: tuple[str, ...] = ()  # the keys that differ
+
+    def as_json(self) -> dict:
+        out: dict = {"app": self.app, "action": self.action}
+        if self.instances is not None:
+            out["instances"] = list(self.instances)
+        if self.fields:
+            out["fields"] = list(self.fields)
+        return out
+
+
+def diff(old: Mapping[str, AppConfig], new: Mapping[str, AppConfig]) -> list[Change]:
+    """What applying `new` over `old` does to each app, in `new`'s order, removed apps last."""
+    changes: list[Change] = []
+    for name, after in new.items():
+        before = old.get(name)
+        if before is None:
+            changes.append(Change(name, "start", (0, after.instances)))
+            continue
+        fields = tuple(f.name for f in dataclasses.fields(AppConfig)
+                       if f.name not in ("name", "instances") and getattr(before, f.name) != getattr(after, f.name))
+        count = (before.instances, after.instances) if before.instances != after.instances else None
+        if any(f in PROCESS_FIELDS for f in fields):
+            action = "roll"
+        elif fields or count:
+            action = "update"
+        else:
+            action = "unchanged"
+        changes.append(Change(name, action, count, fields))
+    for name, before in old.items():
+        if name not in new:
+            changes.append(Change(name, "stop", (before.instances, 0)))
+    return changes
