@@ -66,7 +66,9 @@ class Server(ThreadingHTTPServer):
             self.socket = sock
             self.server_address = sock.getsockname()
             self.server_name, self.server_port = self.server_address[:2]
-            sock.listen(self.request_queue_size)  # harmless on a listening socket
+            # No listen() here: the daemon listens with a deep backlog, and
+            # listen(5) (socketserver's default) would shrink the shared queue
+            # that holds connections while instances are replaced.
             # Every instance waits on this one socket and all wake for each
             # connection; only one wins the accept(). Blocking, the others
             # would sit in accept() deaf to shutdown(); non-blocking, they get

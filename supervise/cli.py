@@ -20,6 +20,7 @@ from supervise.paths import BadConfig, StatePaths, locate_state_dir
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 DEFAULT_CONFIG = "supervise.toml"
 DEFAULT_WAIT = 120.0
+RELOAD_WAIT = 600.0  # a rollout takes each instance's startup in turn
 
 
 class UsageError(Exception):
@@ -95,6 +96,44 @@ def cmd_scale(args: SimpleNamespace) -> int:
     result = _control(args).request(req, timeout=args.timeout + 5)
     print(_status_table(result) if result["apps"] else f"{args.app}: scaled to {args.count}")
     return EXIT_OK
+
+
+def cmd_reload(args: SimpleNamespace) -> int:
+    """Roll the named apps onto fresh processes; with none, re-read the config and apply the difference."""
+    req = protocol.Request("reload", tuple(args.targets), timeout=args.timeout, dry_run=args.dry_run)
+    result = _control(args).request(req, timeout=args.timeout + 5)
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    print("\n".join(_plan_lines(result["plan"], dry_run=args.dry_run)) or "nothing to change")
+    for r in result.get("rollouts", []):
+        print(f"{r['app']}: rolled {r['replaced']}/{r['total']} instances to generation "
+              f"{r['generation']} in {r['duration']:.2f}s")
+    return EXIT_OK
+
+
+def _plan_lines(plan: list[dict], dry_run: bool) -> list[str]:
+    lines = []
+    for change in plan:
+        action, name = change["action"], change["app"]
+        count = change.get("instances")
+        fields = f" (changed: {', '.join(change['fields'])})" if change.get("fields") else ""
+        if action == "roll" and isinstance(count, list) and change.get("surge") is not None:  # reload APP
+            text = f"roll {len(count)} instances, {change['surge']} at a time"
+        elif action == "roll":
+            text = "roll every instance onto the new config" + fields
+        elif action == "start":
+            text = f"start {count[1]} instances"
+        elif action == "stop":
+            text = f"stop and remove its {count[0]} instances"
+        elif action == "update":
+            text = "apply in place, no restart" + fields
+        else:
+            text = "unchanged"
+        if action in ("roll", "update") and count and change.get("surge") is None:
+            text += f"; scale {count[0]} -> {count[1]}"
+        lines.append(f"{name}: {'would ' if dry_run and action != 'unchanged' else ''}{text}")
+    return lines
 
 
 def cmd_shutdown(args: SimpleNamespace) -> int:
@@ -219,6 +258,13 @@ def build_parser():
     p = verb("events", cmd_events, "state changes as JSON lines, then live ones")
     p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only events after this number")
     p.add_argument("--no-follow", action="store_true", help="print the history and exit")
+    p = verb("reload", cmd_reload, "replace instances one by one with no downtime; "
+             "with no APP, re-read the config and apply the difference")
+    p.add_argument("targets", nargs="*", metavar="APP|NAME")
+    p.add_argument("--dry-run", action="store_true", help="print what would change and change nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--timeout", type=float, default=RELOAD_WAIT,
+                   help=f"seconds to wait for the rollout (default {RELOAD_WAIT:g})")
     verb("shutdown", cmd_shutdown, "drain everything, then the daemon exits")
     return parser
 

@@ -185,6 +185,16 @@ class Core:
     def live_count(self) -> int:
         return sum(1 for app in self.apps.values() for i in app.instances() if i.state in LIVE_STATES)
 
+    def configs_in_use(self) -> list[AppConfig]:
+        """Every config an instance runs or may restart with (the shell keeps their sockets)."""
+        configs = []
+        for app in self.apps.values():
+            configs.append(app.config)
+            if app.rollout is not None and app.rolling:
+                configs.append(app.rollout.previous)
+            configs += [i.config for i in app.instances()]
+        return configs
+
     def spawn_id_of(self, inst: Instance) -> int | None:
         return inst.spawn_id
 
@@ -588,9 +598,9 @@ class Core:
         for name, index in keys:
             by_app.setdefault(name, []).append(index)
         by_app = {name: [i for i in indexes if i < self.apps[name].target] for name, indexes in by_app.items()}
+        plan = [{"app": name, "action": "roll", "instances": indexes, "surge": self.apps[name].config.surge()}
+                for name, indexes in by_app.items()]
         if cmd.dry_run:
-            plan = [{"app": name, "action": "roll", "instances": indexes, "surge": self.apps[name].config.surge()}
-                    for name, indexes in by_app.items()]
             return [Reply(cmd.request_id, True, result={"plan": plan, "dry_run": True})]
         actions: list[Action] = []
         for name, indexes in by_app.items():
@@ -598,8 +608,8 @@ class Core:
             actions += self._start_rollout(app, indexes, app.config, cmd.cause, now)
         if cmd.request_id is not None:
             generations = {name: self.apps[name].generation for name in by_app}
-            self._add_waiter(_Waiter(cmd.request_id, "reload", frozenset(), {}, generations=generations),
-                             cmd.timeout, now)
+            self._add_waiter(_Waiter(cmd.request_id, "reload", frozenset(), {}, generations=generations,
+                                     plan=plan), cmd.timeout, now)
         return actions
 
     def _reload_config(self, cmd: CommandReceived, config: Config, now: float) -> list[Action]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from supervise import config as config_module
 from supervise import logfiles, process, sampler
 from supervise.config import AppConfig, Config
 from supervise.core import (
@@ -133,8 +134,7 @@ class Daemon:
         try:  # what can fail (an ipc path too long) comes before anything that needs undoing
             self.control = ControlServer(
                 self.ctx, self.paths.control_socket, loop, self.history,
-                lambda rid, req: self.dispatch(CommandReceived(rid, req.cmd, req.targets, req.count, req.timeout)),
-                self._status_extra)
+                self._on_request, self._status_extra)
             self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, loop, self.dispatch,
                                               lambda sid, fields: self.core.beat(sid, fields, loop.time()))
         except zmq.ZMQError:
@@ -221,8 +221,50 @@ class Daemon:
         self.log.error("internal error", message=context.get("message"), exc_info=context.get("exception"))
 
     def _on_sighup(self) -> None:
-        self.log.warning("SIGHUP received: live config reload is not implemented yet; "
-                         "restart the daemon to apply config changes")
+        self.log.info("SIGHUP received: re-reading the config", config=str(self.config.path))
+        self._reload_config(None, dry_run=False, cause="signal")
+
+    # -- requests and reloads ---------------------------------------------------------
+
+    def _on_request(self, rid: int, req) -> None:
+        if req.cmd == "reload" and not req.targets:
+            self._reload_config(rid, req.dry_run, "reload", req.timeout)
+            return
+        self.dispatch(CommandReceived(rid, req.cmd, req.targets, req.count, req.timeout, dry_run=req.dry_run))
+
+    def _reload_config(self, rid: int | None, dry_run: bool, cause: str, timeout: float | None = None) -> None:
+        """Re-read the config file and hand it to the core, which applies the difference.
+
+        A config with errors changes nothing: the same file:line messages as
+        `check` go back to the caller (and to the log, for SIGHUP). New listen
+        addresses are bound first, so an address in use is also an error
+        before anything has changed.
+        """
+        try:
+            new = config_module.load(self.config.path)
+            if new.supervise.state_dir != self.config.supervise.state_dir:
+                raise config_module.ConfigError([config_module.Problem(
+                    new.path, None, "supervise.state_dir",
+                    "changed; that takes a daemon restart (`supervise shutdown`, then `supervise run`)")])
+            if not dry_run:
+                for app in new.apps.values():
+                    for address in app.listen:
+                        self.listeners.bind(address)
+        except (config_module.ConfigError, ListenError) as exc:
+            self.log.error("config reload rejected; nothing changed", error=str(exc))
+            if rid is not None:
+                self.control.reply(Reply(rid, False, error=str(exc), usage=True))
+            return
+        if not dry_run:
+            self.config = new
+        self.dispatch(CommandReceived(rid, "reload", config=new, dry_run=dry_run, cause=cause, timeout=timeout))
+        if not dry_run:
+            self._close_unused_listeners()
+
+    def _close_unused_listeners(self) -> None:
+        keep = {address for app in self.core.configs_in_use() for address in app.listen}
+        for address in self.listeners.close_unused(keep):
+            self.log.info("closed a listen socket no app uses any more", address=address)
 
     # -- the dispatch loop ------------------------------------------------------------
 
@@ -313,6 +355,13 @@ class Daemon:
         fds: tuple[int, ...] = ()
         launcher: tuple[str, ...] = ()
         if app.listen:
+            try:
+                for address in app.listen:  # bound already, unless a reload closed it since
+                    self.listeners.bind(address)
+            except ListenError as exc:
+                self.log.error("spawn failed", name=name, error=str(exc))
+                self.dispatch(SpawnFailed(action.spawn_id, str(exc)))
+                return
             fds = self.listeners.fds(app.listen)
             launcher = self.listeners.launcher(fds)
             env.update(listen_environment(app.listen))
@@ -405,9 +454,18 @@ class Daemon:
 
     def _publish(self, event: dict) -> None:
         stamped = self.history.append(event, time.time())
-        if event.get("type") == "state":
+        kind = event.get("type")
+        if kind == "state":
             fields = {k: v for k, v in event.items() if k in ("pid", "exit") and v is not None}
             self.log.info(f"{event['name']} {event['from']} -> {event['to']}", **fields)
+        elif kind == "rollout":
+            fields = {k: v for k, v in event.items() if k not in ("type", "app", "event")}
+            log = self.log.error if event["event"] == "failed" else self.log.info
+            log(f"rollout of {event['app']} {event['event']}", **fields)
+            if event["event"] != "started":
+                self._close_unused_listeners()
+        elif kind == "config":
+            self.log.info("config reloaded", changes=event["changes"])
         self.control.push(stamped)
 
     def _status_extra(self) -> dict:

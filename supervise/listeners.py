@@ -61,13 +61,18 @@ class Listeners:
         return tuple(self._fds[a] for a in addresses)
 
     def close(self) -> None:
-        for address, sock in self._socks.items():
-            os.close(self._fds[address])
-            sock.close()
+        self.close_unused(set())
+
+    def close_unused(self, keep: set[str]) -> list[str]:
+        """Close every socket whose address is not in `keep` (a reload moved an app
+        elsewhere): a bound socket nobody accepts on would queue clients forever."""
+        closed = [address for address in self._socks if address not in keep]
+        for address in closed:
+            os.close(self._fds.pop(address))
+            self._socks.pop(address).close()
             if address.startswith("unix:/"):
                 Path(address[5:]).unlink(missing_ok=True)
-        self._socks.clear()
-        self._fds.clear()
+        return closed
 
 
     def launcher(self, fds: tuple[int, ...]) -> tuple[str, ...]:

@@ -17,17 +17,18 @@ from collections import namedtuple
 VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 
-VERBS = frozenset({"status", "start", "stop", "restart", "scale", "shutdown", "events"})
+VERBS = frozenset({"status", "start", "stop", "restart", "scale", "reload", "shutdown", "events"})
 
 
 class ProtocolError(ValueError):
     """A frame that is not a valid message; the text says what is wrong with it."""
 
 
-Request = namedtuple("Request", "cmd targets count timeout since follow id",
-                     defaults=((), None, None, 0, False, None))
+Request = namedtuple("Request", "cmd targets count timeout since follow id dry_run",
+                     defaults=((), None, None, 0, False, None, False))
 Request.__doc__ = """A control request. ``count``: scale's new size; ``timeout``: give up waiting
-after this; ``since``/``follow``: events replay and live streaming; ``id``: echoed back."""
+after this; ``since``/``follow``: events replay and live streaming; ``id``: echoed back;
+``dry_run``: reload only says what it would do."""
 
 
 def encode_request(req: Request) -> bytes:
@@ -41,6 +42,8 @@ def encode_request(req: Request) -> bytes:
     if req.cmd == "events":
         body["since"] = req.since
         body["follow"] = req.follow
+    if req.dry_run:
+        body["dry_run"] = True
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -89,7 +92,11 @@ def decode_request(frames: list[bytes]) -> Request:
     rid = body.get("id")
     if rid is not None and not isinstance(rid, (str, int, float)):
         raise ProtocolError("id must be a string or a number")
-    return Request(cmd, tuple(targets), count, None if timeout is None else float(timeout), since, follow, rid)
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ProtocolError("dry_run must be true or false")
+    return Request(cmd, tuple(targets), count, None if timeout is None else float(timeout), since, follow, rid,
+                   dry_run)
 
 
 def encode_reply(ok: bool, result: object = None, error: str | None = None, usage: bool = False,

@@ -51,7 +51,7 @@ class Rollout:
 
     def as_json(self, now: float) -> dict:
         end = self.finished_at if self.finished_at is not None else now
-        return {"generation": self.generation, "state": self.state, "cause": self.cause,
+        return {"app": self.app, "generation": self.generation, "state": self.state, "cause": self.cause,
                 "replaced": self.replaced, "total": self.total, "error": self.error,
                 "duration": round(end - self.started_at, 3)}
 
