@@ -87,6 +87,15 @@ class Cgroups:
             # EBUSY (domain controllers enabled above us), ESRCH, EACCES: go without.
             self.remove(path)
             return None
+        # What it forked before the move (a shell starting a helper in its
+        # first microseconds) is still outside: bring it in, so that memory
+        # sampling and the kill see the whole tree through the cgroup. Forks
+        # after the move land inside by themselves.
+        for early in _early_descendants(pid):
+            try:
+                _write(path / "cgroup.procs", str(early))
+            except OSError:
+                continue  # exited meanwhile; the kill's process-group sweep covers the rest
         return path
 
     def kill(self, path: Path) -> bool:
@@ -242,3 +251,25 @@ def _rmdir_quietly(path: Path) -> None:
         path.rmdir()
     except OSError:  # EBUSY: still populated; ENOENT: already gone
         pass
+
+
+def _early_descendants(pid: int, limit: int = 64) -> list[int]:
+    """Descendants of `pid` by the kernel's children lists, breadth first, at most `limit`."""
+    found: list[int] = []
+    queue = [pid]
+    while queue and len(found) < limit:
+        parent = queue.pop(0)
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            queue += children
+    return found[:limit]
+
