@@ -38,7 +38,7 @@ from harness import PY, BenchError, Inbox, Processes, Row, interrupt, median, ms
 from loadgen import LoadGenerator  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"
-FIGURES = ("load", "rollout", "watch")
+FIGURES = ("load", "rollout", "watch", "idle")
 
 
 @dataclass
@@ -205,6 +205,37 @@ def bench_watch(b: Bench) -> None:
                       f"max {ms(max(latencies))} (target < 300 ms)", median(latencies) < 0.3))
 
 
+def bench_idle(b: Bench) -> None:
+    """CPU of an idle daemon watching a tree, against one that watches nothing, side by side."""
+    import psutil
+
+    window = 10.0 if b.args.quick else 30.0
+    tree = b.dir / "tree"
+    for i in range(200):  # a source tree worth watching
+        (tree / f"pkg{i // 20}").mkdir(parents=True, exist_ok=True)
+        (tree / f"pkg{i // 20}" / f"mod{i}.py").write_text("x = 1\n")
+    command = [PY, "-c", "import signal; from supervise.worker import Heartbeat; Heartbeat.from_env().ready(); "
+                         "signal.pause()"]
+    watched = Daemon(b, "idle-watch", web_app(free_port(), 1, command,
+                                              f'watch = ["{tree}/**/*.py"]\n'))
+    plain = Daemon(b, "idle-plain", web_app(free_port(), 1, command))
+    watched.wait_running(1)
+    plain.wait_running(1)
+    time.sleep(2.0)  # let both settle (the watcher arms, the first samples pass)
+    procs = {d: psutil.Process(d.proc.pid) for d in (watched, plain)}
+    before = {d: sum(p.cpu_times()[:2]) for d, p in procs.items()}
+    time.sleep(window)
+    used = {d: (sum(p.cpu_times()[:2]) - before[d]) / window * 100 for d, p in procs.items()}
+    extra = used[watched] - used[plain]
+    print(f"  idle over {window:g}s: watching 200 files {used[watched]:.3f}% of a core, "
+          f"watching nothing {used[plain]:.3f}%", flush=True)
+    b.raw["idle"] = {"watch": used[watched], "plain": used[plain]}
+    for d in (watched, plain):
+        d.shutdown()
+    b.rows.append(Row("idle daemon CPU, watching 200 files", f"{used[watched]:.3f}%", f"{used[plain]:.3f}%",
+                      f"+{extra:.3f}% of a core (target: small)", None))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs")
@@ -231,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
           f"work dir {workdir}", flush=True)
 
     def body() -> None:
-        for name, bench in (("load", bench_load), ("rollout", bench_rollout), ("watch", bench_watch)):
+        for name, bench in (("load", bench_load), ("rollout", bench_rollout), ("watch", bench_watch),
+                            ("idle", bench_idle)):
             if name in args.only:
                 bench(b)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import zmq
 
 from supervise import config as config_module
-from supervise import logfiles, process, sampler
+from supervise import logfiles, process, sampler, watch
 from supervise.config import AppConfig, Config
 from supervise.core import (
     Action,
@@ -159,6 +159,8 @@ class Daemon:
                       state_dir=str(self.paths.root), apps=len(self.config.apps),
                       subreaper=subreaper, cgroups=self.cgroups is not None)
         self._chores = [loop.create_task(self._sample_forever())]
+        self.watcher: watch.Watcher | None = None
+        self._watch(self.config)
         self._log_check = loop.call_later(LOG_CHECK_INTERVAL, self._check_logs)
         self._dispatching = True  # spawns report back through the queue, after these actions
         self._run_actions(self.core.start(loop.time()))
@@ -169,6 +171,8 @@ class Daemon:
             await self._close()
 
     async def _close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop(timeout=0)  # a daemon thread: it notices within one step, we need not wait
         for chore in self._chores:
             chore.cancel()
         self._log_check.cancel()
@@ -256,10 +260,41 @@ class Daemon:
                 self.control.reply(Reply(rid, False, error=str(exc), usage=True))
             return
         if not dry_run:
-            self.config = new
+            old, self.config = self.config, new
+            if _watched(old) != _watched(new):
+                self._watch(new)
         self.dispatch(CommandReceived(rid, "reload", config=new, dry_run=dry_run, cause=cause, timeout=timeout))
         if not dry_run:
             self._close_unused_listeners()
+
+    def _watch(self, config: Config) -> None:
+        """(Re)start the file watcher for `config`'s `watch` patterns; stop it when none are left."""
+        if self.watcher is not None:
+            self.watcher.stop(timeout=0)
+        self.watcher = watch.Watcher.from_config(config, self._files_changed_elsewhere, log=self.log)
+        if self.watcher is not None:
+            self.watcher.start()
+            for root in self.watcher.missing_roots:
+                self.log.warning("a watched directory does not exist (yet)", root=root)
+            self.loop.run_in_executor(None, self._announce_watching, self.watcher)
+
+    def _announce_watching(self, watcher: watch.Watcher) -> None:
+        """Off the loop: say so once changes are really being seen (the watches are armed)."""
+        if watcher.wait_ready(30.0) and watcher is self.watcher:
+            self.log.info("watching for changes", roots=list(watcher.roots))
+
+    def _files_changed_elsewhere(self, apps: frozenset[str], paths: tuple[str, ...]) -> None:
+        """Called on the watcher's thread: hand over to the loop."""
+        self.loop.call_soon_threadsafe(self._files_changed, apps, paths)
+
+    def _files_changed(self, apps: frozenset[str], paths: tuple[str, ...]) -> None:
+        if self.core.shutting_down:
+            return
+        live = sorted(app for app in apps if app in self.core.apps)
+        if live:
+            self.log.info("watched files changed: rolling", apps=live, paths=list(paths[:5]),
+                          more=max(0, len(paths) - 5))
+            self.dispatch(CommandReceived(None, "reload", tuple(live), cause="watch"))
 
     def _close_unused_listeners(self) -> None:
         keep = {address for app in self.core.configs_in_use() for address in app.listen}
@@ -471,6 +506,10 @@ class Daemon:
     def _status_extra(self) -> dict:
         return {"pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
                 "control_malformed": self.control.malformed}
+
+
+def _watched(config: Config) -> dict:
+    return {name: (app.watch, app.watch_ignore) for name, app in config.apps.items() if app.watch}
 
 
 def _beat_interval(app: AppConfig) -> float:

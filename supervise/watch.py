@@ -20,8 +20,9 @@ Why it is built this way:
   call.
 - A watch dies with its directory and cannot be set on one that does not
   exist yet: roots are re-checked (inode included) after each batch and every
-  ``recheck`` seconds, and the watch re-armed when one vanished, appeared or
-  was replaced; the files of a new root count as changed.
+  ``recheck`` seconds, and the watch re-armed (after one last batch, so what
+  was queued is not lost) when one vanished, appeared or was replaced; the
+  files of a new root count as changed.
 - The thread never dies while not stopped: a failure (inotify limit, a root
   racing away) is logged and retried after a pause doubling up to
   ``RETRY_MAX``. Nothing is raised into the daemon.
@@ -29,10 +30,12 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,6 +66,7 @@ DEFAULT_IGNORED_NAMES = (
 STEP_MS = 50  # a quiet step ends a batch: the latency of a single save
 DEBOUNCE_MS = 1_600  # the longest a batch may keep growing under a steady stream of writes
 RECHECK = 2.0  # seconds between checks for roots that vanished or appeared
+RUST_TIMEOUT_MS = 100  # how long a quiet watcher stays in Rust before Python may re-check its roots
 RETRY_FIRST = 0.5  # seconds before re-arming after a failure, doubling ...
 RETRY_MAX = 10.0  # ... up to this
 
@@ -212,10 +216,12 @@ class WatchFilter:
 
     @classmethod
     def from_config(cls, config: Config) -> WatchFilter:
+        """For every app's ``watch`` and ``watch_ignore``, relative to the config file's directory."""
         apps = {name: (app.watch, app.watch_ignore) for name, app in config.apps.items()}
         return cls.build(config.path.parent, apps, config.supervise.state_dir)
 
     def __call__(self, change: object, path: str) -> bool:
+        """The watchfiles ``watch_filter`` contract: keep ``path`` when it concerns some app."""
         return bool(self.apps_for(path))
 
     def components(self, path: str) -> list[str]:
@@ -324,8 +330,8 @@ class Watcher:
         self.missing_roots = tuple(root for root in self.roots if not os.path.isdir(root))
         self._on_change = on_change
         self._log: Log = log if log is not None else _NoLog()
-        self._options = dict(step=step_ms, debounce=debounce_ms, rust_timeout=max(1, round(recheck * 1000)),
-                             force_polling=force_polling)
+        self._options: dict[str, Any] = dict(step=step_ms, debounce=debounce_ms, force_polling=force_polling,
+                                             rust_timeout=RUST_TIMEOUT_MS)
         self._recheck = recheck
         self._stop = threading.Event()
         self._armed = threading.Event()
@@ -341,6 +347,7 @@ class Watcher:
 
     @property
     def running(self) -> bool:
+        """The thread is alive (started and not yet stopped)."""
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
@@ -351,7 +358,8 @@ class Watcher:
         self._thread.start()
 
     def wait_ready(self, timeout: float) -> bool:
-        """Wait until changes are being seen (watches armed); False if ``timeout`` passed first."""
+        """Wait until changes are being seen (watches armed); False if ``timeout`` passed first
+        (or every root is missing)."""
         return self._armed.wait(timeout)
 
     def stop(self, timeout: float = 1.0) -> None:
@@ -384,12 +392,18 @@ class Watcher:
         # What a new root holds was written while nothing watched it: it counts as changed, once armed.
         on_armed = (lambda: self._deliver(_files_below(appeared))) if appeared else None
         stop = _StopProbe(self._stop, self._armed, on_armed)
-        for changes in watchfiles.watch(*present, watch_filter=self.filter, stop_event=stop, yield_on_timeout=True,
-                                        raise_interrupt=False, **self._options):
-            if changes:
+        batches = watchfiles.watch(*present, watch_filter=self.filter, stop_event=stop, yield_on_timeout=True,
+                                   raise_interrupt=False, **self._options)
+        with contextlib.closing(batches):  # closes the Rust watcher now, not whenever the generator is collected
+            next_check = time.monotonic() + self._recheck
+            for changes in batches:
                 self._deliver(path for _, path in changes)
-            if watch_roots(self.filter.base, self.filter.patterns) != roots or _identities(roots) != present:
-                return
+                if changes or time.monotonic() >= next_check:
+                    if watch_roots(self.filter.base, self.filter.patterns) != roots or _identities(roots) != present:
+                        # One more batch first: what was queued before we noticed is not lost with this watcher.
+                        self._deliver(path for _, path in next(batches, set()))
+                        return
+                    next_check = time.monotonic() + self._recheck
 
     def _take_roots(self) -> tuple[tuple[str, ...], dict[str, tuple[int, int]], list[str]]:
         """The roots now, those present (with their identity), and those new since the last session."""

@@ -79,6 +79,26 @@ def test_reload_of_four_instances_under_load_drops_nothing(supervisor, tmp_path)
     assert rollout_of(sup)["state"] == "done"
 
 
+def test_saving_a_watched_file_rolls_the_app_and_drops_nothing(supervisor, tmp_path):
+    sup, port, old = start_web(supervisor, tmp_path, extra='watch = ["*.py"]\nwatch_ignore = ["scratch_*"]')
+    code = (tmp_path / "web.py").read_text()
+    (tmp_path / "__pycache__").mkdir()
+    wait_until(lambda: "watching for changes" in sup.log.read_text(), timeout=30, message="the watcher armed")
+    with LoadGenerator(port, clients=8) as load:
+        load.wait_for(WARMUP)
+        (tmp_path / "scratch_notes.py").write_text("ignored\n")  # watch_ignore
+        (tmp_path / "__pycache__" / "web.cpython.pyc").write_bytes(b"ignored")  # default ignore
+        (tmp_path / "web.py.tmp").write_text(code + "\n# edited\n")  # an editor's atomic save
+        os.replace(tmp_path / "web.py.tmp", tmp_path / "web.py")
+        wait_until(lambda: rollout_of(sup) and rollout_of(sup)["state"] == "done", timeout=60, interval=0.05,
+                   message="the rollout the save started")
+        load.wait_for(AFTER)
+    assert load.result.failed == 0, load.result.summary()
+    rollout = rollout_of(sup)
+    assert rollout["cause"] == "watch" and rollout["generation"] == 2, rollout  # one save, one rollout
+    assert not set(running_pids(sup, 4).values()) & set(old.values())
+
+
 def test_reload_to_code_that_crashes_keeps_the_old_generation_serving(supervisor, tmp_path):
     sup, port, old = start_web(supervisor, tmp_path)
     (tmp_path / "web.py").write_text("import sys\nprint('broken release', flush=True)\nsys.exit(3)\n")
