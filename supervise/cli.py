@@ -60,6 +60,16 @@ def cmd_check(args: SimpleNamespace) -> int:
     cfg = config_module.load(args.config)
     count = sum(app.instances for app in cfg.apps.values())
     print(f"{args.config}: ok ({len(cfg.apps)} apps, {count} instances)")
+    try:  # a daemon runs on it: say what `supervise reload` would change
+        plan = Control(StatePaths(cfg.supervise.state_dir)).request(protocol.Request("reload", dry_run=True))
+    except (NoDaemon, ControlError, OSError):
+        return EXIT_OK
+    lines = _plan_lines(plan["plan"], dry_run=True)
+    changes = [line for line in lines if not line.endswith(": unchanged")]
+    print("the running daemon would, on `supervise reload`:" if changes else
+          "the running daemon already runs this config")
+    for line in changes:
+        print("  " + line)
     return EXIT_OK
 
 

@@ -177,6 +177,9 @@ def test_config_reload_rolls_a_changed_app_and_dry_run_shows_the_plan(supervisor
     assert plan.returncode == 0, plan.stderr
     assert "web: would roll every instance onto the new config (changed: env)" in plan.stdout
     assert "extra: would start 1 instances" in plan.stdout
+    check = sup.cli("check")
+    assert check.returncode == 0 and "the running daemon would, on `supervise reload`:" in check.stdout
+    assert "  extra: would start 1 instances" in check.stdout
     assert running_pids(sup, 2) == old  # a dry run changes nothing
     with LoadGenerator(port, clients=4) as load:
         load.wait_for(WARMUP // 2)

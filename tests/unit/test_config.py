@@ -591,3 +591,30 @@ def test_locate_state_dir_needs_a_toml_file() -> None:
     write("[supervise\n")
     with pytest.raises(ConfigError, match=r"^supervise.toml:1: invalid TOML"):
         locate_state_dir("supervise.toml")
+
+
+def test_reload_surge_defaults_to_one_and_to_zero_for_apps_that_bind_their_own_port() -> None:
+    config = load_text("""
+    [apps.a]
+    command = "x"
+    [apps.b]
+    command = "x --port {port}"
+    port = 9000
+    [apps.c]
+    command = "x --port {port}"
+    port = 9100
+    listen = ["127.0.0.1:9200"]
+    [apps.d]
+    command = "x"
+    reload_surge = 3
+    """)
+    assert [app.surge() for app in config.apps.values()] == [1, 0, 1, 3]
+
+
+def test_reload_surge_must_be_a_count() -> None:
+    found = problems("""
+    [apps.a]
+    command = "x"
+    reload_surge = -1
+    """)
+    assert found == ["supervise.toml:3: apps.a.reload_surge: expected an integer >= 0, got -1"]
