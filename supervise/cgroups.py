@@ -52,7 +52,9 @@ class Cgroups:
             except OSError:
                 continue
             if os.access(root / "cgroup.procs", os.W_OK):
-                return cls(root)
+                cgroups = cls(root)
+                cgroups.remove_stale()
+                return cgroups
             _rmdir_quietly(root)
         return None
 
@@ -103,9 +105,31 @@ class Cgroups:
         return kill_cgroup(path) is not None
 
     def remove(self, path: Path) -> None:
-        """Remove the cgroup at `path` (and any sub-cgroups) if it is empty; never raises."""
+        """Remove the cgroup at `path` (and any sub-cgroups) if it is empty; never raises.
+
+        A leaf of an earlier daemon's directory (an adopted worker's) goes too,
+        and that directory with its last leaf."""
         if self.root in path.parents:
             _rmdir_tree(path)
+        elif self._earlier(path.parent):
+            _rmdir_tree(path)
+            _rmdir_quietly(path.parent)
+
+    def remove_stale(self) -> None:
+        """Remove what earlier daemons (killed, or exited keeping their workers) left that is empty now;
+        a directory still holding an adopted worker stays until it is empty."""
+        try:
+            siblings = list(self.root.parent.iterdir())
+        except OSError:
+            return
+        for sibling in siblings:
+            owner = sibling.name.removeprefix("supervise-")
+            # Only those of daemons that are gone: a live one may be between creating a leaf and using it.
+            if self._earlier(sibling) and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                _rmdir_tree(sibling)
+
+    def _earlier(self, path: Path) -> bool:
+        return path.parent == self.root.parent and path.name.startswith("supervise-") and path != self.root
 
     def close(self, timeout: float = 1.0) -> None:
         """Remove our directory at daemon exit, waiting up to `timeout` for killed leaves to empty.

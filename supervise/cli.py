@@ -147,8 +147,13 @@ def _plan_lines(plan: list[dict], dry_run: bool) -> list[str]:
 
 
 def cmd_shutdown(args: SimpleNamespace) -> int:
-    result = _control(args).shutdown()
-    print(f"supervise: drained {result['draining']} instances; the daemon has exited")
+    keep = getattr(args, "keep_workers", False)
+    result = _control(args).shutdown(keep_workers=keep)
+    if keep:
+        print(f"supervise: the daemon has exited and left {result['kept']} workers running; "
+              "the next `supervise run` on this state dir adopts them")
+    else:
+        print(f"supervise: drained {result['draining']} instances; the daemon has exited")
     return EXIT_OK
 
 
@@ -275,7 +280,9 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=RELOAD_WAIT,
                    help=f"seconds to wait for the rollout (default {RELOAD_WAIT:g})")
-    verb("shutdown", cmd_shutdown, "drain everything, then the daemon exits")
+    p = verb("shutdown", cmd_shutdown, "drain everything, then the daemon exits")
+    p.add_argument("--keep-workers", action="store_true",
+                   help="exit at once leaving every worker running, for the next daemon to adopt (upgrades)")
     return parser
 
 
@@ -287,7 +294,7 @@ _FAST = {
     "start": ({}, {"--timeout": ("timeout", float)}, "targets+"),
     "stop": ({}, {"--timeout": ("timeout", float)}, "targets+"),
     "restart": ({}, {"--timeout": ("timeout", float)}, "targets+"),
-    "shutdown": ({}, {}, None),
+    "shutdown": ({"--keep-workers": "keep_workers"}, {}, None),
 }
 
 

@@ -6,6 +6,8 @@ as int, ``signal.Signals``, absolute paths) so no other module parses units.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 import signal
@@ -112,6 +114,7 @@ class Config:
     path: Path  # absolute path of the file this was loaded from
     supervise: SuperviseConfig
     apps: Mapping[str, AppConfig]  # in file order
+    text: str = field(default="", compare=False, repr=False)  # as read: what a checkpoint records
 
 
 DEFAULT_STATE_DIR = ".supervise"
@@ -169,11 +172,27 @@ def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate ``path``; raise :class:`ConfigError` listing every problem."""
     file = Path(path)
     text, data = _read(file)
+    return _validated(file, text, data)
+
+
+def loads(text: str, path: str | os.PathLike[str]) -> Config:
+    """Validate `text` as if it were the content of `path` (relative paths resolve from there):
+    the config a checkpoint recorded, which the file may no longer hold."""
+    file = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message, line = _toml_error(str(error), text)
+        raise ConfigError([Problem(file, line, "", f"invalid TOML: {message}")]) from None
+    return _validated(file, text, data)
+
+
+def _validated(file: Path, text: str, data: dict[str, Any]) -> Config:
     check = _Check(file, LineIndex(text))
     config = _config(check, file, data)
     if check.problems:
         raise ConfigError(sorted(check.problems, key=lambda problem: problem.line or 0))
-    return config
+    return dataclasses.replace(config, text=text)
 
 
 def locate_state_dir(path: str | os.PathLike[str]) -> Path:

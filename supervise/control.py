@@ -50,10 +50,10 @@ class Control:
             reply = self._recv_reply(conn, timeout)
         return self._result(reply)
 
-    def shutdown(self) -> object:
-        """Ask for a drain and wait until the daemon is gone."""
+    def shutdown(self, keep_workers: bool = False) -> object:
+        """Ask for a drain (or, keeping the workers, just an exit) and wait until the daemon is gone."""
         with self._connect(10.0) as conn:
-            conn.send([protocol.encode_request(protocol.Request("shutdown"))])
+            conn.send([protocol.encode_request(protocol.Request("shutdown", keep_workers=keep_workers))])
             result = self._result(self._recv_reply(conn, 10.0))
             try:
                 while True:  # the daemon closes our connection as it exits

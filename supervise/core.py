@@ -18,6 +18,7 @@ from supervise import rollout
 from supervise.config import AppConfig, Config
 from supervise.events import (  # noqa: F401  (re-exported: the core's public vocabulary)
     Action,
+    Adopted,
     Beat,
     CommandReceived,
     DeadlineReached,
@@ -136,13 +137,102 @@ class Core:
         self._exited = False
         self._waiting: set[str] = set()  # apps whose start waits for their dependencies
         self._draining: set[str] = set()  # apps whose shutdown waits for their dependents
+        self._adopted: list[tuple[Instance, Input]] = []  # what start() must still feed them
 
     # -- the public surface -------------------------------------------------------
 
     def start(self, now: float) -> list[Action]:
         """Bring every app up to its instance count, each after the apps it depends on."""
         self._waiting = set(self.apps)
-        return [Publish({"type": "daemon", "event": "started"})] + self._follow_dependencies(now)
+        actions: list[Action] = [Publish({"type": "daemon", "event": "started"})]
+        for inst, event in self._adopted:  # lost ones restart, interrupted stops carry on
+            actions += self._feed(self.apps[inst.app], inst, event, now)
+        self._adopted.clear()
+        return actions + self._follow_dependencies(now) + self._advance_replacements(now)
+
+    def adopt(self, found: Adopted, now: float) -> int | None:
+        """Take over an instance a previous daemon started (call before `start`).
+
+        Returns the spawn id its process now goes by (None: it has none). It
+        keeps its restart count and uptime; one whose process died meanwhile
+        is restarted by `start` with reason `lost`; one that was being
+        replaced or stopped when the daemon died is stopped.
+        """
+        app = self.apps.get(found.app)
+        if app is None:
+            return None
+        app.latest = max(app.latest, found.generation)
+        inst = self._new_instance(app, found.index, generation=found.generation)
+        inst.restarts = found.restarts
+        if found.last_exit:
+            e = found.last_exit
+            inst.last_exit = LastExit(ExitReason(e["reason"]), e.get("code"), e.get("signal"), e.get("error"))
+        if found.role == "slot" and found.index not in app.slots:
+            app.slots[found.index] = inst
+        elif found.pid is None:
+            return None  # an extra instance whose process is gone: nothing to take over
+        else:  # a rollout's new or old instance, cut short by the daemon's death
+            inst.retired = True
+            app.retiring.append(inst)
+            self._adopted.append((inst, Halt(ExitReason.STOPPED)))
+        state = State(found.state)
+        if found.pid is None:
+            if state in LIVE_STATES:  # its process died while no daemon watched
+                inst.state = State.RUNNING
+                inst.running_since = None if found.running_for is None else now - found.running_for
+                self._adopted.append((inst, Died(None, None, lost=True)))
+            elif state is not State.STOPPED:  # backoff or failed: try again now
+                inst.state, inst.deadline = state, now
+                self._timers.set(inst, now)
+            return None
+        sid = self._next_spawn_id
+        self._next_spawn_id += 1
+        self._spawn_ids[sid] = inst
+        inst.spawn_id, inst.pid = sid, found.pid
+        inst.spawned_at = now - found.age
+        config = inst.config
+        if state is State.STARTING:
+            inst.state = State.STARTING
+            inst.deadline = now + config.start_timeout
+        else:
+            inst.state = State.RUNNING
+            inst.running_since = now - (found.running_for or 0.0)
+            inst.last_beat = now  # a full heartbeat_timeout to reconnect
+            inst.deadline = None if config.heartbeat_timeout is None else now + config.heartbeat_timeout
+            if state is State.STOPPING and not inst.retired:
+                self._adopted.append((inst, Halt(ExitReason.STOPPED)))
+        self._timers.set(inst, inst.deadline)
+        return sid
+
+    def restore(self, name: str, target: int, generation: int, latest: int) -> None:
+        """An app's count and generation as a checkpoint recorded them (a `scale` outlives the daemon)."""
+        app = self.apps.get(name)
+        if app is not None:
+            app.target, app.generation, app.latest = target, generation, max(latest, generation, app.latest)
+
+    def config_of(self, spawn_id: int) -> AppConfig | None:
+        inst = self._spawn_ids.get(spawn_id)
+        return inst.config if inst is not None else None
+
+    def snapshot(self) -> dict:
+        """What a checkpoint records: each app's count and generation, and every
+        instance with what the shell cannot know (state, restarts, times in loop time)."""
+        apps = {name: {"target": app.target, "generation": app.generation, "latest": app.latest}
+                for name, app in self.apps.items() if not app.removed}
+        instances = []
+        for app in self.apps.values():
+            roles = [(i, "slot") for i in app.slots.values()]
+            roles += [(i, "successor") for i in app.successors.values()] + [(i, "retiring") for i in app.retiring]
+            for inst, role in roles:
+                if role != "slot" and inst.spawn_id is None:
+                    continue
+                instances.append({
+                    "app": inst.app, "index": inst.index, "generation": inst.generation, "role": role,
+                    "state": str(inst.state), "spawn_id": inst.spawn_id, "restarts": inst.restarts,
+                    "spawned_at": inst.spawned_at, "running_since": inst.running_since,
+                    "last_exit": inst.last_exit.as_json() if inst.last_exit else None,
+                })
+        return {"apps": apps, "instances": instances}
 
     def handle(self, event: Event, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -151,8 +241,8 @@ class Core:
                 actions += self._feed_spawn(sid, Started(pid), now)
             case SpawnFailed(spawn_id=sid, error=error):
                 actions += self._feed_spawn(sid, StartFailed(error), now)
-            case Exited(spawn_id=sid, code=code, signal=sig):
-                actions += self._feed_spawn(sid, Died(code, sig), now, retire=True)
+            case Exited(spawn_id=sid, code=code, signal=sig, lost=lost):
+                actions += self._feed_spawn(sid, Died(code, sig, lost), now, retire=True)
             case Beat(spawn_id=sid, fields=fields):
                 self.beat(sid, fields, now)
             case Ready(spawn_id=sid):

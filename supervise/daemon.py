@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import zmq
 
 from supervise import config as config_module
-from supervise import logfiles, process, sampler, watch
+from supervise import logfiles, process, sampler, state, watch
 from supervise.config import AppConfig, Config
 from supervise.core import (
     Action,
+    Adopted,
     CommandReceived,
     Core,
     Event,
@@ -60,6 +61,10 @@ DISPLAY_INTERVAL = 30.0  # otherwise RSS is only for `status`: sample rarely
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 HEARTBEAT_INTERVAL = 1.0
 SWEEP_DELAY = 0.05
+CHECKPOINT_INTERVAL = 0.25
+"""Seconds between checkpoints at most: a crash storm is written a few times a second, not per event."""
+CHECKPOINTED = frozenset({"state", "replaced", "removed", "scaled", "rollout", "config", "app"})
+"""Published events after which the checkpoint is out of date."""
 
 
 class AlreadyRunning(Exception):
@@ -79,6 +84,7 @@ class _Worker:
     token: str
     pidfd: int | None
     log_path: str
+    adopted: bool = False  # started by a previous daemon: not our child, its exit status is out of reach
 
 
 def lock_state_dir(paths: StatePaths) -> int:
@@ -121,6 +127,10 @@ class Daemon:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supervise-io")
         self._base_env = dict(os.environ)
         self.cgroups: process.Cgroups | None = None
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._last_checkpoint = 0.0
+        self._keeping_workers = False  # `shutdown --keep-workers`: leave them for the next daemon
+        self._then_apply: Config | None = None  # adopted under the checkpoint's config: apply this one after
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -142,6 +152,7 @@ class Daemon:
             self.ctx.destroy(linger=0)
             raise
         self.listeners = Listeners()
+        adopted = self._recover(loop.time())
         try:
             for app in self.config.apps.values():
                 for address in app.listen:
@@ -164,7 +175,13 @@ class Daemon:
         self._log_check = loop.call_later(LOG_CHECK_INTERVAL, self._check_logs)
         self._dispatching = True  # spawns report back through the queue, after these actions
         self._run_actions(self.core.start(loop.time()))
+        for pid in adopted:  # exited between the check and now: the pidfd is readable already
+            if pid in self.workers:
+                loop.add_reader(self.workers[pid].pidfd, self._adopted_exited, pid)
+        if self._then_apply is not None:
+            self._apply_later_config(self._then_apply)
         self._drain_queue()
+        self._checkpoint_soon()
         try:
             return await self._exit
         finally:
@@ -178,23 +195,31 @@ class Daemon:
         self._log_check.cancel()
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        # Last sweep: anything still descending from us (a grandchild that
-        # escaped every process group) goes now, so shutdown leaves nothing.
-        leftovers = await self.loop.run_in_executor(self._executor, process.kill_all_descendants)
-        if leftovers:
-            self.log.warning("killed leftover descendants", count=leftovers)
-        self._reap()
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+        if not self._keeping_workers:
+            # Last sweep: anything still descending from us (a grandchild that
+            # escaped every process group) goes now, so shutdown leaves nothing.
+            leftovers = await self.loop.run_in_executor(self._executor, process.kill_all_descendants)
+            if leftovers:
+                self.log.warning("killed leftover descendants", count=leftovers)
+            self._reap()
         for worker in self.workers.values():
             self._forget_pidfd(worker)
         self.heartbeats.close()
-        self.listeners.close()
+        self.listeners.close(unlink=not self._keeping_workers)
         self.control.close()
         self.ctx.term()
         self.paths.control_socket.unlink(missing_ok=True)
-        if self.cgroups is not None:
+        if self.cgroups is not None and not self._keeping_workers:
             self.cgroups.close()
         self._executor.shutdown(wait=True)
-        self.log.info("daemon stopped")
+        if self._keeping_workers:
+            self.log.info("daemon stopped; its workers run on", kept=len(self.workers),
+                          checkpoint=str(self.paths.checkpoint))
+        else:
+            state.remove(self.paths.checkpoint)  # nothing is left to adopt
+            self.log.info("daemon stopped")
 
     def _install_signal_handlers(self) -> None:
         """Signals only enqueue work for the loop, through call_soon_threadsafe.
@@ -231,6 +256,9 @@ class Daemon:
     # -- requests and reloads ---------------------------------------------------------
 
     def _on_request(self, rid: int, req) -> None:
+        if req.cmd == "shutdown" and req.keep_workers:
+            self._exit_keeping_workers(rid)
+            return
         if req.cmd == "reload" and not req.targets:
             self._reload_config(rid, req.dry_run, "reload", req.timeout)
             return
@@ -266,6 +294,171 @@ class Daemon:
         self.dispatch(CommandReceived(rid, "reload", config=new, dry_run=dry_run, cause=cause, timeout=timeout))
         if not dry_run:
             self._close_unused_listeners()
+
+    def _exit_keeping_workers(self, rid: int) -> None:
+        """Exit now and leave every worker running: the next daemon adopts them from the checkpoint."""
+        try:
+            state.write(self.paths.checkpoint, self._checkpoint_bytes())
+        except OSError as exc:
+            self.control.reply(Reply(rid, False, error=f"cannot write the checkpoint, so the workers could not "
+                                     f"be adopted; not exiting: {exc.strerror or exc}"))
+            return
+        self._keeping_workers = True
+        self.control.reply(Reply(rid, True, result={"kept": len(self.workers),
+                                                     "checkpoint": str(self.paths.checkpoint)}))
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(0)
+
+    # -- surviving our own death: checkpoint and adoption ------------------------------
+
+    def _checkpoint_soon(self) -> None:
+        """Coalesce: at most one checkpoint per CHECKPOINT_INTERVAL, however many events."""
+        if self._checkpoint_timer is not None or self._keeping_workers or self.core.shutting_down:
+            return
+        delay = max(0.0, self._last_checkpoint + CHECKPOINT_INTERVAL - self.loop.time())
+        self._checkpoint_timer = self.loop.call_later(delay, self._checkpoint_now)
+
+    def _checkpoint_now(self) -> None:
+        self._checkpoint_timer = None
+        if self._keeping_workers or self.core.shutting_down:
+            return
+        self._last_checkpoint = self.loop.time()
+        data = self._checkpoint_bytes()  # on the loop, which owns the state; the disk work is not
+        self.loop.run_in_executor(self._executor, self._store_checkpoint, data)
+
+    def _store_checkpoint(self, data: bytes) -> None:
+        try:
+            state.write(self.paths.checkpoint, data)
+        except OSError as exc:
+            self.log.warning("cannot write the checkpoint; a daemon restart would not adopt the workers",
+                             error=exc.strerror or str(exc))
+
+    def _checkpoint_bytes(self) -> bytes:
+        snap = self.core.snapshot()
+        offset = time.time() - self.loop.time()  # loop time -> wall clock
+        by_spawn = {w.spawn_id: w for w in self.workers.values()}
+        records = []
+        for i in snap["instances"]:
+            w = by_spawn.get(i["spawn_id"]) if i["spawn_id"] is not None else None
+            records.append(state.InstanceRecord(
+                i["app"], i["index"], i["generation"], i["role"], i["state"], i["restarts"],
+                pid=w.child.pid if w else None, create_time=w.child.create_time if w else None,
+                token=w.token if w else None, log_path=w.log_path if w else None,
+                cgroup=str(w.child.cgroup) if w and w.child.cgroup else None,
+                listen=tuple(w.app.listen) if w else (),
+                spawned_at=None if i["spawned_at"] is None else i["spawned_at"] + offset,
+                running_since=None if i["running_since"] is None else i["running_since"] + offset,
+                last_exit=i["last_exit"]))
+        return state.encode(state.Checkpoint(os.getpid(), time.time(), str(self.config.path), self.config.text,
+                                             snap["apps"], tuple(records)))
+
+    def _recover(self, now: float) -> list[int]:
+        """Adopt what a previous daemon on this state dir left running; returns the adopted pids.
+
+        Its checkpoint names the instances; each pid is trusted only if it is
+        still that very process (start time, token), and is otherwise never
+        signalled. Workers spawned after its last checkpoint are found by
+        their environment. Nothing here kills anything.
+        """
+        try:
+            checkpoint = state.read(self.paths.checkpoint)
+        except state.CheckpointError as exc:
+            self.log.warning("the checkpoint is unusable: starting afresh (workers it named are left alone)",
+                             path=str(self.paths.checkpoint), error=str(exc))
+            checkpoint = None
+        records = list(checkpoint.instances) if checkpoint else []
+        known = {r.pid for r in records if r.pid is not None}
+        tokens = {r.token for r in records if r.token}
+        strays: dict[str, state.Stray] = {}
+        for stray in state.find_strays(f"ipc://{self.paths.heartbeat_socket}", known):
+            # One carrying a known token is a worker's own child that called setsid:
+            # its parent is the worker. Of unknown ones, the oldest per token is the worker.
+            if stray.token not in tokens and (stray.token not in strays
+                                              or stray.create_time < strays[stray.token].create_time):
+                strays[stray.token] = stray
+        if not records and not strays:
+            return []
+        if checkpoint is not None and checkpoint.config_text and checkpoint.config_text != self.config.text:
+            try:
+                old = config_module.loads(checkpoint.config_text, checkpoint.config_path)
+                self.core = Core(old, random.Random())
+                self._then_apply = self.config
+                self.config = old
+            except config_module.ConfigError as exc:
+                self.log.warning("the checkpoint's config no longer loads; adopting under the current one",
+                                 error=str(exc))
+        for name, app in (checkpoint.apps if checkpoint else {}).items():
+            self.core.restore(name, app["target"], app["generation"], app.get("latest", app["generation"]))
+        wall = time.time()
+        adopted, lost = [], []
+        for r in records:
+            alive = r.pid is not None and state.still_running(r)
+            if r.pid is not None and not alive:
+                lost.append(f"{r.app}:{r.index}")
+            found = Adopted(r.app, r.index, r.generation, r.state, r.pid if alive else None, r.restarts,
+                            age=wall - r.spawned_at if r.spawned_at else 0.0,
+                            running_for=wall - r.running_since if r.running_since else None,
+                            role=r.role, last_exit=r.last_exit)
+            sid = self.core.adopt(found, now)
+            if sid is not None and self._take_over(sid, r.pid, r.token, r.log_path, r.cgroup, r.create_time,
+                                                   r.listen, f"{r.app}:{r.index}"):
+                adopted.append(r.pid)
+        for s in strays.values():
+            found = Adopted(s.app, s.index, self.core.apps[s.app].generation if s.app in self.core.apps else 1,
+                            "running", s.pid, age=wall - s.create_time, running_for=0.0)
+            sid = self.core.adopt(found, now)
+            app = self.core.config_of(sid) if sid is not None else None
+            if sid is not None and self._take_over(sid, s.pid, s.token, None, None, s.create_time,
+                                                   app.listen if app else (), f"{s.app}:{s.index}"):
+                adopted.append(s.pid)
+        self.log.info("adopted the workers of the previous daemon", adopted=len(adopted), lost=lost,
+                      unrecorded=len(strays))
+        return adopted
+
+    def _take_over(self, spawn_id: int, pid: int, token: str | None, log_path: str | None, cgroup: str | None,
+                   create_time: float | None, listen: tuple[str, ...], name: str) -> bool:
+        app = self.core.config_of(spawn_id)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            self._queue.append(Exited(spawn_id, None, None, lost=True))  # gone this very moment; after start()
+            return False
+        group = Path(cgroup) if cgroup and Path(cgroup).is_dir() else None
+        child = process.Child(pid=pid, pidfd=None, cgroup=group, create_time=create_time or 0.0)
+        index = int(name.rpartition(":")[2])
+        log = log_path or str(self.paths.log_file(app.name, index))
+        worker = _Worker(spawn_id, name, app, child, token or "", pidfd, log, adopted=True)
+        self.workers[pid] = worker
+        if token:
+            self.heartbeats.register(token, spawn_id, name)
+        if listen:
+            self.listeners.take_over(pidfd, pid, tuple(listen))
+        return True
+
+    def _apply_later_config(self, new: Config) -> None:
+        """Adopted under the config the checkpoint recorded; now apply the file's, as a reload would."""
+        self.log.info("the config changed while no daemon ran: applying the difference", config=str(new.path))
+        for app in new.apps.values():
+            for address in app.listen:
+                try:
+                    self.listeners.bind(address)
+                except ListenError as exc:
+                    self.log.error("cannot listen", error=str(exc))
+        old, self.config = self.config, new
+        if _watched(old) != _watched(new):
+            self._watch(new)
+        self._queue.append(CommandReceived(None, "reload", config=new, cause="config"))
+
+    def _adopted_exited(self, pid: int) -> None:
+        """An adopted worker's pidfd became readable: it exited, with a status only its parent may read."""
+        worker = self.workers.pop(pid, None)
+        if worker is None:
+            return
+        self._forget_pidfd(worker)
+        self.heartbeats.unregister(worker.token, worker.spawn_id)
+        if not self.core.shutting_down:
+            self.loop.call_later(SWEEP_DELAY, self._sweep, worker)
+        self.dispatch(Exited(worker.spawn_id, None, None, lost=True))
 
     def _watch(self, config: Config) -> None:
         """(Re)start the file watcher for `config`'s `watch` patterns; stop it when none are left."""
@@ -351,6 +544,12 @@ class Daemon:
             case Spawn():
                 self._spawn(action)
             case Signal(pid=pid, signal=sig):
+                worker = self.workers.get(pid)
+                if worker is not None and worker.adopted:
+                    # Not our child: its pid could be reused the moment it exits. The pidfd cannot.
+                    _pidfd_signal(worker.pidfd, sig)
+                    _pidfd_signal(worker.pidfd, signal.SIGCONT)
+                    return
                 process.send_signal(pid, sig)
                 # A stopped (SIGSTOP) worker cannot act on its stop signal until continued.
                 process.send_signal(pid, signal.SIGCONT)
@@ -490,6 +689,8 @@ class Daemon:
     def _publish(self, event: dict) -> None:
         stamped = self.history.append(event, time.time())
         kind = event.get("type")
+        if kind in CHECKPOINTED:
+            self._checkpoint_soon()
         if kind == "state":
             fields = {k: v for k, v in event.items() if k in ("pid", "exit") and v is not None}
             self.log.info(f"{event['name']} {event['from']} -> {event['to']}", **fields)
@@ -506,6 +707,15 @@ class Daemon:
     def _status_extra(self) -> dict:
         return {"pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
                 "control_malformed": self.control.malformed}
+
+
+def _pidfd_signal(pidfd: int | None, sig: int) -> None:
+    if pidfd is None:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except OSError:  # ESRCH: it has exited; its pidfd reader reports that
+        pass
 
 
 def _watched(config: Config) -> dict:

@@ -30,6 +30,7 @@ class Exited:
     spawn_id: int
     code: int | None
     signal: int | None
+    lost: bool = False  # an adopted process (not our child): gone, its exit status unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,26 @@ class DeadlineReached:
 
 Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Drained | Sampled | CommandReceived | ShutdownRequested
          | DeadlineReached)
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """An instance a previous daemon started, as its checkpoint recorded it.
+
+    ``pid`` is None when its process died while no daemon was watching; the
+    shell has checked that a pid it passes is still that very process.
+    """
+
+    app: str
+    index: int
+    generation: int
+    state: str  # starting | running | stopping | stopped | backoff | failed
+    pid: int | None
+    restarts: int = 0
+    age: float = 0.0  # seconds since it was spawned
+    running_for: float | None = None
+    role: str = "slot"  # slot | successor | retiring
+    last_exit: dict | None = None
+
 
 # Actions ------------------------------------------------------------------------
 

@@ -99,6 +99,7 @@ class BecameReady:
 class Died:
     code: int | None
     signal: int | None
+    lost: bool = False  # no exit status: it was adopted (not our child) or died while no daemon watched
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +250,8 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
         case (State.RUNNING | State.STOPPING), BecameReady():
             return []
 
-        case (State.STARTING | State.RUNNING), Died(code=code, signal=sig):
-            reason = ExitReason.EXITED if code == 0 else ExitReason.CRASHED
+        case (State.STARTING | State.RUNNING), Died(code=code, signal=sig, lost=lost):
+            reason = ExitReason.LOST if lost else ExitReason.EXITED if code == 0 else ExitReason.CRASHED
             return _after_exit(inst, LastExit(reason, code, sig), ctx)
         case State.STOPPING, Died(code=code, signal=sig):
             inst.last_exit = LastExit(inst.stop_reason, code, sig)

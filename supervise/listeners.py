@@ -57,20 +57,44 @@ class Listeners:
         self._fds[address] = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
         self._socks[address] = sock
 
+    def holds(self, address: str) -> bool:
+        return address in self._socks
+
+    def take_over(self, pidfd: int, pid: int, addresses: tuple[str, ...]) -> list[str]:
+        """Copy the sockets of `addresses` out of a live worker a previous daemon started.
+
+        Those sockets are still open in the workers (fds 3, 4, ...), with
+        their accept queues; binding the addresses again would fail, or with
+        SO_REUSEPORT split the traffic between two queues. pidfd_getfd
+        (Linux 5.6) duplicates the very socket instead. Returns the addresses
+        taken; the others are bound afresh by the caller.
+        """
+        taken = []
+        for position, address in enumerate(addresses):
+            if address in self._socks:
+                continue
+            sock = _socket_of(pidfd, pid, address, FIRST_FD + position)
+            if sock is not None:
+                self._fds[address] = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+                self._socks[address] = sock
+                taken.append(address)
+        return taken
+
     def fds(self, addresses: tuple[str, ...]) -> tuple[int, ...]:
         return tuple(self._fds[a] for a in addresses)
 
-    def close(self) -> None:
-        self.close_unused(set())
+    def close(self, unlink: bool = True) -> None:
+        """Close every socket; `unlink=False` leaves unix socket files to the workers that still serve on them."""
+        self.close_unused(set(), unlink)
 
-    def close_unused(self, keep: set[str]) -> list[str]:
+    def close_unused(self, keep: set[str], unlink: bool = True) -> list[str]:
         """Close every socket whose address is not in `keep` (a reload moved an app
         elsewhere): a bound socket nobody accepts on would queue clients forever."""
         closed = [address for address in self._socks if address not in keep]
         for address in closed:
             os.close(self._fds.pop(address))
             self._socks.pop(address).close()
-            if address.startswith("unix:/"):
+            if unlink and address.startswith("unix:/"):
                 Path(address[5:]).unlink(missing_ok=True)
         return closed
 
@@ -115,3 +139,57 @@ def _bind(address: str) -> socket.socket:
         sock.bind(sockaddr)
     sock.listen(BACKLOG)
     return sock
+
+
+def _pidfd_getfd(pidfd: int, fd: int) -> int | None:
+    """A duplicate of another process's `fd` (needs ptrace rights over it); None when refused."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    new = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd: 438 on every architecture's unified table
+    return new if new >= 0 else None
+
+
+def _socket_of(pidfd: int, pid: int, address: str, expected_fd: int) -> socket.socket | None:
+    """The listening socket for `address` among `pid`'s fds, the expected one first."""
+    try:
+        others = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd") if int(fd) != expected_fd)
+    except (OSError, ValueError):
+        others = []
+    for fd in (expected_fd, *others):
+        new = _pidfd_getfd(pidfd, fd)
+        if new is None:
+            continue
+        try:
+            sock = socket.socket(fileno=new)
+        except OSError:
+            os.close(new)
+            continue
+        if _serves(sock, address):
+            sock.set_inheritable(False)
+            return sock
+        sock.close()
+    return None
+
+
+def _serves(sock: socket.socket, address: str) -> bool:
+    """`sock` is listening on `address` (as written in a config)."""
+    try:
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return False
+        name = sock.getsockname()
+    except OSError:
+        return False
+    if address.startswith("unix:"):
+        path = address[5:]
+        wanted = "\0" + path[1:] if path.startswith("@") else path
+        return isinstance(name, (str, bytes)) and (name.decode() if isinstance(name, bytes) else name) == wanted
+    host, _, port = address.rpartition(":")
+    if not isinstance(name, tuple) or name[1] != int(port):
+        return False
+    try:
+        wanted_ip = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        return False
+    return name[0] == wanted_ip
+

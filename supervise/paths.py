@@ -82,6 +82,10 @@ class StatePaths:
         return self.root / "heartbeat.sock"
 
     @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.json"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -24,11 +24,12 @@ class ProtocolError(ValueError):
     """A frame that is not a valid message; the text says what is wrong with it."""
 
 
-Request = namedtuple("Request", "cmd targets count timeout since follow id dry_run",
-                     defaults=((), None, None, 0, False, None, False))
+Request = namedtuple("Request", "cmd targets count timeout since follow id dry_run keep_workers",
+                     defaults=((), None, None, 0, False, None, False, False))
 Request.__doc__ = """A control request. ``count``: scale's new size; ``timeout``: give up waiting
 after this; ``since``/``follow``: events replay and live streaming; ``id``: echoed back;
-``dry_run``: reload only says what it would do."""
+``dry_run``: reload only says what it would do; ``keep_workers``: shutdown leaves the
+workers running for the next daemon to adopt."""
 
 
 def encode_request(req: Request) -> bytes:
@@ -44,6 +45,8 @@ def encode_request(req: Request) -> bytes:
         body["follow"] = req.follow
     if req.dry_run:
         body["dry_run"] = True
+    if req.keep_workers:
+        body["keep_workers"] = True
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -92,11 +95,11 @@ def decode_request(frames: list[bytes]) -> Request:
     rid = body.get("id")
     if rid is not None and not isinstance(rid, (str, int, float)):
         raise ProtocolError("id must be a string or a number")
-    dry_run = body.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise ProtocolError("dry_run must be true or false")
+    dry_run, keep = body.get("dry_run", False), body.get("keep_workers", False)
+    if not isinstance(dry_run, bool) or not isinstance(keep, bool):
+        raise ProtocolError("dry_run and keep_workers must be true or false")
     return Request(cmd, tuple(targets), count, None if timeout is None else float(timeout), since, follow, rid,
-                   dry_run)
+                   dry_run, keep)
 
 
 def encode_reply(ok: bool, result: object = None, error: str | None = None, usage: bool = False,

@@ -1,0 +1,207 @@
+"""The checkpoint of running instances, and finding them again after the daemon died.
+
+Every userland supervisor used to be a single point of failure: kill it and
+its workers are orphaned, then duplicated by the next one. Here the daemon
+keeps a checkpoint in its state dir — per instance the pid, the process's
+start time, app, index, generation, token, log file and cgroup, and the
+config text it was started from — written atomically (temp file, fsync,
+rename, fsync of the directory) and coalesced, never once per event.
+
+A new daemon reads it and checks each pid before trusting it: the process
+must exist, have the recorded start time (a pid reused by anything else has
+another) and, where its environment is readable, carry the recorded token.
+A pid that fails the check is never signalled. Workers started in the
+instant after the last checkpoint are found by a scan of /proc for session
+leaders carrying this state dir's heartbeat endpoint and a token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+VERSION = 1
+START_TOLERANCE = 0.05  # seconds: psutil's start times come from clock ticks since boot
+
+
+class CheckpointError(Exception):
+    """The checkpoint exists but cannot be used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    app: str
+    index: int
+    generation: int
+    role: str  # slot | successor | retiring
+    state: str
+    restarts: int
+    pid: int | None = None
+    create_time: float | None = None  # the process's start time (seconds since the epoch)
+    token: str | None = None
+    log_path: str | None = None
+    cgroup: str | None = None
+    listen: tuple[str, ...] = ()  # addresses it holds, at fds 3, 4, ...
+    spawned_at: float | None = None  # wall clock
+    running_since: float | None = None  # wall clock
+    last_exit: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    daemon_pid: int
+    written_at: float  # wall clock
+    config_path: str
+    config_text: str
+    apps: dict[str, dict] = field(default_factory=dict)  # name -> {"target", "generation", "latest"}
+    instances: tuple[InstanceRecord, ...] = ()
+
+
+def encode(checkpoint: Checkpoint) -> bytes:
+    body = {"version": VERSION, **asdict(checkpoint)}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Checkpoint:
+    """Raises CheckpointError for anything that is not a whole checkpoint of this version."""
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"not valid JSON ({exc}); it was probably cut short") from None
+    if not isinstance(body, dict) or body.get("version") != VERSION:
+        raise CheckpointError(f"unknown checkpoint version {body.get('version') if isinstance(body, dict) else None!r}")
+    try:
+        instances = tuple(InstanceRecord(**{**r, "listen": tuple(r.get("listen") or ())})
+                          for r in body["instances"])
+        checkpoint = Checkpoint(int(body["daemon_pid"]), float(body["written_at"]), str(body["config_path"]),
+                                str(body["config_text"]), dict(body["apps"]), instances)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"malformed checkpoint ({type(exc).__name__}: {exc})") from None
+    for record in checkpoint.instances:
+        if not isinstance(record.app, str) or not isinstance(record.index, int) or record.index < 0:
+            raise CheckpointError(f"malformed instance record {record!r}")
+        if record.pid is not None and (not isinstance(record.pid, int) or record.pid <= 1):
+            raise CheckpointError(f"malformed pid in {record.app}:{record.index}")
+    return checkpoint
+
+
+def write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically and durably: a crash leaves the old or the new file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read(path: Path) -> Checkpoint | None:
+    """The checkpoint at `path`; None when there is none; CheckpointError when it is unusable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read it: {exc.strerror or exc}") from None
+    return decode(data)
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a daemon killed mid-write
+        stale.unlink(missing_ok=True)
+
+
+# -- is it still that process? -------------------------------------------------------
+
+
+def still_running(record: InstanceRecord) -> bool:
+    """The recorded pid is alive and is the very process recorded (same start time, same token)."""
+    if record.pid is None or record.create_time is None:
+        return False
+    try:
+        proc = psutil.Process(record.pid)
+        if abs(proc.create_time() - record.create_time) > START_TOLERANCE or proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.Error:
+        return False
+    token = _environ(record.pid).get("SUPERVISE_TOKEN")
+    return token is None or token == record.token
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """The environment `pid` was started with; empty when unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    env = {}
+    for item in data.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class Stray:
+    """A worker of this state dir that no checkpoint names (started just before the daemon died)."""
+
+    pid: int
+    create_time: float
+    app: str
+    index: int
+    token: str
+
+
+def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
+    """Session leaders whose environment carries `heartbeat_endpoint` and a token, not in `known`.
+
+    Workers are spawned as session leaders (pid == sid); a worker's own
+    children inherit its environment but not its session, so they are not
+    mistaken for workers. One pass over /proc, at startup only.
+    """
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid in known or pid == os.getpid() or not _is_session_leader(pid):
+            continue
+        env = _environ(pid)
+        if env.get("SUPERVISE_HEARTBEAT") != heartbeat_endpoint or not env.get("SUPERVISE_TOKEN"):
+            continue
+        try:
+            index = int(env.get("SUPERVISE_INSTANCE", ""))
+            create_time = psutil.Process(pid).create_time()
+        except (ValueError, psutil.Error):
+            continue
+        found.append(Stray(pid, create_time, env.get("SUPERVISE_APP", ""), index, env["SUPERVISE_TOKEN"]))
+    return found
+
+
+def _is_session_leader(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return fields[0] != b"Z" and int(fields[3]) == pid  # state, ppid, pgrp, session
+    except (IndexError, ValueError):
+        return False
