@@ -122,10 +122,12 @@ class Cgroups:
             siblings = list(self.root.parent.iterdir())
         except OSError:
             return
+        namespace = _pid_namespace()
         for sibling in siblings:
-            owner = sibling.name.removeprefix("supervise-")
-            # Only those of daemons that are gone: a live one may be between creating a leaf and using it.
-            if self._earlier(sibling) and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            pid, _, ns = sibling.name.removeprefix("supervise-").partition(".")
+            # Only those of daemons that are gone: a live one may be between creating a leaf and
+            # using it. Whether one is gone can be told only from the same pid namespace.
+            if self._earlier(sibling) and pid.isdigit() and ns == namespace and not os.path.exists(f"/proc/{pid}"):
                 _rmdir_tree(sibling)
 
     def _earlier(self, path: Path) -> bool:
@@ -275,6 +277,19 @@ def _rmdir_quietly(path: Path) -> None:
         path.rmdir()
     except OSError:  # EBUSY: still populated; ENOENT: already gone
         pass
+
+
+def owner_name() -> str:
+    """Our cgroup directory's name: pid and pid namespace, so that two daemons that are each
+    PID 1 of their own container never share one, and a stale one is told from a live one."""
+    return f"{os.getpid()}.{_pid_namespace()}"
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
 
 
 def _early_descendants(pid: int, limit: int = 64) -> list[int]:

@@ -275,6 +275,15 @@ class Core:
     def live_count(self) -> int:
         return sum(1 for app in self.apps.values() for i in app.instances() if i.state in LIVE_STATES)
 
+    def counts(self) -> dict[str, int]:
+        """Instances per state, and `waiting` apps: the daemon's one-line summary."""
+        counts = {str(state): 0 for state in State}
+        for app in self.apps.values():
+            for inst in app.slots.values():
+                counts[str(inst.state)] += 1
+        counts["waiting"] = len(self._waiting)
+        return counts
+
     def configs_in_use(self) -> list[AppConfig]:
         """Every config an instance runs or may restart with (the shell keeps their sockets)."""
         configs = []

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import zmq
 
 from supervise import config as config_module
-from supervise import logfiles, process, sampler, state, watch
+from supervise import logfiles, process, sampler, sdnotify, state, watch
 from supervise.config import AppConfig, Config
 from supervise.core import (
     Action,
@@ -59,6 +59,7 @@ LOG_CHECK_INTERVAL = 3.0  # one stat() per instance on the loop; rotation itself
 MEMORY_INTERVAL = 0.5  # sampling period while some app has max_memory
 DISPLAY_INTERVAL = 30.0  # otherwise RSS is only for `status`: sample rarely
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+EARLY_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 HEARTBEAT_INTERVAL = 1.0
 SWEEP_DELAY = 0.05
 CHECKPOINT_INTERVAL = 0.25
@@ -102,8 +103,9 @@ def lock_state_dir(paths: StatePaths) -> int:
     except OSError:
         holder = paths.lock_holder()
         os.close(fd)
+        who = f"pid {holder}" if holder else "a process outside this pid namespace"
         raise AlreadyRunning(
-            f"another supervise daemon (pid {holder}) is running on {paths.root}; "
+            f"another supervise daemon ({who}) is running on {paths.root}; "
             "use `supervise status` to talk to it or `supervise shutdown` to stop it"
         ) from None
     os.ftruncate(fd, 0)
@@ -126,6 +128,12 @@ class Daemon:
         self._exit: asyncio.Future[int] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supervise-io")
         self._base_env = dict(os.environ)
+        # systemd's notification socket is the daemon's alone: a worker that saw it
+        # could tell systemd the service is ready or stopping, or feed our watchdog.
+        self.notifier = sdnotify.Notifier.from_env(os.environ, log=log)
+        sdnotify.unset_environment(self._base_env)
+        self._said_ready = False
+        self._status_timer: asyncio.TimerHandle | None = None
         self.cgroups: process.Cgroups | None = None
         self._checkpoint_timer: asyncio.TimerHandle | None = None
         self._last_checkpoint = 0.0
@@ -163,13 +171,15 @@ class Daemon:
             self.control.close()
             self.ctx.term()
             raise
-        self.cgroups = process.Cgroups.detect(str(os.getpid()))
+        self.cgroups = process.Cgroups.detect(process.cgroups_owner())
         self._sample_now = asyncio.Event()
         self._install_signal_handlers()
         self.log.info("daemon started", pid=os.getpid(), config=str(self.config.path),
                       state_dir=str(self.paths.root), apps=len(self.config.apps),
                       subreaper=subreaper, cgroups=self.cgroups is not None)
         self._chores = [loop.create_task(self._sample_forever())]
+        if self.notifier is not None and self.notifier.watchdog_interval:
+            self._chores.append(loop.create_task(self._feed_watchdog(self.notifier.watchdog_interval)))
         self.watcher: watch.Watcher | None = None
         self._watch(self.config)
         self._log_check = loop.call_later(LOG_CHECK_INTERVAL, self._check_logs)
@@ -182,6 +192,7 @@ class Daemon:
             self._apply_later_config(self._then_apply)
         self._drain_queue()
         self._checkpoint_soon()
+        self._notify_soon()
         try:
             return await self._exit
         finally:
@@ -245,6 +256,8 @@ class Daemon:
 
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, on_signal)
+        # Held back since `run` began (see there); delivered now, to these handlers.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, EARLY_SIGNALS)
 
     def _loop_error(self, loop, context) -> None:
         self.log.error("internal error", message=context.get("message"), exc_info=context.get("exception"))
@@ -288,10 +301,14 @@ class Daemon:
                 self.control.reply(Reply(rid, False, error=str(exc), usage=True))
             return
         if not dry_run:
+            if self.notifier is not None:
+                self.notifier.reloading()
             old, self.config = self.config, new
             if _watched(old) != _watched(new):
                 self._watch(new)
         self.dispatch(CommandReceived(rid, "reload", config=new, dry_run=dry_run, cause=cause, timeout=timeout))
+        if not dry_run and self.notifier is not None:
+            self.notifier.ready_again(self._summary())  # applied; rollouts go on in the background
         if not dry_run:
             self._close_unused_listeners()
 
@@ -308,6 +325,37 @@ class Daemon:
                                                      "checkpoint": str(self.paths.checkpoint)}))
         if self._exit is not None and not self._exit.done():
             self._exit.set_result(0)
+
+    # -- systemd ------------------------------------------------------------------------
+
+    def _notify_soon(self) -> None:
+        """READY=1 once every app has started, and a STATUS= line: at most once a second."""
+        if self.notifier is None or self._status_timer is not None or self.core.shutting_down:
+            return
+        self._status_timer = self.loop.call_later(0 if not self._said_ready else 1.0, self._notify_now)
+
+    def _notify_now(self) -> None:
+        self._status_timer = None
+        if self.notifier is None or self.core.shutting_down:
+            return
+        counts = self.core.counts()
+        if not self._said_ready and not counts["starting"] and not counts["waiting"]:
+            self._said_ready = True
+            self.notifier.ready(self._summary(counts))
+        else:
+            self.notifier.status(self._summary(counts))
+
+    def _summary(self, counts: dict[str, int] | None = None) -> str:
+        counts = counts or self.core.counts()
+        text = f"{counts['running']} running, {counts['starting']} starting, {counts['backoff']} in backoff, " \
+               f"{counts['failed']} failed, {counts['stopped']} stopped"
+        return text + (f", {counts['waiting']} apps waiting for dependencies" if counts["waiting"] else "")
+
+    async def _feed_watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the loop itself: if the loop wedges, systemd notices and restarts us."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
 
     # -- surviving our own death: checkpoint and adoption ------------------------------
 
@@ -431,6 +479,7 @@ class Daemon:
         self.workers[pid] = worker
         if token:
             self.heartbeats.register(token, spawn_id, name)
+            self.heartbeats.await_ready(spawn_id)  # harmless for a running one: Ready is then a no-op
         if listen:
             self.listeners.take_over(pidfd, pid, tuple(listen))
         return True
@@ -691,6 +740,9 @@ class Daemon:
         kind = event.get("type")
         if kind in CHECKPOINTED:
             self._checkpoint_soon()
+            self._notify_soon()
+        elif kind == "daemon" and event.get("event") == "draining" and self.notifier is not None:
+            self.notifier.stopping(self._summary())
         if kind == "state":
             fields = {k: v for k, v in event.items() if k in ("pid", "exit") and v is not None}
             self.log.info(f"{event['name']} {event['from']} -> {event['to']}", **fields)
@@ -741,6 +793,12 @@ def _kill_tree_quietly(child: process.Child, token: str, cgroups: process.Cgroup
 def run(config: Config, log) -> int:
     """Run the daemon in the foreground until it has drained; returns the exit code."""
     paths = StatePaths(config.supervise.state_dir)
+    # A SIGTERM before our handlers exist would kill us undrained, or as PID 1
+    # (which ignores signals it has no handler for) be lost: `docker stop`
+    # would then wait and SIGKILL. Blocked, it waits for the handlers. They
+    # are installed, and this undone, before the first worker is spawned
+    # (workers inherit the mask).
+    signal.pthread_sigmask(signal.SIG_BLOCK, EARLY_SIGNALS)
     try:
         lock_fd = lock_state_dir(paths)
     except OSError as exc:
@@ -753,4 +811,5 @@ def run(config: Config, log) -> int:
         raise CannotStart(f"sockets in {paths.root}: {exc} (an ipc path must be under 108 bytes: "
                           "choose a shorter state_dir)") from None
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, EARLY_SIGNALS)
         os.close(lock_fd)

@@ -50,6 +50,7 @@ class HeartbeatServer:
         self.counters = Counters()
         self._tokens: dict[str, tuple[int, str]] = {}  # token -> (spawn id, instance name)
         self._routes: dict[int, bytes] = {}  # spawn id -> routing id of its last valid message
+        self._awaiting_ready: set[int] = set()  # adopted while starting: a beat saying ready counts
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -71,6 +72,12 @@ class HeartbeatServer:
     def unregister(self, token: str, spawn_id: int) -> None:
         self._tokens.pop(token, None)
         self._routes.pop(spawn_id, None)
+        self._awaiting_ready.discard(spawn_id)
+
+    def await_ready(self, spawn_id: int) -> None:
+        """An adopted instance still `starting`: its ready message may have gone to the dead
+        daemon, so a beat that says ready (the client sends that after ready()) stands in for it."""
+        self._awaiting_ready.add(spawn_id)
 
     def send_drain(self, spawn_id: int) -> bool:
         """Ask a worker to drain; False when it never spoke (it still gets its stop signal)."""
@@ -130,6 +137,9 @@ class HeartbeatServer:
             self._routes[spawn_id] = frames[0]
             if msg.type == "beat":
                 self.beat(spawn_id, msg.status)
+                if msg.ready and self._awaiting_ready and spawn_id in self._awaiting_ready:
+                    self._awaiting_ready.discard(spawn_id)
+                    self.deliver(Ready(spawn_id))
             elif msg.type == "ready":
                 self.deliver(Ready(spawn_id))
                 if msg.status:

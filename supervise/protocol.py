@@ -151,9 +151,10 @@ MAX_STATUS_TEXT = 256
 HEARTBEAT_TYPES = frozenset({"ready", "beat", "drained"})
 
 
-Heartbeat = namedtuple("Heartbeat", "type name token pid status", defaults=(None, None))
+Heartbeat = namedtuple("Heartbeat", "type name token pid status ready", defaults=(None, None, False))
 Heartbeat.__doc__ = """One message from a worker: ``ready`` (startup done, also a beat), ``beat``
-(alive; optional status fields), or ``drained`` (no work in flight, stop me now)."""
+(alive; optional status fields; ``ready`` once the worker has said so, so that a daemon
+that took over from a dead one learns it too), or ``drained`` (no work in flight, stop me now)."""
 
 
 def encode_heartbeat(msg: Heartbeat) -> bytes:
@@ -162,6 +163,8 @@ def encode_heartbeat(msg: Heartbeat) -> bytes:
         body["pid"] = msg.pid
     if msg.status:
         body["status"] = msg.status
+    if msg.ready and msg.type == "beat":
+        body["ready"] = True
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -186,7 +189,10 @@ def decode_heartbeat(frames: list[bytes]) -> Heartbeat:
                                      or (isinstance(value, str) and len(value) <= MAX_STATUS_TEXT)):
                 raise ProtocolError(f"status field {key[:64]!r} must be a number, boolean, null "
                                     f"or a string of at most {MAX_STATUS_TEXT} characters")
-    return Heartbeat(kind, name, token, pid, status)
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise ProtocolError("ready must be true or false")
+    return Heartbeat(kind, name, token, pid, status, ready)
 
 
 DRAIN = json.dumps({"v": VERSION, "type": "drain"}, separators=(",", ":")).encode()

@@ -96,6 +96,7 @@ class Heartbeat:
         self._pid = os.getpid()
         self._lock = threading.RLock()
         self._status: dict = {}
+        self._said_ready = False  # set once a ready message is encoded
         self._outbox: list[str] = []  # kinds to send; encoded by the I/O thread with the latest status
         self._periodic = False
         self._closed = False
@@ -219,7 +220,10 @@ class Heartbeat:
     def _encode(self, kind: str) -> bytes:
         with self._lock:
             status = None if kind == "drained" else dict(self._status)
-            return protocol.encode_heartbeat(protocol.Heartbeat(kind, self.name, self._token, self._pid, status))
+            if kind == "ready":
+                self._said_ready = True  # later beats say so too, for a daemon that missed this one
+            return protocol.encode_heartbeat(protocol.Heartbeat(kind, self.name, self._token, self._pid, status,
+                                                                self._said_ready))
 
 
 class _Channel:
