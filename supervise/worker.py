@@ -35,6 +35,7 @@ __all__ = ["Heartbeat", "listen_fds"]
 DEFAULT_INTERVAL = 1.0
 SEND_HWM = 4  # messages queued towards a connected but busy daemon; beats past it are dropped
 LINGER = 0.5  # seconds close() waits for a final ready/drained to leave
+RECONNECT_MS = 50  # how often a worker retries a daemon that is not (yet, or any more) there
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
 
 
@@ -239,7 +240,11 @@ class _Channel:
             self._dealer.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing while no daemon is connected
             self._dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
             self._dealer.setsockopt(zmq.LINGER, 0)  # close() sets the real linger
-            self._dealer.connect(endpoint)  # asynchronous; retried every 100 ms until the daemon is there
+            self._dealer.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+            # Each (re)connection is reported here, so that beats resume the moment a
+            # restarted daemon is back rather than at the next interval.
+            self._connected = self._dealer.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            self._dealer.connect(endpoint)  # asynchronous; retried every RECONNECT_MS until the daemon is there
             self._wake_r = self._ctx.socket(zmq.PAIR)
             self._wake_r.bind("inproc://wake")
             self._wake_w = self._ctx.socket(zmq.PAIR)
@@ -270,6 +275,7 @@ class _Channel:
         poller = zmq.Poller()
         poller.register(self._wake_r, zmq.POLLIN)
         poller.register(self._dealer, zmq.POLLIN)
+        poller.register(self._connected, zmq.POLLIN)
         held: list[bytes] = []  # ready/drained waiting for a connected daemon, in order
         next_beat: float | None = None  # of the periodic beats, once start() was called
         while True:
@@ -287,6 +293,11 @@ class _Channel:
             events = dict(poller.poll(timeout))
             if self._wake_r in events:
                 self._drain_wakeups()
+            if self._connected in events:
+                while self._connected.poll(0):
+                    self._connected.recv_multipart()
+                if periodic:  # a daemon (maybe a new one) is there: tell it at once we are alive
+                    next_beat = None
             if events.get(self._dealer, 0) & zmq.POLLIN:
                 self._receive()
             if events.get(self._dealer, 0) & zmq.POLLOUT:
@@ -347,6 +358,8 @@ class _Channel:
             if poller.poll(math.ceil(left * 1000)):
                 self._flush(held)
         linger = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+        self._dealer.disable_monitor()
+        self._connected.close(linger=0)
         self._dealer.close(linger=linger)  # what was sent but not yet written gets the rest
         self._wake_r.close(linger=0)
 
