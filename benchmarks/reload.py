@@ -250,24 +250,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_figures(name: str, args: argparse.Namespace, figures: list[tuple[str, object]]) -> int:
+    """The shared main of reload.py and survival.py: signals, work dir, cleanup, the table."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="sv-reload-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"sv-{name}-"))
     procs = Processes(workdir / "pycache")
     b = Bench(args, workdir, procs, Inbox(workdir / "hello.sock", procs.saw_pid))
-    print(f"supervise reload benchmarks: {PY}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+    print(f"supervise {name} benchmarks: {PY}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
           f"work dir {workdir}", flush=True)
 
     def body() -> None:
-        for name, bench in (("load", bench_load), ("rollout", bench_rollout), ("watch", bench_watch),
-                            ("idle", bench_idle)):
-            if name in args.only:
+        for figure, bench in figures:
+            if figure in args.only:
                 bench(b)
 
     return run_and_report(b, body, workdir, args.keep, args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_figures("reload", parse_args(argv), [("load", bench_load), ("rollout", bench_rollout),
+                                                    ("watch", bench_watch), ("idle", bench_idle)])
 
 
 if __name__ == "__main__":

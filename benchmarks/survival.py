@@ -24,7 +24,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from harness import PY, BenchError, Inbox, Processes, Row, interrupt, median, ms, run_and_report  # noqa: E402
-from reload import Bench, Daemon  # noqa: E402
+from harness import PY, BenchError, Row, median, ms  # noqa: E402
+from reload import Bench, Daemon, run_figures  # noqa: E402
 
 from supervise import state  # noqa: E402
 from supervise.config import AppConfig, Config, Readiness, SuperviseConfig  # noqa: E402
@@ -194,22 +193,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="sv-survival-"))
-    procs = Processes(workdir / "pycache")
-    b = Bench(args, workdir, procs, Inbox(workdir / "hello.sock", procs.saw_pid))
-    print(f"supervise survival benchmarks: {PY}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
-          f"work dir {workdir}", flush=True)
-
-    def body() -> None:
-        for name, bench in (("checkpoint", bench_checkpoint), ("storm", bench_storm), ("adopt", bench_adopt)):
-            if name in args.only:
-                bench(b)
-
-    return run_and_report(b, body, workdir, args.keep, args.json)
+    return run_figures("survival", parse_args(argv), [("checkpoint", bench_checkpoint), ("storm", bench_storm),
+                                                      ("adopt", bench_adopt)])
 
 
 if __name__ == "__main__":

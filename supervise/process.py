@@ -354,7 +354,7 @@ def _kill_process_group(child: Child) -> set[int]:
     pgid = child.pid
     if os.path.exists(f"/proc/{pgid}") and _process_if_same(pgid, child.create_time) is None:
         return set()
-    members = {pid for pid in psutil.pids() if (_stat(pid) or ("", 0))[1] == pgid}
+    members = {pid for pid in psutil.pids() if (proc_stat(pid) or ("", 0, 0))[1] == pgid}
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -448,8 +448,8 @@ def _same_start(a: float, b: float) -> bool:
     return abs(a - b) < _SAME_START
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, pgrp) from /proc/<pid>/stat; None when the process is gone."""
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, pgrp, session) from /proc/<pid>/stat; None when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -458,11 +458,12 @@ def _stat(pid: int) -> tuple[str, int] | None:
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = data[data.rfind(b")") + 2:].split()
     try:
-        return fields[0].decode(), int(fields[2])
+        return fields[0].decode(), int(fields[2]), int(fields[3])
     except (IndexError, ValueError):
         return None
 
 
+
 def _is_zombie(pid: int) -> bool:
-    stat = _stat(pid)
+    stat = proc_stat(pid)
     return stat is not None and stat[0] == "Z"

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from supervise import process
+
 VERSION = 1
 START_TOLERANCE = 0.05  # seconds: psutil's start times come from clock ticks since boot
 
@@ -201,13 +203,5 @@ def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
 
 
 def _is_session_leader(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return fields[0] != b"Z" and int(fields[3]) == pid  # state, ppid, pgrp, session
-    except (IndexError, ValueError):
-        return False
+    stat = process.proc_stat(pid)
+    return stat is not None and stat[0] != "Z" and stat[2] == pid
