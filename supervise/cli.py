@@ -146,6 +146,41 @@ def _plan_lines(plan: list[dict], dry_run: bool) -> list[str]:
     return lines
 
 
+def cmd_chaos(args: SimpleNamespace) -> int:
+    """Harm instances at random through the daemon, printing each harm, until --duration has passed."""
+    import time
+
+    from supervise import chaos
+    from supervise.config_units import Invalid, duration
+
+    try:
+        rate = chaos.parse_rate(args.kill_rate)
+        seconds = duration(args.duration, positive=True)
+    except chaos.ChaosError as exc:
+        raise UsageError(f"chaos: --kill-rate: expected {exc}") from None
+    except Invalid as exc:
+        raise UsageError(f"chaos: --duration: {exc}") from None
+    options = {"rate": rate, "duration": seconds, "signal": args.signal.upper().removeprefix("SIG"),
+               "seed": args.seed, "force": args.force}
+    control = _control(args)
+    started = control.request(protocol.Request("chaos", tuple(args.targets), options=options))
+    print(f"chaos #{started['id']}: SIG{started['signal']} to {', '.join(started['targets'])} at "
+          f"{started['rate']:g}/s for {started['duration']:g}s (seed {started['seed']})", flush=True)
+    harms = 0
+    for event in control.events(started["seq"], follow=True):
+        if event.get("type") != "chaos" or event.get("id") != started["id"]:
+            continue
+        if event["event"] == "harm":
+            harms += 1
+            stamp = time.strftime("%H:%M:%S", time.localtime(event["time"])) + f"{event['time'] % 1:.3f}"[1:]
+            print(f"{stamp}  {event['signal']} -> {event['name']} (pid {event['pid']})", flush=True)
+        elif event["event"] == "done":
+            print(f"chaos #{started['id']}: done, {event['harms']} harms; `supervise status` shows how it held")
+            return EXIT_OK
+    print("supervise: the daemon went away during the chaos", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def cmd_shutdown(args: SimpleNamespace) -> int:
     keep = getattr(args, "keep_workers", False)
     result = _control(args).shutdown(keep_workers=keep)
@@ -280,6 +315,14 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=RELOAD_WAIT,
                    help=f"seconds to wait for the rollout (default {RELOAD_WAIT:g})")
+    p = verb("chaos", cmd_chaos, "harm random instances of apps marked chaos = true, to watch supervise hold")
+    p.add_argument("targets", nargs="+", metavar="APP|NAME")
+    p.add_argument("--kill-rate", default="1/s", metavar="RATE", help="harms per second or minute: 2/s, 30/m (default 1/s)")
+    p.add_argument("--signal", default="KILL", type=str.upper, choices=["KILL", "TERM", "STOP"],
+                   help="KILL: a crash; TERM: an unexpected stop; STOP: a hang, continued at the end (default KILL)")
+    p.add_argument("--duration", default="60s", help="how long: 30s, 5m (default 60s)")
+    p.add_argument("--seed", type=int, help="repeat a run's choices of instance and time")
+    p.add_argument("--force", action="store_true", help="also harm apps not marked chaos = true")
     p = verb("shutdown", cmd_shutdown, "drain everything, then the daemon exits")
     p.add_argument("--keep-workers", action="store_true",
                    help="exit at once leaving every worker running, for the next daemon to adopt (upgrades)")

@@ -27,6 +27,8 @@ import zmq
 
 from supervise import config as config_module
 from supervise import logfiles, process, sampler, sdnotify, state, watch
+from supervise.chaos import SIGNALS as CHAOS_SIGNALS
+from supervise.chaos import ChaosError, ChaosPlan
 from supervise.config import AppConfig, Config
 from supervise.core import (
     Action,
@@ -134,6 +136,8 @@ class Daemon:
         sdnotify.unset_environment(self._base_env)
         self._said_ready = False
         self._status_timer: asyncio.TimerHandle | None = None
+        self._chaos: dict[int, asyncio.Task] = {}  # running `supervise chaos` sessions, by id
+        self._chaos_started = 0
         self.cgroups: process.Cgroups | None = None
         self._checkpoint_timer: asyncio.TimerHandle | None = None
         self._last_checkpoint = 0.0
@@ -199,6 +203,8 @@ class Daemon:
             await self._close()
 
     async def _close(self) -> None:
+        for task in list(self._chaos.values()):
+            task.cancel()
         if self.watcher is not None:
             self.watcher.stop(timeout=0)  # a daemon thread: it notices within one step, we need not wait
         for chore in self._chores:
@@ -269,6 +275,9 @@ class Daemon:
     # -- requests and reloads ---------------------------------------------------------
 
     def _on_request(self, rid: int, req) -> None:
+        if req.cmd == "chaos":
+            self._start_chaos(rid, req)
+            return
         if req.cmd == "shutdown" and req.keep_workers:
             self._exit_keeping_workers(rid)
             return
@@ -325,6 +334,74 @@ class Daemon:
                                                      "checkpoint": str(self.paths.checkpoint)}))
         if self._exit is not None and not self._exit.done():
             self._exit.set_result(0)
+
+    # -- chaos ----------------------------------------------------------------------------
+
+    def _start_chaos(self, rid: int, req) -> None:
+        """Validate a chaos request, answer at once, and harm instances in the background."""
+        def refuse(message: str, usage: bool = True) -> None:
+            self.control.reply(Reply(rid, False, error=f"chaos: {message}", usage=usage))
+
+        options = req.options or {}
+        if self.core.shutting_down:
+            return refuse("the daemon is shutting down", usage=False)
+        if not req.targets:
+            return refuse("name the apps or instances to harm")
+        apps = {t.partition(":")[0] for t in req.targets}
+        unknown = sorted(a for a in apps if a not in self.config.apps)
+        if unknown:
+            return refuse(f"no app named {unknown[0]!r} (apps: {', '.join(self.config.apps) or 'none'})")
+        guarded = sorted(a for a in apps if not self.config.apps[a].chaos)
+        if guarded and options.get("force") is not True:
+            return refuse(f"{', '.join(guarded)} not marked `chaos = true` in {self.config.path.name}; "
+                          "mark it, or pass --force if you really mean to harm it")
+        try:
+            plan = ChaosPlan.from_options(options)
+        except ChaosError as exc:
+            return refuse(str(exc))
+        self._chaos_started += 1
+        cid = self._chaos_started
+        self.control.reply(Reply(rid, True, result={
+            "id": cid, "seq": self.history.last_seq, "rate": plan.rate, "duration": plan.duration,
+            "signal": plan.signal, "seed": plan.seed, "targets": list(req.targets)}))
+        self._publish({"type": "chaos", "id": cid, "event": "started", "targets": list(req.targets),
+                       "rate": plan.rate, "duration": plan.duration, "signal": plan.signal, "seed": plan.seed})
+        self._chaos[cid] = self.loop.create_task(self._run_chaos(cid, plan, frozenset(req.targets)))
+
+    async def _run_chaos(self, cid: int, plan: ChaosPlan, targets: frozenset[str]) -> None:
+        loop = self.loop
+        end = loop.time() + plan.duration
+        stopped: dict[int, _Worker] = {}
+        harms = 0
+        try:
+            while True:
+                at = loop.time() + plan.next_delay()
+                if at > end:
+                    await asyncio.sleep(max(0.0, end - loop.time()))
+                    break
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                live = {w.name: w for w in self.workers.values()
+                        if w.name in targets or w.app.name in targets}
+                name = plan.pick(list(live))
+                if name is None:
+                    continue  # nothing alive to harm right now
+                worker = live[name]
+                sig = CHAOS_SIGNALS[plan.signal]
+                if worker.pidfd is not None:
+                    _pidfd_signal(worker.pidfd, sig)
+                else:
+                    process.send_signal(worker.child.pid, sig)
+                harms += 1
+                if sig == signal.SIGSTOP:
+                    stopped[worker.child.pid] = worker
+                self._publish({"type": "chaos", "id": cid, "event": "harm", "name": worker.name,
+                               "pid": worker.child.pid, "signal": f"SIG{plan.signal}"})
+        finally:
+            for pid, worker in stopped.items():  # a hang ends with the chaos (unless it was detected)
+                if self.workers.get(pid) is worker:
+                    _pidfd_signal(worker.pidfd, signal.SIGCONT)
+            self._chaos.pop(cid, None)
+            self._publish({"type": "chaos", "id": cid, "event": "done", "harms": harms})
 
     # -- systemd ------------------------------------------------------------------------
 
@@ -741,8 +818,11 @@ class Daemon:
         if kind in CHECKPOINTED:
             self._checkpoint_soon()
             self._notify_soon()
-        elif kind == "daemon" and event.get("event") == "draining" and self.notifier is not None:
-            self.notifier.stopping(self._summary())
+        elif kind == "daemon" and event.get("event") == "draining":
+            for task in list(self._chaos.values()):  # no more harm while everything drains
+                task.cancel()
+            if self.notifier is not None:
+                self.notifier.stopping(self._summary())
         if kind == "state":
             fields = {k: v for k, v in event.items() if k in ("pid", "exit") and v is not None}
             self.log.info(f"{event['name']} {event['from']} -> {event['to']}", **fields)
@@ -754,6 +834,8 @@ class Daemon:
                 self._close_unused_listeners()
         elif kind == "config":
             self.log.info("config reloaded", changes=event["changes"])
+        elif kind == "chaos" and event["event"] != "harm":
+            self.log.warning(f"chaos {event['event']}", **{k: v for k, v in event.items() if k not in ("type", "event")})
         self.control.push(stamped)
 
     def _status_extra(self) -> dict:

@@ -17,19 +17,20 @@ from collections import namedtuple
 VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 
-VERBS = frozenset({"status", "start", "stop", "restart", "scale", "reload", "shutdown", "events"})
+VERBS = frozenset({"status", "start", "stop", "restart", "scale", "reload", "shutdown", "events", "chaos"})
 
 
 class ProtocolError(ValueError):
     """A frame that is not a valid message; the text says what is wrong with it."""
 
 
-Request = namedtuple("Request", "cmd targets count timeout since follow id dry_run keep_workers",
-                     defaults=((), None, None, 0, False, None, False, False))
+Request = namedtuple("Request", "cmd targets count timeout since follow id dry_run keep_workers options",
+                     defaults=((), None, None, 0, False, None, False, False, None))
 Request.__doc__ = """A control request. ``count``: scale's new size; ``timeout``: give up waiting
 after this; ``since``/``follow``: events replay and live streaming; ``id``: echoed back;
 ``dry_run``: reload only says what it would do; ``keep_workers``: shutdown leaves the
-workers running for the next daemon to adopt."""
+workers running for the next daemon to adopt; ``options``: a flat object of a verb's
+other settings (chaos: rate, duration, signal, seed, force)."""
 
 
 def encode_request(req: Request) -> bytes:
@@ -47,6 +48,8 @@ def encode_request(req: Request) -> bytes:
         body["dry_run"] = True
     if req.keep_workers:
         body["keep_workers"] = True
+    if req.options:
+        body["options"] = req.options
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -98,8 +101,13 @@ def decode_request(frames: list[bytes]) -> Request:
     dry_run, keep = body.get("dry_run", False), body.get("keep_workers", False)
     if not isinstance(dry_run, bool) or not isinstance(keep, bool):
         raise ProtocolError("dry_run and keep_workers must be true or false")
+    options = body.get("options")
+    if options is not None and (not isinstance(options, dict) or len(options) > 16 or not all(
+            isinstance(k, str) and len(k) <= 32 and (v is None or isinstance(v, (bool, int, float, str))) and
+            (not isinstance(v, str) or len(v) <= 64) for k, v in options.items())):
+        raise ProtocolError("options must be an object of at most 16 scalar fields")
     return Request(cmd, tuple(targets), count, None if timeout is None else float(timeout), since, follow, rid,
-                   dry_run, keep)
+                   dry_run, keep, options)
 
 
 def encode_reply(ok: bool, result: object = None, error: str | None = None, usage: bool = False,
