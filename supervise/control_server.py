@@ -22,6 +22,19 @@ from supervise.history import History
 MAX_FOLLOWERS = 64
 
 
+def allow_own_uid(sock: zmq.Socket) -> None:
+    """Accept ipc connections only from our own user (and root), by the peer's SO_PEERCRED.
+
+    The socket file is 0600 in a 0700 directory, which already keeps others
+    out; this holds even if those modes are loosened by mistake. Call before bind.
+    """
+    for uid in {os.getuid(), 0}:
+        try:
+            sock.setsockopt(zmq.IPC_FILTER_UID, uid)
+        except (zmq.ZMQError, AttributeError):  # a libzmq built without it: the file modes remain
+            return
+
+
 class ControlServer:
     def __init__(self, ctx: zmq.Context, path: Path, loop: asyncio.AbstractEventLoop, history: History,
                  submit: Callable[[int, protocol.Request], None], status_extra: Callable[[], dict]) -> None:
@@ -38,6 +51,7 @@ class ControlServer:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished client raises, so followers get dropped
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES + 1024)
+        allow_own_uid(self.sock)
         path.unlink(missing_ok=True)  # the daemon holds the lock: any socket file here is stale
         old_umask = os.umask(0o077)
         try:

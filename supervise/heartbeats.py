@@ -18,6 +18,7 @@ from pathlib import Path
 import zmq
 
 from supervise import protocol
+from supervise.control_server import allow_own_uid
 from supervise.events import Drained, Event, Ready
 
 BATCH = 5000  # messages per loop callback, so a flood cannot starve other work
@@ -56,6 +57,7 @@ class HeartbeatServer:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_HEARTBEAT_BYTES)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        allow_own_uid(self.sock)
         path.unlink(missing_ok=True)
         old_umask = os.umask(0o077)
         try:
