@@ -71,6 +71,7 @@ class AppConfig:
     start_timeout: float = 30.0
     heartbeat_timeout: float | None = None
     max_memory: int | None = None
+    max_processes: int | None = None  # in the instance's tree; more -> killed at once, restarted
     watch: tuple[str, ...] = ()
     watch_ignore: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()
@@ -372,6 +373,7 @@ def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
         "start_timeout": units.duration,
         "heartbeat_timeout": partial(units.duration, positive=True),
         "max_memory": partial(units.size, positive=True),
+        "max_processes": partial(units.integer, lo=1),
         "watch": strings,
         "watch_ignore": strings,
         "listen": units.array_of(partial(units.listen_address, base), "addresses"),

@@ -251,8 +251,8 @@ class Core:
             case Drained(spawn_id=sid):
                 self.beat(sid, None, now)
                 actions += self._feed_spawn(sid, ReportedDrained(), now)
-            case Sampled(rss=rss):
-                actions += self._sampled(rss, now)
+            case Sampled(rss=rss, processes=processes):
+                actions += self._sampled(rss, processes or {}, now)
             case CommandReceived():
                 actions += self._command(event, now)
             case ShutdownRequested():
@@ -312,14 +312,14 @@ class Core:
         if fields is not None:
             inst.fields = fields
 
-    def _sampled(self, rss: dict[int, int | None], now: float) -> list[Action]:
+    def _sampled(self, rss: dict[int, int | None], processes: dict[int, int], now: float) -> list[Action]:
         actions: list[Action] = []
         unconfirmed = False
         for sid, value in rss.items():
             inst = self._spawn_ids.get(sid)
             if inst is None or value is None or inst.spawn_id != sid:
                 continue
-            actions += self._feed(self.apps[inst.app], inst, MemorySampled(value), now)
+            actions += self._feed(self.apps[inst.app], inst, MemorySampled(value, processes.get(sid)), now)
             unconfirmed |= 0 < inst.over_memory < MEMORY_HYSTERESIS
         if unconfirmed:
             actions.append(Resample(MEMORY_RECHECK))

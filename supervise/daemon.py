@@ -58,6 +58,7 @@ from supervise.listeners import ListenError, Listeners, environment as listen_en
 from supervise.paths import StatePaths
 
 LOG_CHECK_INTERVAL = 3.0  # one stat() per instance on the loop; rotation itself runs off it
+LOG_CHECK_FLOOD = 0.2  # the next check, when one found a file over its limit
 MEMORY_INTERVAL = 0.5  # sampling period while some app has max_memory
 DISPLAY_INTERVAL = 30.0  # otherwise RSS is only for `status`: sample rarely
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -777,7 +778,8 @@ class Daemon:
         """
         last_full = self.loop.time()
         while True:
-            fast = any(w.app.max_memory is not None for w in self.workers.values())
+            fast = any(w.app.max_memory is not None or w.app.max_processes is not None
+                       for w in self.workers.values())
             try:
                 await asyncio.wait_for(self._sample_now.wait(), MEMORY_INTERVAL if fast else DISPLAY_INTERVAL)
             except TimeoutError:
@@ -787,13 +789,17 @@ class Daemon:
             if full:
                 last_full = self.loop.time()
             roots = [sampler.Root(w.spawn_id, pid, w.child.cgroup) for pid, w in self.workers.items()
-                     if full or w.app.max_memory is not None]
+                     if full or w.app.max_memory is not None or w.app.max_processes is not None]
             if roots:
-                rss = await self.loop.run_in_executor(self._executor, sampler.sample, roots)
-                self.dispatch(Sampled(rss))
+                rss, processes = await self.loop.run_in_executor(self._executor, sampler.sample_trees, roots)
+                self.dispatch(Sampled(rss, processes))
 
     def _check_logs(self) -> None:
-        """Stat each live instance's log here (microseconds); rotate the big ones off the loop."""
+        """Stat each live instance's log here (microseconds); rotate the big ones off the loop.
+
+        After finding a file over its limit, look again soon (LOG_CHECK_FLOOD): a worker
+        flooding its output writes hundreds of MB a second, and a file may only grow
+        that much between two checks."""
         big = []
         for worker in self.workers.values():
             try:
@@ -803,7 +809,7 @@ class Daemon:
                 continue
         if big:
             self.loop.run_in_executor(self._executor, self._rotate_logs, big)
-        self._log_check = self.loop.call_later(LOG_CHECK_INTERVAL, self._check_logs)
+        self._log_check = self.loop.call_later(LOG_CHECK_FLOOD if big else LOG_CHECK_INTERVAL, self._check_logs)
 
     def _rotate_logs(self, jobs: list[tuple[str, int, int]]) -> None:
         for path, max_size, backups in jobs:

@@ -56,6 +56,7 @@ class Sampled:
     """One memory pass: RSS of each instance's process tree, by spawn id (None: gone)."""
 
     rss: dict[int, int | None]
+    processes: dict[int, int] | None = None  # how many processes each tree has
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ class ExitReason(StrEnum):
     EXITED = "exited"
     HUNG = "hung"
     MEMORY = "memory"
+    PROCESSES = "processes"
     START_TIMEOUT = "start-timeout"
     RELOAD = "reload"
     STOPPED = "stopped"
@@ -39,7 +40,8 @@ class ExitReason(StrEnum):
 
 
 FAILURE_REASONS = frozenset(
-    {ExitReason.CRASHED, ExitReason.HUNG, ExitReason.MEMORY, ExitReason.START_TIMEOUT, ExitReason.LOST}
+    {ExitReason.CRASHED, ExitReason.HUNG, ExitReason.MEMORY, ExitReason.PROCESSES, ExitReason.START_TIMEOUT,
+     ExitReason.LOST}
 )
 """Exits that count towards backoff and the crash-loop breaker."""
 
@@ -115,6 +117,7 @@ class ReportedDrained:
 @dataclass(frozen=True, slots=True)
 class MemorySampled:
     rss: int  # bytes, the instance's whole process tree
+    processes: int | None = None  # how many processes that tree has
 
 
 Input = Launch | Halt | Started | StartFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
@@ -300,6 +303,15 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
         case _, ReportedDrained():
             return []  # nobody asked: nothing to act on
 
+        case (State.STARTING | State.RUNNING), MemorySampled(processes=count) if (
+                count is not None and ctx.app.max_processes is not None and count > ctx.app.max_processes):
+            # A fork bomb, or a leak of processes: no grace, it would only grow. The whole tree goes.
+            inst.state = State.STOPPING
+            inst.stop_reason = ExitReason.PROCESSES
+            inst.then_start = False
+            inst.killed = True
+            inst.deadline = None
+            return [KillProcess()]
         case (State.STARTING | State.RUNNING), MemorySampled(rss=rss):
             inst.rss = rss
             limit = ctx.app.max_memory

@@ -21,7 +21,9 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
     """Rotate `path` by copytruncate once it has reached `max_size` bytes; True if rotated.
 
     Backups are `path.1` (newest) to `path.<backups>` (oldest); the oldest is
-    dropped. `backups == 0` just truncates. A missing file or a `max_size`
+    dropped. Each keeps the last `max_size` bytes at most: a worker that
+    floods its output between two checks cannot fill the disk with them.
+    `backups == 0` just truncates. A missing file or a `max_size`
     of 0 or less means nothing to do.
 
     The copy reads until end of file, so what the worker appends while we
@@ -43,7 +45,7 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
         older = _backup(path, index)
         if older.exists():
             os.replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
-    _copy_then_truncate(path, _backup(path, 1))
+    _copy_then_truncate(path, _backup(path, 1), max_size)
     return True
 
 
@@ -51,11 +53,19 @@ def _backup(path: Path, index: int) -> Path:
     return path.with_name(f"{path.name}.{index}")
 
 
-def _copy_then_truncate(src_path: Path, dst_path: Path) -> None:
+def _copy_then_truncate(src_path: Path, dst_path: Path, keep: int) -> None:
+    """Copy at most the last `keep` bytes (a flood must not turn into a backup as big as the
+    disk), then truncate the source."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     with open(src_path, "rb") as src, open(os.open(dst_path, flags, BACKUP_MODE), "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        if size > keep:
+            src.seek(size - keep)
+            src.readline()  # start the backup at a line boundary
         while chunk := src.read(COPY_CHUNK):  # until EOF, so bytes appended meanwhile are copied too
             dst.write(chunk)
+            if dst.tell() > 2 * keep:  # a writer outpacing the copy: stop chasing it
+                break
         # Right after the last read, before flushing our copy: as little time
         # as possible for a line to slip in between and be lost.
         os.truncate(src_path, 0)

@@ -28,8 +28,14 @@ class Root:
 
 def sample(roots: Iterable[Root]) -> dict[int, int | None]:
     """RSS in bytes of each root's whole tree, by key; None when the root is gone."""
+    return sample_trees(roots)[0]
+
+
+def sample_trees(roots: Iterable[Root]) -> tuple[dict[int, int | None], dict[int, int]]:
+    """RSS of each root's whole tree (None when the root is gone), and how many processes it has."""
     roots = list(roots)
     result: dict[int, int | None] = {}
+    counts: dict[int, int] = {}
     needs_walk = []
     for root in roots:
         members = _cgroup_members(root.cgroup) if root.cgroup is not None else None
@@ -38,7 +44,9 @@ def sample(roots: Iterable[Root]) -> dict[int, int | None]:
         elif root.pid not in members and not os.path.exists(f"/proc/{root.pid}"):
             result[root.key] = None
         else:
-            result[root.key] = sum(_rss(pid) for pid in members | {root.pid})
+            tree = members | {root.pid}
+            result[root.key] = sum(_rss(pid) for pid in tree)
+            counts[root.key] = len(tree)
     if needs_walk:
         children = _children_map()
         for root in needs_walk:
@@ -46,8 +54,10 @@ def sample(roots: Iterable[Root]) -> dict[int, int | None]:
             if own == 0 and not os.path.exists(f"/proc/{root.pid}"):
                 result[root.key] = None
                 continue
-            result[root.key] = own + sum(_rss(pid) for pid in _descendants(root.pid, children))
-    return result
+            below = _descendants(root.pid, children)
+            result[root.key] = own + sum(_rss(pid) for pid in below)
+            counts[root.key] = 1 + len(below)
+    return result, counts
 
 
 def _cgroup_members(path: Path) -> set[int] | None:
