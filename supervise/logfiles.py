@@ -21,8 +21,9 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
     """Rotate `path` by copytruncate once it has reached `max_size` bytes; True if rotated.
 
     Backups are `path.1` (newest) to `path.<backups>` (oldest); the oldest is
-    dropped. Each keeps the last `max_size` bytes at most: a worker that
-    floods its output between two checks cannot fill the disk with them.
+    dropped. A file found at more than twice `max_size` keeps only its last
+    `max_size` bytes: a worker that floods its output between two checks
+    cannot fill the disk with it.
     `backups == 0` just truncates. A missing file or a `max_size`
     of 0 or less means nothing to do.
 
@@ -54,17 +55,18 @@ def _backup(path: Path, index: int) -> Path:
 
 
 def _copy_then_truncate(src_path: Path, dst_path: Path, keep: int) -> None:
-    """Copy at most the last `keep` bytes (a flood must not turn into a backup as big as the
-    disk), then truncate the source."""
+    """Copy the file, then truncate it. Past twice `keep` bytes only the last `keep` are
+    copied: what ordinary growth between two checks adds is kept whole, but a flood
+    must not turn into a backup as big as the disk."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     with open(src_path, "rb") as src, open(os.open(dst_path, flags, BACKUP_MODE), "wb") as dst:
         size = os.fstat(src.fileno()).st_size
-        if size > keep:
+        if size > 2 * keep:
             src.seek(size - keep)
             src.readline()  # start the backup at a line boundary
         while chunk := src.read(COPY_CHUNK):  # until EOF, so bytes appended meanwhile are copied too
             dst.write(chunk)
-            if dst.tell() > 2 * keep:  # a writer outpacing the copy: stop chasing it
+            if dst.tell() > 3 * keep:  # a writer outpacing the copy: stop chasing it
                 break
         # Right after the last read, before flushing our copy: as little time
         # as possible for a line to slip in between and be lost.

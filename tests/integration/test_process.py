@@ -432,7 +432,16 @@ def test_rotate_under_an_open_append_writer(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert log.read_bytes() == b"after\n"  # written at offset 0: no hole
-    assert (tmp_path / "a.log.1").read_bytes() == b"before\n" * 20
+    assert (tmp_path / "a.log.1").read_bytes() == b"before\n" * 20  # under twice the limit: all kept
+
+
+def test_rotating_a_flood_keeps_only_the_last_max_size_bytes(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_bytes(b"".join(b"line %05d\n" % i for i in range(1000)))  # 11,000 bytes
+    assert logfiles.rotate_if_needed(log, 1000, 2)
+    backup = (tmp_path / "a.log.1").read_bytes()
+    assert len(backup) <= 1000 and backup.endswith(b"line 00999\n") and backup.startswith(b"line ")
+    assert log.read_bytes() == b""
 
 
 def test_tail_returns_last_lines(tmp_path: Path) -> None:
