@@ -108,6 +108,9 @@ class SuperviseConfig:
     state_dir: Path
     log_format: str = "console"  # console | json
     log_level: str = "info"
+    control: str | None = None  # a TCP control endpoint, "tcp://127.0.0.1:7070", besides the ipc socket
+    control_key: Path | None = None  # the daemon's CURVE secret key file (supervise keygen)
+    control_clients: tuple[str, ...] = ()  # client public keys allowed in: Z85 strings or .key files
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +183,7 @@ def loads(text: str, path: str | os.PathLike[str]) -> Config:
     """Validate `text` as if it were the content of `path` (relative paths resolve from there):
     the config a checkpoint recorded, which the file may no longer hold."""
     file = Path(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        message, line = _toml_error(str(error), text)
-        raise ConfigError([Problem(file, line, "", f"invalid TOML: {message}")]) from None
-    return _validated(file, text, data)
+    return _validated(file, text, _toml(file, text))
 
 
 def _validated(file: Path, text: str, data: dict[str, Any]) -> Config:
@@ -206,7 +204,8 @@ def locate_state_dir(path: str | os.PathLike[str]) -> Path:
     _, data = _read(file)
     section = data.get("supervise")
     value = section.get("state_dir") if isinstance(section, dict) else None
-    return units.absolute(_base_dir(file), value if isinstance(value, str) and value else DEFAULT_STATE_DIR)
+    usable = isinstance(value, str) and value and "\0" not in value  # load() refuses a NUL: no daemon uses it
+    return units.absolute(_base_dir(file), value if usable else DEFAULT_STATE_DIR)
 
 
 # -- reading ------------------------------------------------------------------
@@ -230,11 +229,20 @@ def _read(file: Path) -> tuple[str, dict[str, Any]]:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         raise fail("not UTF-8 text", data.count(b"\n", 0, error.start) + 1) from None
+    return text, _toml(file, text)
+
+
+def _toml(file: Path, text: str) -> dict[str, Any]:
+    """``tomllib.loads(text)``; any failure is a ConfigError."""
     try:
-        return text, tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         message, line = _toml_error(str(error), text)
-        raise fail(f"invalid TOML: {message}", line) from None
+    except RecursionError:
+        message, line = "arrays or inline tables nested too deeply", None
+    except ValueError:  # tomllib's int() of more digits than sys.get_int_max_str_digits() (4300)
+        message, line = "an integer of more than 4300 digits", None
+    raise ConfigError([Problem(file, line, "", f"invalid TOML: {message}")])
 
 
 def _toml_error(message: str, text: str) -> tuple[str, int | None]:
@@ -326,13 +334,37 @@ def _config(check: _Check, file: Path, data: dict[str, Any]) -> Config:
 def _supervise(table: _Table, base: Path) -> SuperviseConfig:
     values = table.read(
         {
-            "state_dir": lambda value: units.absolute(base, units.string(value)),
+            "state_dir": lambda value: units.absolute(base, units.path_text(value)),
             "log_format": partial(units.choice, kind=LogFormat),
             "log_level": partial(units.choice, kind=LogLevel, fold_case=True),
+            "control": _tcp_endpoint,
+            "control_key": lambda value: units.absolute(base, units.path_text(value)),
+            "control_clients": units.array_of(partial(_client_key, base), "keys"),
         }
     )
     values = {key: str(value) if isinstance(value, StrEnum) else value for key, value in values.items()}
+    if values.get("control") and not (values.get("control_key") and values.get("control_clients")):
+        table.check.report(table.path + ("control",),
+                           "a TCP control endpoint needs CURVE keys: set control_key (the daemon's secret key "
+                           "file) and control_clients (the public keys allowed in); make them with "
+                           "`supervise keygen`")
     return SuperviseConfig(**{"state_dir": units.absolute(base, DEFAULT_STATE_DIR), **values})
+
+
+def _tcp_endpoint(value: Any) -> str:
+    text = units.string(value)
+    match = re.fullmatch(r"tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})", text)
+    if not match or not 0 < int(match[2]) < 65536:
+        raise units.expected('a TCP endpoint like "tcp://127.0.0.1:7070"', value)
+    return text
+
+
+def _client_key(base: Path, value: Any) -> str:
+    """A Z85 public key as is; anything else a path to a .key file, relative to the config."""
+    text = units.string(value)
+    if len(text) == 40 and not text.endswith((".key", ".key_secret")):
+        return text
+    return str(units.absolute(base, units.path_text(text)))
 
 
 def _app(apps: _Table, name: str, raw: Any, base: Path) -> AppConfig | None:

@@ -64,7 +64,7 @@ class _Scanner:
                     table = self._header()
                 else:
                     self._key_value(table)
-        except (IndexError, ValueError, tomllib.TOMLDecodeError):
+        except (IndexError, ValueError, RecursionError, tomllib.TOMLDecodeError):
             pass  # a construct this scanner misreads costs line numbers, never the load
         return self.found
 

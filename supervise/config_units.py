@@ -17,6 +17,7 @@ import re
 import shlex
 import signal
 import string as _string
+import sys
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -30,7 +31,9 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?b)?|(b))?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]+(?:\.(?!-)[A-Za-z0-9-]+)*\.?")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SHOW_LIMIT = 60
+_FLOAT_MAX = int(sys.float_info.max)
 PLACEHOLDERS = ("app", "instance", "port")
 
 DURATION_EXAMPLES = '"500ms", "10s" or "5m"'
@@ -72,12 +75,21 @@ def _show(value: Any) -> str:
         case list():
             return "[" + ", ".join(map(_show, value)) + "]"
         case dict():
-            items = ", ".join(f"{key} = {_show(item)}" for key, item in value.items())
+            items = ", ".join(f"{_show_key(key)} = {_show(item)}" for key, item in value.items())
             return "{ " + items + " }" if items else "{}"
         case _ if hasattr(value, "isoformat"):
             return value.isoformat()
         case _:
             return str(value)
+
+
+def _show_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
+def printable(text: str) -> str:
+    """``text``, escaped if it holds a newline or another control character: one problem, one line."""
+    return text if text.isprintable() else json.dumps(text, ensure_ascii=False)[1:-1]
 
 
 def expected(what: str, value: Any) -> Invalid:
@@ -108,9 +120,14 @@ def integer(value: Any, lo: int = 0, hi: int | None = None) -> int:
 
 def number(value: Any, lo: float, hi: float | None = None) -> float:
     what = f"a number >= {lo:g}" if hi is None else f"a number from {lo:g} to {hi:g}"
-    if not is_number(value) or not lo <= value <= (math.inf if hi is None else hi):
+    if not is_number(value) or not lo <= value <= (math.inf if hi is None else hi) or _too_big(value):
         raise expected(what, value)
     return float(value)
+
+
+def _too_big(value: int | float) -> bool:
+    """An integer float() cannot take (OverflowError)."""
+    return is_int(value) and abs(value) > _FLOAT_MAX
 
 
 def boolean(value: Any) -> bool:
@@ -122,6 +139,13 @@ def boolean(value: Any) -> bool:
 def string(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise expected("a non-empty string", value)
+    return value
+
+
+def path_text(value: Any) -> str:
+    """A non-empty string fit to be a path: no OS call takes one with a NUL in it."""
+    if "\0" in string(value):
+        raise Invalid(f"a path cannot contain a NUL character, got {show(value)}")
     return value
 
 
@@ -166,7 +190,7 @@ def duration(value: Any, positive: bool = False) -> float:
 
 def _parse_duration(value: Any) -> float | None:
     if is_number(value):
-        return float(value)
+        return math.inf if _too_big(value) else float(value)
     if not isinstance(value, str):
         return None
     text = value.lower()
@@ -193,7 +217,8 @@ def _parse_size(value: Any) -> int | None:
     if match is None:
         return None
     number_text, prefix, suffix, _ = match.groups()
-    return int(float(number_text) * _SIZE_UNITS[(prefix or "").lower()])
+    amount = float(number_text) * _SIZE_UNITS[(prefix or "").lower()]
+    return int(amount) if math.isfinite(amount) else None
 
 
 def stop_signal(value: Any) -> signal.Signals:
@@ -220,9 +245,13 @@ def absolute(base: Path, text: str) -> Path:
 
 def directory(base: Path, value: Any) -> Path:
     """An existing directory, relative to ``base``: a typo fails at load, not at spawn."""
-    path = absolute(base, string(value))
-    if not path.is_dir():
-        raise Invalid(f"{'not a directory' if path.exists() else 'no such directory'}: {path}")
+    path = absolute(base, path_text(value))
+    try:
+        is_dir = path.is_dir()
+    except OSError as error:  # pathlib swallows only ENOENT and its kind, not ENAMETOOLONG or EACCES
+        raise Invalid(f"cannot use {printable(str(path))}: {error.strerror}") from None
+    if not is_dir:
+        raise Invalid(f"{'not a directory' if path.exists() else 'no such directory'}: {printable(str(path))}")
     return path
 
 
@@ -239,11 +268,13 @@ def listen_address(base: Path, value: Any) -> str:
         socket_path = value.removeprefix("unix:")
         if not socket_path:
             raise expected('a socket path after "unix:"', value)
+        if "\0" in socket_path and not socket_path.startswith("@"):  # "@": Linux's abstract namespace
+            raise Invalid(f"a socket path cannot contain a NUL character, got {show(value)}")
         return value if socket_path.startswith("@") else f"unix:{absolute(base, socket_path)}"
     host, colon, port = value.rpartition(":")
     if not colon or not host or not port.isascii() or not port.isdigit():
         raise expected(f"an address {LISTEN_EXAMPLES}", value)
-    if int(port) > 65535:
+    if len(port) > 5 or int(port) > 65535:  # int() refuses more than 4300 digits
         raise expected("a port from 0 to 65535", value)
     if not _valid_host(host):
         raise expected("an IPv4 address, [IPv6] address or host name before the port", value)
@@ -299,7 +330,9 @@ def command(value: Any) -> tuple[str, ...]:
 
 
 def _template(value: Any) -> str:
-    placeholders(string(value))
+    if "\0" in string(value):  # execve() takes no NUL: refuse it at check time, not at spawn
+        raise Invalid(f"a command cannot contain a NUL character, got {show(value)}")
+    placeholders(value)
     return value
 
 
@@ -309,13 +342,16 @@ def placeholders(part: str) -> set[str]:
         names = {name for _, name, _, _ in _string.Formatter().parse(part) if name is not None}
     except ValueError:
         raise Invalid(f"stray brace in {show(part)} (write {{{{ or }}}} for a literal one)") from None
+    for _, name, spec, _ in _string.Formatter().parse(part):
+        if name is not None and re.search(r"\d{5}", spec or ""):  # "{port:>999999999999}": a MemoryError
+            raise Invalid(f"format width or precision past 9999 in {show(part)}")
     for name in names:
         if re.split(r"[.\[]", name)[0] not in PLACEHOLDERS:
             hint = did_you_mean(name, PLACEHOLDERS, template="{{{}}}")
             known = "use {app}, {instance} or {port}"
-            raise Invalid(f"unknown placeholder {{{name}}} in {show(part)}{hint}; {known}")
+            raise Invalid(f"unknown placeholder {{{printable(name)}}} in {show(part)}{hint}; {known}")
     try:
         part.format(app="app", instance=0, port=1)
     except (ValueError, LookupError, AttributeError, TypeError) as error:
-        raise Invalid(f"bad template {show(part)}: {error}") from None
+        raise Invalid(f"bad template {show(part)}: {printable(str(error))}") from None
     return names

@@ -9,8 +9,9 @@ and answered, never raised into the loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import zmq
@@ -36,8 +37,16 @@ def allow_own_uid(sock: zmq.Socket) -> None:
 
 
 class ControlServer:
-    def __init__(self, ctx: zmq.Context, path: Path, loop: asyncio.AbstractEventLoop, history: History,
-                 submit: Callable[[int, protocol.Request], None], status_extra: Callable[[], dict]) -> None:
+    """One control socket: the ipc one in the state dir, or (with `tcp`) a CURVE-secured TCP one.
+
+    Several may serve one daemon; they then share `request_ids`, so the
+    core's replies, matched by request id, can never reach the wrong client.
+    """
+
+    def __init__(self, ctx: zmq.Context, path: Path | None, loop: asyncio.AbstractEventLoop, history: History,
+                 submit: Callable[[int, protocol.Request], None], status_extra: Callable[[], dict],
+                 tcp: tuple[str, Callable[[zmq.Socket], object]] | None = None,
+                 request_ids: Iterator[int] | None = None) -> None:
         self.loop = loop
         self.path = path
         self.history = history
@@ -46,19 +55,25 @@ class ControlServer:
         self.malformed = 0
         self.followers: set[tuple[bytes, ...]] = set()  # envelopes of `events --follow` clients
         self._requests: dict[int, tuple[tuple[bytes, ...], object, str]] = {}  # id -> (envelope, client id, cmd)
-        self._next_request = 0
+        self._ids = request_ids if request_ids is not None else itertools.count(1)
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished client raises, so followers get dropped
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES + 1024)
-        allow_own_uid(self.sock)
-        path.unlink(missing_ok=True)  # the daemon holds the lock: any socket file here is stale
-        old_umask = os.umask(0o077)
-        try:
-            self.sock.bind(f"ipc://{path}")
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
+        if tcp is not None:
+            endpoint, secure = tcp
+            self.guard = secure(self.sock)  # CURVE server and its authenticator, before bind
+            self.sock.bind(endpoint)
+        else:
+            self.guard = None
+            allow_own_uid(self.sock)
+            path.unlink(missing_ok=True)  # the daemon holds the lock: any socket file here is stale
+            old_umask = os.umask(0o077)
+            try:
+                self.sock.bind(f"ipc://{path}")
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, 0o600)
         self._fd = self.sock.getsockopt(zmq.FD)
         loop.add_reader(self._fd, self._on_readable)
 
@@ -83,7 +98,10 @@ class ControlServer:
     def close(self) -> None:
         self.loop.remove_reader(self._fd)
         self.sock.close(linger=200)
-        self.path.unlink(missing_ok=True)
+        if self.guard is not None:
+            self.guard.stop()  # after the socket: a closed socket needs no authenticator
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
     def _on_readable(self) -> None:
         # zmq.FD is edge-triggered: drain every queued message before returning.
@@ -98,7 +116,12 @@ class ControlServer:
             # A REQ client puts an empty delimiter after its identity; keep it
             # in the envelope so the reply finds its way back.
             split = 2 if len(frames) > 2 and frames[1] == b"" else 1
-            self._on_request(tuple(frames[:split]), frames[split:])
+            try:
+                self._on_request(tuple(frames[:split]), frames[split:])
+            except Exception as exc:  # a bug costs this one request, never the control channel
+                self.malformed += 1
+                self._send(tuple(frames[:split]), protocol.encode_reply(
+                    False, error=f"internal error: {type(exc).__name__}: {exc}"))
 
     def _on_request(self, envelope: tuple[bytes, ...], frames: list[bytes]) -> None:
         try:
@@ -117,9 +140,9 @@ class ControlServer:
                     self.followers.pop()
                 self.followers.add(envelope)
             return
-        self._next_request += 1
-        self._requests[self._next_request] = (envelope, req.id, req.cmd)
-        self.submit(self._next_request, req)
+        rid = next(self._ids)
+        self._requests[rid] = (envelope, req.id, req.cmd)
+        self.submit(rid, req)
 
     def _send(self, envelope: tuple[bytes, ...], payload: bytes) -> bool:
         try:
@@ -131,3 +154,27 @@ class ControlServer:
             # Sending can consume the edge of zmq.FD; look again for queued input.
             if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 self.loop.call_soon(self._on_readable)
+
+
+class Controls:
+    """The daemon's control sockets as one: a reply goes to whichever holds its request."""
+
+    def __init__(self, servers: list[ControlServer]) -> None:
+        self.servers = servers
+
+    def reply(self, reply: Reply) -> None:
+        for server in self.servers:
+            server.reply(reply)
+
+    def push(self, stamped_event: dict) -> None:
+        for server in self.servers:
+            server.push(stamped_event)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    @property
+    def malformed(self) -> int:
+        return sum(server.malformed for server in self.servers)
+

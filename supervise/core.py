@@ -654,7 +654,7 @@ class Core:
                 return f"no app named {app_name!r} (apps: {known})"
             if not colon:
                 keys += [(app_name, i) for i in sorted(app.slots)]
-            elif index.isdigit() and int(index) in app.slots:
+            elif index.isascii() and index.isdigit() and int(index) in app.slots:
                 keys.append((app_name, int(index)))
             else:
                 return f"no instance {target!r} ({app_name} has {app.target}: indexes 0..{app.target - 1})"

@@ -127,7 +127,7 @@ class HeartbeatServer:
                 continue
             try:
                 msg = protocol.decode_heartbeat(frames[1:])
-            except protocol.ProtocolError:
+            except Exception:  # ProtocolError, or a decoder bug: either way one message, dropped and counted
                 counters.malformed += 1
                 continue
             known = tokens.get(msg.token)

@@ -33,7 +33,10 @@ def backoff_bounds(cfg: BackoffConfig, failures: int) -> tuple[float, float]:
     """
     if failures <= 1:
         return 0.0, 0.0
-    base = min(cfg.max, cfg.initial * cfg.multiplier ** (failures - 2))
+    try:
+        base = min(cfg.max, cfg.initial * cfg.multiplier ** (failures - 2))
+    except OverflowError:  # after ~1,000 failures at 2.0, or a few at an absurd multiplier: capped anyway
+        base = cfg.max
     return max(0.0, base * (1 - cfg.jitter)), min(cfg.max, base * (1 + cfg.jitter))
 
 

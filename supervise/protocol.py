@@ -9,6 +9,7 @@ its loop. docs/protocol.md is the human-readable copy of this module.
 from __future__ import annotations
 
 import json
+import math
 from collections import namedtuple
 
 # Messages are namedtuples, not dataclasses: the CLI imports this module, and
@@ -53,19 +54,41 @@ def encode_request(req: Request) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _object(frames: list[bytes], limit: int) -> dict:
+def _not_json(token: str) -> float:
+    raise ProtocolError(f"{token} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"number {text[:20]} is out of range")
+    return value
+
+
+# Strict JSON: json accepts NaN, Infinity and 1e999 (inf), which are not JSON and would come
+# back out of `status --json`. (A decoder built once costs less per message than json.loads.)
+_STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+
+
+def _object(frames: list[bytes], limit: int, strict: bool = True) -> dict:
     if len(frames) != 1:
         raise ProtocolError(f"expected 1 frame, got {len(frames)}")
     raw = frames[0]
     if len(raw) > limit:
         raise ProtocolError(f"message of {len(raw)} bytes exceeds the {limit}-byte limit")
     try:
-        body = json.loads(raw)
+        body = _STRICT.decode(raw.decode("utf-8")) if strict else json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("JSON nested too deeply") from None
+    except ProtocolError:
+        raise
+    except ValueError:  # an integer of more digits than sys.get_int_max_str_digits() (4300)
+        raise ProtocolError("JSON number too long") from None
     if not isinstance(body, dict):
         raise ProtocolError("expected a JSON object")
-    if body.get("v") != VERSION:
+    if not _is_int(body.get("v")) or body["v"] != VERSION:  # not true or 1.0, which == 1
         raise ProtocolError(f"unsupported protocol version {body.get('v')!r} (this daemon speaks {VERSION})")
     return body
 
@@ -134,7 +157,7 @@ Reply.__doc__ = """A decoded reply; ``event`` is set instead on a live event pus
 
 
 def decode_reply(frames: list[bytes]) -> Reply:
-    body = _object(frames, 1 << 30)
+    body = _object(frames, 1 << 30, strict=False)
     if "event" in body:
         if not isinstance(body["event"], dict):
             raise ProtocolError("event must be an object")
@@ -179,7 +202,7 @@ def encode_heartbeat(msg: Heartbeat) -> bytes:
 def decode_heartbeat(frames: list[bytes]) -> Heartbeat:
     body = _object(frames, MAX_HEARTBEAT_BYTES)
     kind, name, token = body.get("type"), body.get("name"), body.get("token")
-    if kind not in HEARTBEAT_TYPES:
+    if not isinstance(kind, str) or kind not in HEARTBEAT_TYPES:  # a list or dict is unhashable
         raise ProtocolError(f"unknown heartbeat type {kind!r}")
     if not isinstance(name, str) or not 0 < len(name) <= 256:
         raise ProtocolError("name must be the instance name, e.g. \"web:0\"")
