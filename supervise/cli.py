@@ -201,7 +201,25 @@ def cmd_events(args: SimpleNamespace) -> int:
     return EXIT_OK
 
 
+def cmd_keygen(args: SimpleNamespace) -> int:
+    """A CURVE key pair: one for the daemon's TCP control endpoint, one per client allowed in."""
+    from supervise import curve
+
+    try:
+        public, secret = curve.keygen(Path(args.dir), args.name)
+    except curve.CurveError as exc:
+        print(f"supervise: keygen: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    key = curve.load_public(str(public))
+    print(f"wrote {public} (public) and {secret} (secret, mode 0600)\npublic key: {key}")
+    print("A daemon: control_key = its secret file; clients get its public key (--server-key).\n"
+          "A client: --key its secret file; the daemon lists its public key in control_clients.")
+    return EXIT_OK
+
+
 def cmd_logs(args: SimpleNamespace) -> int:
+    if getattr(args, "connect", None) or os.environ.get("SUPERVISE_CONNECT"):
+        raise UsageError("logs reads the daemon's log files, which are on its host: run it there")
     from supervise import logs_view
 
     status = _control(args).request(protocol.Request("status", (args.target,)))
@@ -222,6 +240,16 @@ def _state_dir(args: SimpleNamespace) -> Path:
 
 
 def _control(args: SimpleNamespace) -> Control:
+    endpoint = getattr(args, "connect", None) or os.environ.get("SUPERVISE_CONNECT")
+    if endpoint:
+        from supervise.control import Remote
+
+        key = getattr(args, "key", None) or os.environ.get("SUPERVISE_KEY")
+        server = getattr(args, "server_key", None) or os.environ.get("SUPERVISE_SERVER_KEY")
+        if not key or not server:
+            raise UsageError(f"--connect {endpoint} needs --key (this client's secret key file) and "
+                             "--server-key (the daemon's public key or .key file); make keys with `supervise keygen`")
+        return Control(None, Remote(endpoint, key, server))
     return Control(StatePaths(_state_dir(args)))
 
 
@@ -279,6 +307,12 @@ def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=os.environ.get("SUPERVISE_CONFIG", DEFAULT_CONFIG),
                         help="config file (default ./supervise.toml); also finds the daemon's state dir")
+    common.add_argument("--connect", metavar="tcp://HOST:PORT",
+                        help="a daemon's TCP control endpoint instead of the local one (or SUPERVISE_CONNECT)")
+    common.add_argument("--key", metavar="FILE", help="with --connect: this client's secret key file "
+                        "(or SUPERVISE_KEY)")
+    common.add_argument("--server-key", metavar="KEY", help="with --connect: the daemon's public key or .key file "
+                        "(or SUPERVISE_SERVER_KEY)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def verb(name: str, func, help: str):
@@ -315,6 +349,9 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=RELOAD_WAIT,
                    help=f"seconds to wait for the rollout (default {RELOAD_WAIT:g})")
+    p = verb("keygen", cmd_keygen, "make a CURVE key pair for the TCP control endpoint")
+    p.add_argument("name", nargs="?", default="supervise", help="file name: NAME.key and NAME.key_secret")
+    p.add_argument("--dir", default=".", help="where to write them (default: here)")
     p = verb("chaos", cmd_chaos, "harm random instances of apps marked chaos = true, to watch supervise hold")
     p.add_argument("targets", nargs="+", metavar="APP|NAME")
     p.add_argument("--kill-rate", default="1/s", metavar="RATE", help="harms per second or minute: 2/s, 30/m (default 1/s)")

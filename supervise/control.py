@@ -24,11 +24,61 @@ class ControlError(Exception):
         self.usage = usage
 
 
+class Remote:
+    """A daemon's TCP control endpoint, and the CURVE keys to reach it."""
+
+    def __init__(self, endpoint: str, key_file: str, server_key: str) -> None:
+        self.endpoint, self.key_file, self.server_key = endpoint, key_file, server_key
+
+
+class _CurveConnection:
+    """The DealerConnection interface over pyzmq with CURVE (the stdlib cannot do Curve25519)."""
+
+    def __init__(self, remote: Remote) -> None:
+        import zmq
+
+        from supervise import curve
+
+        try:
+            client = curve.load_secret(remote.key_file)
+            server = curve.load_public(remote.server_key)
+        except curve.CurveError as exc:
+            raise ControlError(str(exc), usage=True) from None
+        self.endpoint = remote.endpoint
+        self._zmq = zmq
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        curve.secure_client(self._sock, client, server)
+        self._sock.connect(remote.endpoint)
+
+    def send(self, frames: list[bytes]) -> None:
+        self._sock.send_multipart(frames)
+
+    def recv(self, timeout: float | None) -> list[bytes]:
+        if not self._sock.poll(None if timeout is None else int(timeout * 1000)):
+            raise TimeoutError
+        return self._sock.recv_multipart()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> _CurveConnection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Control:
-    def __init__(self, paths: StatePaths) -> None:
+    def __init__(self, paths: StatePaths | None, remote: Remote | None = None) -> None:
         self.paths = paths
+        self.remote = remote
 
     def _connect(self, timeout: float) -> zmtp.DealerConnection:
+        if self.remote is not None:
+            return _CurveConnection(self.remote)
         where = self.paths.root
         if self.paths.lock_holder() is None:
             raise NoDaemon(f"no supervise daemon is running for state dir {where} "
@@ -55,6 +105,8 @@ class Control:
         with self._connect(10.0) as conn:
             conn.send([protocol.encode_request(protocol.Request("shutdown", keep_workers=keep_workers))])
             result = self._result(self._recv_reply(conn, 10.0))
+            if self.remote is not None:
+                return result  # over TCP a closed connection is not seen: the reply is all we get
             try:
                 while True:  # the daemon closes our connection as it exits
                     conn.recv(timeout=None)
@@ -88,6 +140,11 @@ class Control:
         try:
             frames = conn.recv(timeout)
         except TimeoutError:
+            if self.remote is not None:
+                raise ControlError(f"no answer from {self.remote.endpoint} within {timeout:g}s: no daemon there, "
+                                   "or the keys do not match (this client's public key must be in the "
+                                   "daemon's control_clients, and --server-key must be the daemon's public "
+                                   "key)") from None
             raise ControlError(f"the daemon did not answer within {timeout:g}s") from None
         except zmtp.ZmtpError:
             raise ControlError("the daemon closed the connection (is it shutting down?)") from None

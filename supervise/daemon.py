@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fcntl
+import itertools
 import os
 import random
 import secrets
@@ -51,7 +52,7 @@ from supervise.core import (
     SpawnFailed,
     DeadlineReached,
 )
-from supervise.control_server import ControlServer
+from supervise.control_server import ControlServer, Controls
 from supervise.heartbeats import HeartbeatServer
 from supervise.history import History
 from supervise.listeners import ListenError, Listeners, environment as listen_environment
@@ -154,15 +155,24 @@ class Daemon:
         loop.set_exception_handler(self._loop_error)
         subreaper = process.become_subreaper()
         self.ctx = zmq.Context()
-        try:  # what can fail (an ipc path too long) comes before anything that needs undoing
-            self.control = ControlServer(
-                self.ctx, self.paths.control_socket, loop, self.history,
-                self._on_request, self._status_extra)
+        servers: list[ControlServer] = []
+        try:  # what can fail (an ipc path too long, a TCP port in use, a bad key) comes before the rest
+            ids = itertools.count(1)
+            servers.append(ControlServer(self.ctx, self.paths.control_socket, loop, self.history,
+                                         self._on_request, self._status_extra, request_ids=ids))
+            if self.config.supervise.control:
+                servers.append(ControlServer(self.ctx, None, loop, self.history, self._on_request,
+                                             self._status_extra, tcp=self._secure_tcp(), request_ids=ids))
+            self.control = Controls(servers)
             self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, loop, self.dispatch,
                                               lambda sid, fields: self.core.beat(sid, fields, loop.time()))
-        except zmq.ZMQError:
+        except (zmq.ZMQError, CannotStart) as exc:
+            for server in servers:
+                server.close()
             self.paths.control_socket.unlink(missing_ok=True)
             self.ctx.destroy(linger=0)
+            if isinstance(exc, zmq.ZMQError) and self.config.supervise.control and len(servers) == 1:
+                raise CannotStart(f"control endpoint {self.config.supervise.control}: {exc}") from None
             raise
         self.listeners = Listeners()
         adopted = self._recover(loop.time())
@@ -311,6 +321,10 @@ class Daemon:
                 self.control.reply(Reply(rid, False, error=str(exc), usage=True))
             return
         if not dry_run:
+            was, now = self.config.supervise, new.supervise
+            if (was.control, was.control_key, was.control_clients) != (now.control, now.control_key,
+                                                                        now.control_clients):
+                self.log.warning("[supervise] control settings changed: they apply at the next daemon start")
             if self.notifier is not None:
                 self.notifier.reloading()
             old, self.config = self.config, new
@@ -335,6 +349,20 @@ class Daemon:
                                                      "checkpoint": str(self.paths.checkpoint)}))
         if self._exit is not None and not self._exit.done():
             self._exit.set_result(0)
+
+    def _secure_tcp(self) -> tuple[str, object]:
+        """The TCP control endpoint and how to secure it: CURVE, only the listed client keys."""
+        from supervise import curve  # only a daemon with a TCP endpoint pays for it
+
+        settings = self.config.supervise
+        try:
+            secret = curve.load_secret(settings.control_key)
+            clients = [curve.load_public(c) for c in settings.control_clients]
+        except curve.CurveError as exc:
+            raise CannotStart(f"control endpoint {settings.control}: {exc}") from None
+        self.log.info("control endpoint", endpoint=settings.control, server_key=secret.public,
+                      clients=[curve.mask(c) for c in clients])
+        return settings.control, lambda sock: curve.secure_server(sock, secret, clients, self.ctx)
 
     # -- chaos ----------------------------------------------------------------------------
 
@@ -638,7 +666,7 @@ class Daemon:
                 try:
                     actions = self.core.handle(event, self.loop.time())
                 except Exception:
-                    self.log.exception("core failed on an event", event=repr(event))
+                    self.log.exception("core failed on an event", failed_event=repr(event))
                     continue
                 self._run_actions(actions)
         finally:
