@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
-from helpers import marked_processes, wait_until
+from helpers import free_port, marked_processes, wait_until
 from loadgen import LoadGenerator
 
 from supervise import state
@@ -188,10 +188,7 @@ def test_a_corrupt_or_half_written_checkpoint_gives_a_warning_and_a_safe_start(s
 
 
 def test_listen_sockets_are_taken_over_and_no_request_fails_across_a_daemon_crash(supervisor, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    from pathlib import Path
+    port = free_port()
     web = Path(__file__).resolve().parents[2] / "examples" / "web.py"
     sup = supervisor(f"""
     [apps.web]

@@ -2,19 +2,15 @@
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-import socket
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from helpers import free_port
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_web_instances_share_the_socket_and_stop_fast_after_serving(supervisor):

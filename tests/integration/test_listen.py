@@ -8,13 +8,8 @@ import select
 import signal
 import socket
 
-from helpers import wait_until
+from helpers import free_port, wait_until
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ask(address) -> dict:

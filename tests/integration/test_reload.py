@@ -10,21 +10,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 from pathlib import Path
 
-from helpers import wait_until
+from helpers import free_port, wait_until
 from loadgen import LoadGenerator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WARMUP = 100  # requests served before the change, so the load is really flowing
 AFTER = 100  # requests served after it, by the new state
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def web_config(port: int, instances: int = 4, extra: str = "") -> str:

@@ -13,14 +13,13 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
-from helpers import marked_processes, wait_until
+from helpers import free_port, marked_processes, wait_until
 
 SOAK_SECONDS = float(os.environ.get("SUPERVISE_SOAK_SECONDS", "40"))
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -59,11 +58,6 @@ def config(port: int) -> str:
     chaos = true
     """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def footprint(daemon: psutil.Process) -> tuple[int, int]:
