@@ -176,6 +176,7 @@ class Daemon:
             raise
         self.listeners = Listeners()
         adopted = self._recover(loop.time())
+        self.heartbeats.start_reading()
         try:
             for app in self.config.apps.values():
                 for address in app.listen:

@@ -66,7 +66,15 @@ class HeartbeatServer:
             os.umask(old_umask)
         self._fd = self.sock.getsockopt(zmq.FD)
         self._paused: asyncio.TimerHandle | None = None
-        loop.add_reader(self._fd, self._on_readable)
+        self._reading = False
+
+    def start_reading(self) -> None:
+        """Read from now on. Until then workers may connect and send: their messages
+        wait in the socket, so that adopted workers' first beats, sent the moment they
+        reconnect, are read once their tokens are registered rather than rejected."""
+        self._reading = True
+        self.loop.add_reader(self._fd, self._on_readable)
+        self._on_readable()
 
     def register(self, token: str, spawn_id: int, name: str) -> None:
         self._tokens[token] = (spawn_id, name)
@@ -153,6 +161,7 @@ class HeartbeatServer:
     def close(self) -> None:
         if self._paused is not None:
             self._paused.cancel()
-        self.loop.remove_reader(self._fd)
+        if self._reading:
+            self.loop.remove_reader(self._fd)
         self.sock.close(linger=0)
         self.path.unlink(missing_ok=True)
