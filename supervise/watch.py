@@ -40,7 +40,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import watchfiles
 
 if TYPE_CHECKING:
     from supervise.config import Config
@@ -392,6 +391,8 @@ class Watcher:
         # What a new root holds was written while nothing watched it: it counts as changed, once armed.
         on_armed = (lambda: self._deliver(_files_below(appeared))) if appeared else None
         stop = _StopProbe(self._stop, self._armed, on_armed)
+        import watchfiles  # ~3 MiB: only a daemon that watches something pays for it
+
         batches = watchfiles.watch(*present, watch_filter=self.filter, stop_event=stop, yield_on_timeout=True,
                                    raise_interrupt=False, **self._options)
         with contextlib.closing(batches):  # closes the Rust watcher now, not whenever the generator is collected

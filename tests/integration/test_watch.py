@@ -207,7 +207,9 @@ def test_a_root_deleted_and_recreated_is_watched_again(start, src, tmp_path):
 
 
 def test_a_failing_watch_is_logged_and_retried(start, src, monkeypatch):
-    real = watch.watchfiles.watch
+    import watchfiles
+
+    real = watchfiles.watch
     failures = iter([OSError(28, "inotify watch limit reached")])
 
     def flaky(*args, **kwargs):
@@ -215,7 +217,7 @@ def test_a_failing_watch_is_logged_and_retried(start, src, monkeypatch):
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(watch.watchfiles, "watch", flaky)
+    monkeypatch.setattr(watchfiles, "watch", flaky)
     log = Log()
     watcher, calls = start({"web": (["src/*.py"], [])}, log=log)
     assert [(level, event) for level, event, _ in log.records] == [("error", "file watcher failed, retrying")]
