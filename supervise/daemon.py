@@ -555,20 +555,40 @@ class Daemon:
                             running_for=wall - r.running_since if r.running_since else None,
                             role=r.role, last_exit=r.last_exit)
             sid = self.core.adopt(found, now)
-            if sid is not None and self._take_over(sid, r.pid, r.token, r.log_path, r.cgroup, r.create_time,
-                                                   r.listen, f"{r.app}:{r.index}"):
+            if sid is None and alive:
+                self._retire_unwanted(r.pid, f"{r.app}:{r.index}")
+            elif sid is not None and self._take_over(sid, r.pid, r.token, r.log_path, r.cgroup, r.create_time,
+                                                     r.listen, f"{r.app}:{r.index}"):
                 adopted.append(r.pid)
         for s in strays.values():
             found = Adopted(s.app, s.index, self.core.apps[s.app].generation if s.app in self.core.apps else 1,
                             "running", s.pid, age=wall - s.create_time, running_for=0.0)
             sid = self.core.adopt(found, now)
             app = self.core.config_of(sid) if sid is not None else None
-            if sid is not None and self._take_over(sid, s.pid, s.token, None, None, s.create_time,
+            if sid is None:
+                self._retire_unwanted(s.pid, f"{s.app}:{s.index}")
+            elif self._take_over(sid, s.pid, s.token, None, None, s.create_time,
                                                    app.listen if app else (), f"{s.app}:{s.index}"):
                 adopted.append(s.pid)
         self.log.info("adopted the workers of the previous daemon", adopted=len(adopted), lost=lost,
                       unrecorded=len(strays))
         return adopted
+
+    def _retire_unwanted(self, pid: int, name: str) -> None:
+        """A worker of ours (start time and token checked) that no app claims any more: SIGTERM
+        now, SIGKILL in 10 s if need be, both through a pidfd so that a reused pid is never hit."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return
+        self.log.warning("stopping a worker of the previous daemon that no app claims", name=name, pid=pid)
+        _pidfd_signal(pidfd, signal.SIGTERM)
+        _pidfd_signal(pidfd, signal.SIGCONT)
+
+        def finish() -> None:
+            _pidfd_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+        self.loop.call_later(10.0, finish)
 
     def _take_over(self, spawn_id: int, pid: int, token: str | None, log_path: str | None, cgroup: str | None,
                    create_time: float | None, listen: tuple[str, ...], name: str) -> bool:

@@ -214,3 +214,25 @@ def test_listen_sockets_are_taken_over_and_no_request_fails_across_a_daemon_cras
     listening = [c for c in daemon.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
     assert listening and all(c.laddr.port == port for c in listening)
     assert sup.cli("reload", "web").returncode == 0  # and can hand it to new instances
+
+
+def test_workers_no_app_claims_any_more_are_stopped_not_orphaned(supervisor):
+    sup = supervisor(config(instances=1))
+    before = all_running(sup, 2)
+    assert sup.cli("shutdown", "--keep-workers").returncode == 0
+    sup.proc.wait(10)
+    # The recorded config no longer loads (say, written by an older supervise), and the
+    # current one has dropped the app `plain`: its worker is ours, but nobody wants it.
+    path = sup.dir / ".supervise" / "checkpoint.json"
+    body = json.loads(path.read_text())
+    body["config_text"] = "[apps.old\n"
+    path.write_text(json.dumps(body))
+    text = sup.config.read_text()
+    sup.config.write_text(text[: text.index("[apps.plain]")])
+    sup.start()
+    after = all_running(sup, 1)
+    assert after["beat:0"]["pid"] == before["beat:0"]["pid"]
+    plain = before["plain:0"]["pid"]
+    wait_until(lambda: not psutil.pid_exists(plain) or psutil.Process(plain).status() == psutil.STATUS_ZOMBIE,
+               timeout=15, message="the unclaimed worker stopped")
+    assert "no app claims" in sup.log.read_text()
