@@ -42,11 +42,15 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
     if backups <= 0:
         os.truncate(path, 0)
         return True
+    # Copied aside first and renamed into place last: a reader never finds a
+    # backup half written, and `path.1` is missing only between two renames.
+    fresh = path.with_name(f"{path.name}.rotating")
+    _copy_then_truncate(path, fresh, max_size)
     for index in range(backups - 1, 0, -1):
         older = _backup(path, index)
         if older.exists():
             os.replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
-    _copy_then_truncate(path, _backup(path, 1), max_size)
+    os.replace(fresh, _backup(path, 1))
     return True
 
 
