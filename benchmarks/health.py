@@ -621,7 +621,7 @@ def check_sample(result: dict, n: int, what: str) -> None:
 
 def bench_sampler(b: Bench) -> None:
     n, passes = b.args.sample_instances, b.args.sample_passes
-    b.say(f"\n[sampler] one supervise.sampler.sample() pass over {n} `sleep` processes, CPU time "
+    b.say(f"\n[sampler] one supervise.sampler.sample_trees() pass over {n} `sleep` processes, CPU time "
           f"(thread_time) of the pass, median of {passes}; floor: reading each root's statm once")
     sleeps = []
     cg = None
@@ -635,7 +635,7 @@ def bench_sampler(b: Bench) -> None:
         procs_on_machine = sum(1 for e in os.scandir("/proc") if e.name.isdigit())
         roots = [sampler.Root(i, pid) for i, pid in enumerate(pids)]
         floor, floor_wall, _ = cpu_of(lambda: statm_floor(pids), passes)
-        plain, plain_wall, result = cpu_of(lambda: sampler.sample(roots), passes)
+        plain, plain_wall, result = cpu_of(lambda: sampler.sample_trees(roots)[0], passes)
         check_sample(result, n, "no cgroups")
         b.say(f"  no cgroups: CPU median {ms(median(plain))} max {ms(max(plain))} (wall {ms(median(plain_wall))}); "
               f"{procs_on_machine} processes in /proc")
@@ -653,7 +653,7 @@ def bench_sampler(b: Bench) -> None:
             raise BenchError(f"sampler: {sum(1 for x in leaves if x is None)}/{n} sleeps could not be "
                              f"moved to a cgroup under {cg.root}")
         croots = [sampler.Root(i, pid, leaf) for i, (pid, leaf) in enumerate(zip(pids, leaves))]
-        grouped, grouped_wall, result = cpu_of(lambda: sampler.sample(croots), passes)
+        grouped, grouped_wall, result = cpu_of(lambda: sampler.sample_trees(croots)[0], passes)
         check_sample(result, n, "cgroups")
         b.say(f"  cgroups ({cg.root}): CPU median {ms(median(grouped))} max {ms(max(grouped))} "
               f"(wall {ms(median(grouped_wall))})")

@@ -321,21 +321,26 @@ class Daemon:
             if rid is not None:
                 self.control.reply(Reply(rid, False, error=str(exc), usage=True))
             return
-        if not dry_run:
-            was, now = self.config.supervise, new.supervise
-            if (was.control, was.control_key, was.control_clients) != (now.control, now.control_key,
-                                                                        now.control_clients):
-                self.log.warning("[supervise] control settings changed: they apply at the next daemon start")
-            if self.notifier is not None:
-                self.notifier.reloading()
-            old, self.config = self.config, new
-            if _watched(old) != _watched(new):
-                self._watch(new)
-        self.dispatch(CommandReceived(rid, "reload", config=new, dry_run=dry_run, cause=cause, timeout=timeout))
-        if not dry_run and self.notifier is not None:
+        if dry_run:
+            self.dispatch(CommandReceived(rid, "reload", config=new, dry_run=True, cause=cause, timeout=timeout))
+            return
+        was, now = self.config.supervise, new.supervise
+        if (was.control, was.control_key, was.control_clients) != (now.control, now.control_key,
+                                                                    now.control_clients):
+            self.log.warning("[supervise] control settings changed: they apply at the next daemon start")
+        if self.notifier is not None:
+            self.notifier.reloading()
+        self._switch_config(new)
+        self.dispatch(CommandReceived(rid, "reload", config=new, cause=cause, timeout=timeout))
+        if self.notifier is not None:
             self.notifier.ready_again(self._summary())  # applied; rollouts go on in the background
-        if not dry_run:
-            self._close_unused_listeners()
+        self._close_unused_listeners()
+
+    def _switch_config(self, new: Config) -> None:
+        """`new` is the config from now on (the core gets it as a reload); follow its watch patterns."""
+        old, self.config = self.config, new
+        if _watched(old) != _watched(new):
+            self._watch(new)
 
     def _exit_keeping_workers(self, rid: int) -> None:
         """Exit now and leave every worker running: the next daemon adopts them from the checkpoint."""
@@ -620,9 +625,7 @@ class Daemon:
                     self.listeners.bind(address)
                 except ListenError as exc:
                     self.log.error("cannot listen", error=str(exc))
-        old, self.config = self.config, new
-        if _watched(old) != _watched(new):
-            self._watch(new)
+        self._switch_config(new)
         self._queue.append(CommandReceived(None, "reload", config=new, cause="config"))
 
     def _adopted_exited(self, pid: int) -> None:

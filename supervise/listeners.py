@@ -57,9 +57,6 @@ class Listeners:
         self._fds[address] = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
         self._socks[address] = sock
 
-    def holds(self, address: str) -> bool:
-        return address in self._socks
-
     def take_over(self, pidfd: int, pid: int, addresses: tuple[str, ...]) -> list[str]:
         """Copy the sockets of `addresses` out of a live worker a previous daemon started.
 

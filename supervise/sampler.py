@@ -26,11 +26,6 @@ class Root:
     cgroup: Path | None = None
 
 
-def sample(roots: Iterable[Root]) -> dict[int, int | None]:
-    """RSS in bytes of each root's whole tree, by key; None when the root is gone."""
-    return sample_trees(roots)[0]
-
-
 def sample_trees(roots: Iterable[Root]) -> tuple[dict[int, int | None], dict[int, int]]:
     """RSS of each root's whole tree (None when the root is gone), and how many processes it has."""
     roots = list(roots)

@@ -49,6 +49,17 @@ def marked_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every live process carrying `marker`; returns their pids (what a test left behind)."""
+    leftovers = marked_processes(marker)
+    for proc in leftovers:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return [p.pid for p in leftovers]
+
+
 class Supervisor:
     """A daemon on a config in a temp dir, driven through the real CLI."""
 
@@ -109,10 +120,4 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        leftovers = marked_processes(self.marker)
-        for proc in leftovers:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        return [p.pid for p in leftovers]
+        return kill_marked(self.marker)

@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import WORKERS, marked_processes, wait_until
+from helpers import WORKERS, kill_marked, marked_processes, wait_until
 
 UNSHARE = ("--pid", "--fork", "--mount-proc")
 
@@ -160,13 +160,7 @@ class Container:
             wait_until(lambda: not marked_processes(self.marker), timeout=5)
             return []
         except AssertionError:
-            leftovers = marked_processes(self.marker)
-        for proc in leftovers:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        return [p.pid for p in leftovers]
+            return kill_marked(self.marker)
 
 
 @pytest.fixture
