@@ -240,7 +240,7 @@ class Core:
             case Spawned(spawn_id=sid, pid=pid):
                 actions += self._feed_spawn(sid, Started(pid), now)
             case SpawnFailed(spawn_id=sid, error=error):
-                actions += self._feed_spawn(sid, StartFailed(error), now)
+                actions += self._feed_spawn(sid, StartFailed(error), now, retire=True)
             case Exited(spawn_id=sid, code=code, signal=sig, lost=lost):
                 actions += self._feed_spawn(sid, Died(code, sig, lost), now, retire=True)
             case Beat(spawn_id=sid, fields=fields):
@@ -273,7 +273,12 @@ class Core:
         return self._timers.next()
 
     def live_count(self) -> int:
-        return sum(1 for app in self.apps.values() for i in app.instances() if i.state in LIVE_STATES)
+        """Instances whose process may be alive: each holds exactly one spawn id until its exit.
+
+        O(1), because a drain asks after every exit (a walk of every
+        instance made stopping N instances cost O(N^2)).
+        """
+        return len(self._spawn_ids)
 
     def counts(self) -> dict[str, int]:
         """Instances per state, and `waiting` apps: the daemon's one-line summary."""

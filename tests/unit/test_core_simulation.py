@@ -46,7 +46,7 @@ from supervise.core import (
     Spawned,
     SpawnFailed,
 )
-from supervise.instance import MEMORY_HYSTERESIS, ExitReason, State
+from supervise.instance import LIVE_STATES, MEMORY_HYSTERESIS, ExitReason, State
 from supervise.policy import backoff_bounds
 
 KILL_LATENCY = 0.01  # a SIGKILLed fake process is gone this long after the kill
@@ -274,6 +274,8 @@ class Simulation:
         assert all(n == 1 for n in live_by_owner.values()), "two live processes for one instance"
         tracked = {id(i) for app in self.core.apps.values() for i in app.instances()}
         assert set(live_by_owner) <= tracked, "a live process the core no longer tracks"
+        in_live_states = sum(1 for app in self.core.apps.values() for i in app.instances() if i.state in LIVE_STATES)
+        assert self.core.live_count() == in_live_states, "live_count disagrees with the instances' states"
         for app in self.core.apps.values():
             rolling = sum(1 for p in app.purposes.values() if p is ExitReason.RELOAD)
             assert rolling <= max(app.config.surge(), 1), "surge exceeded"
