@@ -20,6 +20,7 @@ import errno
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,11 @@ LOG_FILE_MODE = 0o640
 _DISARMED_RETURNCODE = -(2**31)
 # Two process records are the same process when their start times agree.
 # Start times are in clock ticks (10 ms); the epoch value also carries the
-# boot time, which is whole seconds and can only jump by whole seconds.
-_SAME_START = 0.005
+# boot time, which is whole seconds and can only jump by whole seconds. A
+# spawn's own start time is computed, not read (`_start_time`), and can be
+# one tick early: the tolerance covers that tick.
+_SAME_START = 0.015
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # A sweep repeats while it finds processes it has not signalled yet (one
 # forked between our listing and our kill); a bound keeps a fork bomb from
 # holding us forever (cgroup.kill is the real answer to fork bombs).
@@ -106,6 +110,7 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
         # Through a launcher a missing command would only show as its exit 127: say it here.
         raise SpawnError(_explain_spawn_failure(spec, FileNotFoundError(errno.ENOENT, "not found")))
     log_fd = _open_log(spec.log_path)
+    forked_after = time.clock_gettime(time.CLOCK_BOOTTIME)
     try:
         # Popen, not fork+exec by hand: without preexec_fn it uses vfork, which
         # keeps spawning fast however big the daemon gets. Output goes to a file,
@@ -132,7 +137,7 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
     # ours; the process group and token sweeps still reach it. (clone3 with
     # CLONE_INTO_CGROUP would close this, but Python cannot ask for it.)
     cgroup = cgroups.adopt(pid, spec.name) if cgroups is not None else None
-    return Child(pid=pid, pidfd=pidfd, cgroup=cgroup, create_time=_create_time(pid))
+    return Child(pid=pid, pidfd=pidfd, cgroup=cgroup, create_time=_start_time(forked_after))
 
 
 def _open_log(path: Path) -> int:
@@ -197,11 +202,17 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
-def _create_time(pid: int) -> float:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
+def _start_time(forked_after: float) -> float:
+    """The start time psutil will report for a child forked just after CLOCK_BOOTTIME `forked_after`.
+
+    Why not read it: right after exec a new process is mapping its libraries,
+    and reading its /proc/<pid>/stat waits for that (up to milliseconds on a
+    busy machine), once per spawn on the event loop. The kernel stamps a
+    fork with CLOCK_BOOTTIME in clock ticks; psutil adds the boot time of
+    /proc/stat. A tick that starts between our reading and the fork makes
+    ours one tick early, which `_SAME_START` allows.
+    """
+    return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + psutil.boot_time()
 
 
 # -- reaping and signals --------------------------------------------------------------

@@ -50,7 +50,7 @@ def alive(pid: int, create_time: float | None = None) -> bool:
     """Running (a zombie is dead) and, with create_time, the same process."""
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 0.005:
+        if create_time is not None and abs(proc.create_time() - create_time) >= process._SAME_START:
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -226,6 +226,14 @@ def test_spawn_of_script_with_missing_interpreter_points_at_shebang(procs: Procs
 def test_spawn_with_nul_byte_in_argv_is_a_spawn_error(procs: Procs) -> None:
     with pytest.raises(SpawnError, match="invalid command or environment for test:0: embedded null byte"):
         procs.spawn(sys.executable, "-c", "pass\0")
+
+
+def test_spawn_computes_the_start_time_psutil_reads(procs: Procs) -> None:
+    # The daemon identifies its workers by start time without reading /proc
+    # at spawn; the computed value must agree with what the kernel recorded.
+    children = [procs.spawn("sleep", "30") for _ in range(40)]
+    for child in children:
+        assert abs(psutil.Process(child.pid).create_time() - child.create_time) < process._SAME_START
 
 
 def test_spawned_child_is_never_reaped_by_subprocess(procs: Procs) -> None:
