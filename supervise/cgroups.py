@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import select
 import signal
 import time
@@ -68,7 +67,7 @@ class Cgroups:
         """
         base = _CGROUP_NAME_UNSAFE.sub("_", name)
         for _ in range(8):
-            path = self.root / f"{base}.{secrets.token_hex(3)}"
+            path = self.root / f"{base}.{os.urandom(3).hex()}"
             try:
                 path.mkdir()
                 return path

@@ -32,8 +32,12 @@ class UsageError(Exception):
 
 def cmd_run(args) -> int:
     # asyncio imports ssl when it can (4-5 MiB resident); the daemon speaks no
-    # TLS, so keep it out. Only in this process, and only if nothing loaded it.
+    # TLS, so keep it out. Likewise colorama, which structlog imports when
+    # present (0.5 MiB) and needs only on Windows: elsewhere it writes the same
+    # ANSI colours itself. Only in this process, and only if nothing loaded them.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    if os.name != "nt":
+        sys.modules.setdefault("colorama", None)  # type: ignore[arg-type]
     from supervise import config as config_module
     from supervise import daemon, log
 

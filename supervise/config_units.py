@@ -8,7 +8,6 @@ these stay small and can be tested with plain tables of examples.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import math
@@ -98,6 +97,8 @@ def expected(what: str, value: Any) -> Invalid:
 
 def did_you_mean(word: str, choices: Iterable[str], template: str = '"{}"') -> str:
     """`` (did you mean "x"?)`` when a choice is close to ``word``, else ``""``."""
+    import difflib  # only a config with a mistake needs it: not kept in the daemon's memory
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {template.format(close[0])}?)" if close else ""
 

@@ -16,18 +16,18 @@ import fcntl
 import itertools
 import os
 import random
-import secrets
 import signal
 import time
 from pathlib import Path
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 
 from supervise import config as config_module
-from supervise import logfiles, process, sampler, sdnotify, state, watch
+from supervise import logfiles, process, sampler, sdnotify, state
 from supervise.chaos import SIGNALS as CHAOS_SIGNALS
 from supervise.chaos import ChaosError, ChaosPlan
 from supervise.config import AppConfig, Config
@@ -57,6 +57,9 @@ from supervise.heartbeats import HeartbeatServer
 from supervise.history import History
 from supervise.listeners import ListenError, Listeners, environment as listen_environment
 from supervise.paths import StatePaths
+
+if TYPE_CHECKING:
+    from supervise.watch import Watcher
 
 LOG_CHECK_INTERVAL = 3.0  # one stat() per instance on the loop; rotation itself runs off it
 LOG_CHECK_FLOOD = 0.2  # the next check, when one found a file over its limit
@@ -196,7 +199,7 @@ class Daemon:
         self._chores = [loop.create_task(self._sample_forever())]
         if self.notifier is not None and self.notifier.watchdog_interval:
             self._chores.append(loop.create_task(self._feed_watchdog(self.notifier.watchdog_interval)))
-        self.watcher: watch.Watcher | None = None
+        self.watcher: Watcher | None = None
         self._watch(self.config)
         self._log_check = loop.call_later(LOG_CHECK_INTERVAL, self._check_logs)
         self._dispatching = True  # spawns report back through the queue, after these actions
@@ -643,6 +646,11 @@ class Daemon:
         """(Re)start the file watcher for `config`'s `watch` patterns; stop it when none are left."""
         if self.watcher is not None:
             self.watcher.stop(timeout=0)
+            self.watcher = None
+        if not any(app.watch for app in config.apps.values()):
+            return  # and watch.py is never imported (it and watchfiles cost memory)
+        from supervise import watch
+
         self.watcher = watch.Watcher.from_config(config, self._files_changed_elsewhere, log=self.log)
         if self.watcher is not None:
             self.watcher.start()
@@ -650,7 +658,7 @@ class Daemon:
                 self.log.warning("a watched directory does not exist (yet)", root=root)
             self.loop.run_in_executor(None, self._announce_watching, self.watcher)
 
-    def _announce_watching(self, watcher: watch.Watcher) -> None:
+    def _announce_watching(self, watcher: Watcher) -> None:
         """Off the loop: say so once changes are really being seen (the watches are armed)."""
         if watcher.wait_ready(30.0) and watcher is self.watcher:
             self.log.info("watching for changes", roots=list(watcher.roots))
@@ -754,7 +762,7 @@ class Daemon:
     def _spawn(self, action: Spawn) -> None:
         app, index = action.app, action.index
         name = f"{app.name}:{index}"
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         env = dict(self._base_env)
         env.update(app.env)
         env.update({
