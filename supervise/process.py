@@ -143,9 +143,13 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
 def _open_log(path: Path) -> int:
     # O_APPEND: every write of every process sharing the fd lands at the end,
     # and copytruncate rotation (logfiles.py) works without reopening.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+        try:
+            return os.open(path, flags, LOG_FILE_MODE)
+        except FileNotFoundError:  # the first spawn, or the logs dir was removed meanwhile
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, flags, LOG_FILE_MODE)
     except OSError as exc:
         raise SpawnError(f"cannot open log file {path}: {exc.strerror}") from None
 
