@@ -86,7 +86,7 @@ class ControlServer:
             result = {**result, "daemon": self.status_extra()}
         self._send(envelope, protocol.encode_reply(reply.ok, result, reply.error, reply.usage, id=client_id))
 
-    def push(self, stamped_event: dict) -> None:
+    def push(self, stamped_event: bytes) -> None:
         """A live event to every follower; one that stopped reading is dropped."""
         if not self.followers:
             return
@@ -131,10 +131,8 @@ class ControlServer:
             self._send(envelope, protocol.encode_reply(False, error=f"bad request: {exc}", usage=True))
             return
         if req.cmd == "events":
-            events = self.history.since(req.since)
-            self._send(envelope, protocol.encode_reply(
-                True, {"events": events, "first": self.history.first_seq, "last": self.history.last_seq},
-                id=req.id))
+            self._send(envelope, protocol.encode_events_reply(
+                self.history.since(req.since), self.history.first_seq, self.history.last_seq, id=req.id))
             if req.follow:
                 if len(self.followers) >= MAX_FOLLOWERS:
                     self.followers.pop()
@@ -166,7 +164,7 @@ class Controls:
         for server in self.servers:
             server.reply(reply)
 
-    def push(self, stamped_event: dict) -> None:
+    def push(self, stamped_event: bytes) -> None:
         for server in self.servers:
             server.push(stamped_event)
 

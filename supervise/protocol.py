@@ -147,9 +147,19 @@ def encode_reply(ok: bool, result: object = None, error: str | None = None, usag
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def encode_event(event: dict) -> bytes:
-    """A live event pushed to a following ``events`` client."""
-    return json.dumps({"v": VERSION, "event": event}, separators=(",", ":")).encode()
+def encode_event(event: bytes) -> bytes:
+    """A live event pushed to a following ``events`` client; ``event`` is its JSON (history.py)."""
+    return b'{"v":%d,"event":%s}' % (VERSION, event)
+
+
+def encode_events_reply(events: list[bytes], first: int, last: int, id: object = None) -> bytes:
+    """The reply to ``events`` (``result``: ``events``, ``first``, ``last``), with the events
+    spliced in as the JSON they are held as rather than decoded and encoded again."""
+    body = b'{"v":%d,"ok":true,"result":{"events":[%s],"first":%d,"last":%d}' % (
+        VERSION, b",".join(events), first, last)
+    if id is not None:
+        body += b',"id":' + json.dumps(id, separators=(",", ":")).encode()
+    return body + b"}"
 
 
 Reply = namedtuple("Reply", "ok result error usage event", defaults=(None, None, False, None))
