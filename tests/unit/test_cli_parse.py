@@ -8,10 +8,12 @@ SAME = [
     ["status"], ["status", "--json"], ["status", "web", "web:1", "--json"], ["status", "-c", "x.toml"],
     ["status", "--config", "a b.toml", "web"], ["start", "web"], ["stop", "web:0", "--timeout", "3.5"],
     ["restart", "-c", "c.toml", "web", "worker"], ["shutdown"], ["shutdown", "-c", "/tmp/s.toml"],
+    ["run"], ["run", "-c", "/etc/s.toml"], ["run", "--config", "s.toml"],
 ]
 DECLINED = [
     [], ["status", "--jsn"], ["start"], ["stop", "--timeout"], ["stop", "web", "--timeout", "soon"],
     ["shutdown", "now"], ["status", "-c"], ["scale", "web", "2"], ["logs", "web"], ["--help"], ["status", "-h"],
+    ["run", "web"], ["run", "--bogus"], ["run", "-h"],
 ]
 
 
