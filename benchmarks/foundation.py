@@ -331,7 +331,7 @@ def bench_footprint_small(b: Bench, n: int = 100) -> None:
     rss, cpu = measure_idle(d.proc.pid, seconds)
     d.shutdown()
     bare = resident_after_start(b, "import signal; signal.pause()")
-    imports = resident_after_start(b, "import signal, supervise.daemon, supervise.log; signal.pause()")
+    imports = resident_after_start(b, "import signal, supervise.cli; supervise.cli.import_daemon(); signal.pause()")
     b.say(f"  daemon RSS {rss / MiB:.1f} MiB  CPU {cpu:.3f} % of one core")
     b.say(f"  floors: bare interpreter {bare / MiB:.1f} MiB; interpreter + the daemon's imports "
           f"{imports / MiB:.1f} MiB")

@@ -30,16 +30,25 @@ class UsageError(Exception):
 # -- verbs -------------------------------------------------------------------------
 
 
-def cmd_run(args) -> int:
-    # asyncio imports ssl when it can (4-5 MiB resident); the daemon speaks no
-    # TLS, so keep it out. Likewise colorama, which structlog imports when
-    # present (0.5 MiB) and needs only on Windows: elsewhere it writes the same
-    # ANSI colours itself. Only in this process, and only if nothing loaded them.
+def import_daemon():
+    """The daemon's modules, imported without what it would carry and never use.
+
+    asyncio imports ssl when it can (4-5 MiB resident); the daemon speaks no
+    TLS, so it is kept out. Likewise colorama, which structlog imports when
+    present (0.5 MiB) and needs only on Windows: elsewhere it writes the same
+    ANSI colours itself. Only in this process, and only if nothing loaded them.
+    """
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     if os.name != "nt":
         sys.modules.setdefault("colorama", None)  # type: ignore[arg-type]
-    from supervise import config as config_module
     from supervise import daemon, log
+
+    return daemon, log
+
+
+def cmd_run(args) -> int:
+    daemon, log = import_daemon()
+    from supervise import config as config_module
 
     cfg = config_module.load(args.config)
     logger = log.configure(cfg.supervise.log_format, cfg.supervise.log_level)
