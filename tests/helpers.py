@@ -37,6 +37,26 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, message
         time.sleep(interval)
 
 
+def gone(pid: int) -> bool:
+    """No such process, or only its zombie. (pid_exists then Process(pid) races with the exit.)"""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def zombie_children(proc: psutil.Process) -> list[int]:
+    """Pids of `proc`'s children that have exited and not been reaped (ignoring any reaped meanwhile)."""
+    zombies = []
+    for child in proc.children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return zombies
+
+
 def marked_processes(marker: str) -> list[psutil.Process]:
     """Every live process whose environment carries this test's marker."""
     found = []

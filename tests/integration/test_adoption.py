@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
-from helpers import free_port, marked_processes, wait_until
+from helpers import free_port, gone, marked_processes, wait_until
 from loadgen import LoadGenerator
 
 from supervise import state
@@ -100,8 +100,7 @@ def test_a_worker_that_died_while_no_daemon_ran_is_restarted_as_lost(supervisor)
     kill_daemon(sup)
     victim = before["plain:1"]["pid"]
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE,
-               timeout=10)
+    wait_until(lambda: gone(victim), timeout=10)
     sup.start()
     after = all_running(sup, 4)
     assert after["plain:1"]["pid"] != victim
@@ -233,6 +232,5 @@ def test_workers_no_app_claims_any_more_are_stopped_not_orphaned(supervisor):
     after = all_running(sup, 1)
     assert after["beat:0"]["pid"] == before["beat:0"]["pid"]
     plain = before["plain:0"]["pid"]
-    wait_until(lambda: not psutil.pid_exists(plain) or psutil.Process(plain).status() == psutil.STATUS_ZOMBIE,
-               timeout=15, message="the unclaimed worker stopped")
+    wait_until(lambda: gone(plain), timeout=15, message="the unclaimed worker stopped")
     assert "no app claims" in sup.log.read_text()

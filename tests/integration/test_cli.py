@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from helpers import Supervisor, wait_until
+from helpers import Supervisor, gone, wait_until
 
 CONFIG = """
 [apps.sleep]
@@ -155,8 +155,7 @@ def test_shutdown_drains_and_exits_zero(supervisor):
     assert result.returncode == 0, result.stderr
     assert sup.proc.wait(5) == 0  # gone by the time the CLI returned
     assert sup.cli("status").returncode == 3
-    import psutil
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert all(gone(p) for p in pids)
 
 
 def test_garbage_on_control_socket_does_not_disturb_daemon(supervisor):

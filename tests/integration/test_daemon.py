@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from helpers import marked_processes, wait_until
+from helpers import marked_processes, wait_until, zombie_children
 
 SLEEPER = """
 [apps.sleep]
@@ -185,9 +185,7 @@ def test_no_zombies_while_running(supervisor):
     crash_loop = { max_restarts = 20, window = "60s", cooldown = "1h" }
     """)
     wait_until(lambda: all(i["state"] == "failed" for i in sup.status().values()), timeout=30)
-    zombies = [c for c in psutil.Process(sup.proc.pid).children()
-               if c.status() == psutil.STATUS_ZOMBIE]
-    assert not zombies
+    assert not zombie_children(psutil.Process(sup.proc.pid))
 
 
 def test_control_socket_is_owner_only(supervisor):

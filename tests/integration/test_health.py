@@ -11,9 +11,8 @@ import os
 import signal
 import time
 
-import psutil
 
-from helpers import wait_until
+from helpers import gone, wait_until
 
 
 def raw(mode: str, *args: str, **keys: str) -> str:
@@ -46,7 +45,7 @@ def test_never_ready_is_restarted_with_start_timeout(supervisor):
     inst = wait_until(lambda: (i := sup.status()["w:0"])["last_exit"] and i, timeout=10)
     assert inst["last_exit"]["reason"] == "start-timeout"
     assert inst["restarts"] == 1 and inst["pid"] != pid
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
 
 
 def test_worker_that_stops_beating_is_restarted_as_hung(supervisor):
@@ -136,8 +135,7 @@ def test_memory_of_the_whole_tree_triggers_a_graceful_restart(supervisor):
     # The child that held the memory went with it.
     log = (sup.dir / ".supervise/logs/hog.0.log").read_text()
     hog = int(log.split("child ", 1)[1].split()[0])
-    wait_until(lambda: not psutil.pid_exists(hog) or psutil.Process(hog).status() == psutil.STATUS_ZOMBIE,
-               timeout=5, message="the memory-holding child to be gone")
+    wait_until(lambda: gone(hog), timeout=5, message="the memory-holding child to be gone")
 
 
 def test_status_shows_rss_of_the_tree(supervisor):

@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import WORKERS, kill_marked, marked_processes, wait_until
+from helpers import WORKERS, kill_marked, marked_processes, wait_until, zombie_children
 
 UNSHARE = ("--pid", "--fork", "--mount-proc")
 
@@ -125,14 +125,7 @@ class Container:
 
     def zombie_children(self) -> list[int]:
         """Host pids of the daemon's children that have exited and not been reaped."""
-        zombies = []
-        for child in self.init.children():
-            try:
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    zombies.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-        return zombies
+        return zombie_children(self.init)
 
     def cleanup(self) -> list[int]:
         """Kill whatever is left, however the test ended; returns the pids that were left."""

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import psutil
-from helpers import free_port, marked_processes, wait_until
+from helpers import free_port, marked_processes, wait_until, zombie_children
 
 SOAK_SECONDS = float(os.environ.get("SUPERVISE_SOAK_SECONDS", "40"))
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -126,7 +126,7 @@ def test_soak_under_chaos_and_random_commands(supervisor, tmp_path):
 
     # No zombie under the daemon, no process of ours that the daemon does not know.
     def clean():
-        zombies = [p.pid for p in daemon.children() if p.status() == psutil.STATUS_ZOMBIE]
+        zombies = zombie_children(daemon)
         ours = {p.pid for p in marked_processes(sup.marker)} - {daemon.pid}
         return not zombies and ours == {i["pid"] for i in sup.status().values()}
     wait_until(clean, timeout=20, message="no zombie and no orphan")
