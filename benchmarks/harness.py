@@ -32,7 +32,6 @@ PY = sys.executable  # never the `python3` on PATH: a pyenv shim costs ~65 ms pe
 MiB = 1024 * 1024
 
 
-
 def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
     """Popen.wait(timeout), without its polling: that sleeps up to 50 ms between waitpid
     tries, which would add up to 50 ms to every exit timed here. A pidfd is readable the
@@ -46,6 +45,7 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
     finally:
         os.close(fd)
     return proc.wait()
+
 
 class BenchError(Exception):
     """The benchmark could not measure what it wanted; the message says why."""

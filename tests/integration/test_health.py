@@ -11,7 +11,6 @@ import os
 import signal
 import time
 
-
 from helpers import gone, wait_until
 
 
