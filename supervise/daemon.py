@@ -425,10 +425,7 @@ class Daemon:
                     continue  # nothing alive to harm right now
                 worker = live[name]
                 sig = CHAOS_SIGNALS[plan.signal]
-                if worker.pidfd is not None:
-                    _pidfd_signal(worker.pidfd, sig)
-                else:
-                    process.send_signal(worker.child.pid, sig)
+                _signal_worker(worker, sig)
                 harms += 1
                 if sig == signal.SIGSTOP:
                     stopped[worker.child.pid] = worker
@@ -437,7 +434,7 @@ class Daemon:
         finally:
             for pid, worker in stopped.items():  # a hang ends with the chaos (unless it was detected)
                 if self.workers.get(pid) is worker:
-                    _pidfd_signal(worker.pidfd, signal.SIGCONT)
+                    _signal_worker(worker, signal.SIGCONT)
             self._chaos.pop(cid, None)
             self._publish({"type": "chaos", "id": cid, "event": "done", "harms": harms})
 
@@ -732,14 +729,10 @@ class Daemon:
                 self._spawn(action)
             case Signal(pid=pid, signal=sig):
                 worker = self.workers.get(pid)
-                if worker is not None and worker.adopted:
-                    # Not our child: its pid could be reused the moment it exits. The pidfd cannot.
-                    _pidfd_signal(worker.pidfd, sig)
-                    _pidfd_signal(worker.pidfd, signal.SIGCONT)
-                    return
-                process.send_signal(pid, sig)
-                # A stopped (SIGSTOP) worker cannot act on its stop signal until continued.
-                process.send_signal(pid, signal.SIGCONT)
+                if worker is not None:  # else reaped already: its pid may be someone else's
+                    _signal_worker(worker, sig)
+                    # A stopped (SIGSTOP) worker cannot act on its stop signal until continued.
+                    _signal_worker(worker, signal.SIGCONT)
             case KillTree(pid=pid):
                 worker = self.workers.get(pid)
                 if worker is not None:
@@ -907,6 +900,16 @@ class Daemon:
     def _status_extra(self) -> dict:
         return {"pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
                 "control_malformed": self.control.malformed}
+
+
+def _signal_worker(worker: _Worker, sig: int) -> None:
+    """Through its pidfd, which a reused pid cannot fool; by pid only where there is no pidfd,
+    which is safe for a worker still in `workers`: our child, not yet reaped (adopted ones
+    always have a pidfd while they are tracked)."""
+    if worker.pidfd is not None:
+        _pidfd_signal(worker.pidfd, sig)
+    else:
+        process.send_signal(worker.child.pid, sig)
 
 
 def _pidfd_signal(pidfd: int | None, sig: int) -> None:
