@@ -465,7 +465,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def warm_up(b: Bench) -> None:
     """Run each kind of process once, so bytecode caches exist before anything is timed."""
     env = b.procs.env()
-    modules = ("supervise.cli, supervise.daemon, supervise.log, supervise.core, supervise.process, "
+    modules = ("supervise.cli, supervise.daemon, supervise.log, supervise.core, supervise.runtime.process, "
                "asyncio, zmq, psutil, structlog, secrets, argparse, json")
     for argv in ([PY, "-c", f"import {modules}"], [PY, "-m", "supervise", "--help"],
                  [PY, "-S", "-c", "import signal, _socket"], [PY, "-c", "pass"]):

@@ -36,10 +36,12 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from supervise import protocol, sampler
-from supervise.cgroups import Cgroups
-from supervise.control import Control, ControlError, NoDaemon
-from supervise.paths import StatePaths, locate_state_dir
+from supervise.wire import protocol
+from supervise.runtime import sampler
+from supervise.runtime.cgroups import Cgroups
+from supervise.control.client import Control, ControlError, NoDaemon
+from supervise.config.locate import locate_state_dir
+from supervise.wire.statedir import StatePaths
 
 from harness import (
     PY,
@@ -843,7 +845,7 @@ def wait_for_other_benchmarks() -> None:
 def warm_up(b: Bench) -> None:
     """Run each kind of process once, so bytecode caches exist before anything is timed."""
     env = b.procs.env()
-    modules = ("supervise.cli, supervise.daemon, supervise.log, supervise.core, supervise.process, "
+    modules = ("supervise.cli, supervise.daemon, supervise.log, supervise.core, supervise.runtime.process, "
                "supervise.worker, asyncio, zmq, psutil, structlog, secrets, argparse, json")
     for argv in ([PY, "-c", f"import {modules}"], [PY, str(LOAD), "--help"], [PY, "-m", "supervise", "--help"],
                  [PY, "-S", "-c", "import signal, _socket"]):

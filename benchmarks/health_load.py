@@ -29,7 +29,7 @@ import sys
 import time
 
 import zmq
-from supervise import protocol
+from supervise.wire import protocol
 
 
 def load_frames(path: str) -> list[bytes]:

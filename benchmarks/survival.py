@@ -34,8 +34,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from harness import PY, BenchError, Row, median, ms  # noqa: E402
 from reload import Bench, Daemon, run_figures  # noqa: E402
 
-from supervise import state  # noqa: E402
-from supervise.config import AppConfig, Config, Readiness, SuperviseConfig  # noqa: E402
+from supervise.runtime import checkpoint as state  # noqa: E402
+from supervise.config.model import AppConfig, Config, Readiness, SuperviseConfig  # noqa: E402
 from supervise.core import Core, Ready, Spawn, Spawned  # noqa: E402
 
 FIGURES = ("adopt", "checkpoint", "storm")

@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Mapping
 from types import ModuleType
 
-from supervise import protocol
+from supervise.wire import protocol
 
 __all__ = ["Heartbeat", "listen_fds"]
 

@@ -19,7 +19,7 @@ import psutil
 from helpers import free_port, gone, marked_processes, wait_until
 from loadgen import LoadGenerator
 
-from supervise import state
+from supervise.runtime import checkpoint as state
 
 
 def config(instances: int = 6, extra: str = "") -> str:

@@ -18,8 +18,8 @@ import zmq
 from helpers import wait_until
 from zmq.utils.monitor import recv_monitor_message
 
-from supervise import curve
-from supervise.curve import CurveError, KeyPair
+from supervise.wire import curve
+from supervise.wire.curve import CurveError, KeyPair
 
 TIMEOUT = 5.0
 HANDSHAKE_MS = 2000  # a handshake still unfinished by then fails (and is reported): no wait is open-ended

@@ -29,7 +29,7 @@ import psutil
 import zmq
 
 from helpers import wait_until
-from supervise import protocol
+from supervise.wire import protocol
 
 CONFIG = """
 [apps.beat]

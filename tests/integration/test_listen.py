@@ -106,8 +106,8 @@ def test_python_launcher_where_there_is_no_bash(tmp_path):
     import sys
     from pathlib import Path
 
-    from supervise import process
-    from supervise.listeners import Listeners, environment
+    from supervise.runtime import process
+    from supervise.runtime.listeners import Listeners, environment
 
     listeners = Listeners()
     listeners._bash = None  # as on a system without bash

@@ -1,4 +1,4 @@
-"""supervise.process and supervise.logfiles against real processes, files and cgroups.
+"""supervise.runtime.process and supervise.logfiles against real processes, files and cgroups.
 
 Scenarios that need a child subreaper run in a helper process
 (fixtures/proc_subreaper_scenario.py): making pytest itself a subreaper would
@@ -22,9 +22,11 @@ from typing import TypeVar
 import psutil
 import pytest
 
-from supervise import logfiles, process
-from supervise import cgroups as cgroups_module
-from supervise.process import Cgroups, Child, SpawnError, SpawnSpec
+from supervise.control import logs
+from supervise.runtime import logfiles
+from supervise.runtime import process
+from supervise.runtime import cgroups as cgroups_module
+from supervise.runtime.process import Cgroups, Child, SpawnError, SpawnSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -453,19 +455,19 @@ def test_rotating_a_flood_keeps_only_the_last_max_size_bytes(tmp_path: Path) -> 
 
 def test_tail_returns_last_lines(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
-    assert logfiles.tail(log, 5) == []
+    assert logs.tail(log, 5) == []
     log.write_text("".join(f"line {i}\n" for i in range(10_000)))
-    assert logfiles.tail(log, 3) == ["line 9997", "line 9998", "line 9999"]
-    assert logfiles.tail(log, 3, block_size=4) == ["line 9997", "line 9998", "line 9999"]
-    assert logfiles.tail(log, 0) == []
-    assert len(logfiles.tail(log, 20_000)) == 10_000
+    assert logs.tail(log, 3) == ["line 9997", "line 9998", "line 9999"]
+    assert logs.tail(log, 3, block_size=4) == ["line 9997", "line 9998", "line 9999"]
+    assert logs.tail(log, 0) == []
+    assert len(logs.tail(log, 20_000)) == 10_000
 
 
 def test_tail_without_final_newline_and_with_crlf(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     log.write_bytes(b"one\r\ntwo\r\nthree")
-    assert logfiles.tail(log, 2) == ["two", "three"]
-    assert logfiles.tail(log, 2, block_size=3) == ["two", "three"]
-    assert logfiles.tail(log, 10) == ["one", "two", "three"]
+    assert logs.tail(log, 2) == ["two", "three"]
+    assert logs.tail(log, 2, block_size=3) == ["two", "three"]
+    assert logs.tail(log, 10) == ["one", "two", "three"]
     log.write_bytes(b"\xff bad\nok\n")
-    assert logfiles.tail(log, 2) == ["\ufffd bad", "ok"]
+    assert logs.tail(log, 2) == ["\ufffd bad", "ok"]

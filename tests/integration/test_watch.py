@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_until
-from supervise import config, watch
-from supervise.watch import Watcher
+from supervise.config import loader as config
+from supervise.runtime import watch
+from supervise.runtime.watch import Watcher
 
 DEADLINE = 10.0  # for what must happen; generous for a loaded 2-core machine
 

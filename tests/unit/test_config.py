@@ -10,21 +10,12 @@ from textwrap import dedent
 
 import pytest
 
-from supervise import config_units as units
-from supervise.config import (
-    AppConfig,
-    BackoffConfig,
-    Config,
-    ConfigError,
-    CrashLoopConfig,
-    Problem,
-    Readiness,
-    Restart,
-    load,
-    locate_state_dir,
-)
-from supervise.config_lines import LineIndex, key_text
-from supervise.config_units import Invalid
+from supervise.config import units as units
+from supervise.config.model import AppConfig, BackoffConfig, Config, CrashLoopConfig, Readiness, Restart
+from supervise.config.loader import ConfigError, Problem, load
+from supervise.config.locate import locate_state_dir
+from supervise.config.lines import LineIndex, key_text
+from supervise.config.units import Invalid
 
 APP = '[apps.web]\ncommand = "run"\n'  # tested key goes on line 3
 
@@ -588,7 +579,7 @@ def test_locate_state_dir_defaults(in_tmp: Path, text: str) -> None:
 def test_locate_state_dir_needs_a_toml_file() -> None:
     with pytest.raises(ConfigError, match="no such file"):
         locate_state_dir("missing.toml")
-    write("[supervise\n")
+    write("[supervise\nstate_dir = 'var'\n")  # a form the scanner leaves to tomllib
     with pytest.raises(ConfigError, match=r"^supervise.toml:1: invalid TOML"):
         locate_state_dir("supervise.toml")
 

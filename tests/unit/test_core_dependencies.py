@@ -3,7 +3,7 @@
 import random
 from pathlib import Path
 
-from supervise.config import AppConfig, Config, Readiness, SuperviseConfig
+from supervise.config.model import AppConfig, Config, Readiness, SuperviseConfig
 from supervise.core import Core, Exit, Exited, Ready, ShutdownRequested, Signal, Spawn, Spawned
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import random
 from pathlib import Path
 
-from supervise.config import AppConfig, Config, Readiness, SuperviseConfig
+from supervise.config.model import AppConfig, Config, Readiness, SuperviseConfig
 from supervise.core import (
     CommandReceived,
     Core,
@@ -22,7 +22,7 @@ from supervise.core import (
     Spawn,
     Spawned,
 )
-from supervise.instance import TRIAL_SETTLE, State
+from supervise.core.instance import TRIAL_SETTLE, State
 
 
 def app(name="web", **kw) -> AppConfig:

@@ -17,15 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from supervise.config import (
-    AppConfig,
-    BackoffConfig,
-    Config,
-    CrashLoopConfig,
-    Readiness,
-    Restart,
-    SuperviseConfig,
-)
+from supervise.config.model import AppConfig, BackoffConfig, Config, CrashLoopConfig, Readiness, Restart, SuperviseConfig
 from supervise.core import (
     Beat,
     CommandReceived,
@@ -46,8 +38,8 @@ from supervise.core import (
     Spawned,
     SpawnFailed,
 )
-from supervise.instance import LIVE_STATES, MEMORY_HYSTERESIS, ExitReason, State
-from supervise.policy import backoff_bounds
+from supervise.core.instance import LIVE_STATES, MEMORY_HYSTERESIS, ExitReason, State
+from supervise.core.policy import backoff_bounds
 
 KILL_LATENCY = 0.01  # a SIGKILLed fake process is gone this long after the kill
 BEAT_EVERY = 0.45

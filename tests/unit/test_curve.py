@@ -10,8 +10,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from supervise import curve
-from supervise.curve import CurveError, KeyPair
+from supervise.wire import curve
+from supervise.wire.curve import CurveError, KeyPair
 
 
 def mode(path: Path) -> int:

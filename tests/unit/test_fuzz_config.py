@@ -22,9 +22,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from supervise import config as cfg
-from supervise.config import AppConfig, BackoffConfig, Config, ConfigError, CrashLoopConfig, SuperviseConfig
-from supervise.config_lines import key_text
+from supervise.config import loader as cfg
+from supervise.config.model import AppConfig, BackoffConfig, Config, CrashLoopConfig, SuperviseConfig
+from supervise.config.loader import ConfigError
+from supervise.config.lines import key_text
+from supervise.config.locate import locate_state_dir
 
 SETTINGS = settings(max_examples=200, deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -153,7 +155,7 @@ def test_known_poison(workdir: Path, text: str) -> None:
 def test_locate_state_dir_with_a_nul(workdir: Path) -> None:
     path = workdir / "nul.toml"
     path.write_text('[supervise]\nstate_dir = "~\\u0000"\n')
-    assert cfg.locate_state_dir(path) == workdir / ".supervise"
+    assert locate_state_dir(path) == workdir / ".supervise"
 
 
 # -- (b) generated, syntactically valid TOML ------------------------------------------------

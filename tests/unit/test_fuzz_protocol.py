@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from supervise import protocol, zmtp
-from supervise.protocol import Heartbeat, ProtocolError, Request
+from supervise.wire import protocol
+from supervise.wire import zmtp
+from supervise.wire.protocol import Heartbeat, ProtocolError, Request
 
 FAST = settings(max_examples=200, deadline=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

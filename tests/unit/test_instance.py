@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from supervise.config import AppConfig, BackoffConfig, CrashLoopConfig, Readiness, Restart
-from supervise.instance import (
+from supervise.config.model import AppConfig, BackoffConfig, CrashLoopConfig, Readiness, Restart
+from supervise.core.instance import (
     BecameReady,
     Context,
     Died,
@@ -28,7 +28,7 @@ from supervise.instance import (
     TimerFired,
     step,
 )
-from supervise.policy import CrashLoopBreaker, backoff_bounds
+from supervise.core.policy import CrashLoopBreaker, backoff_bounds
 
 APP = AppConfig(
     "web", ("x",), Path("/"), stop_timeout=5.0,

@@ -1,4 +1,17 @@
-"""Imports point downward: the pure core touches no OS layer, the CLI never loads the daemon."""
+"""The package's layers, and which may import which: imports point down, and never in a circle.
+
+    cli, worker           front ends: the `supervise` command, the library workers import
+    control, runtime      the control client; the daemon and everything it does to the OS
+    core                  the supervisor, sans-IO: events in, actions out
+    config, wire          the config as data; what crosses a socket, and where the sockets are
+
+A layer may import its own modules and those of the layers its rule names;
+function-level (lazy) imports count too, since they run all the same. The
+pure modules may not import anything that touches processes, sockets,
+threads or the clock, so they can be driven by a fake clock in tests.
+"""
+
+from __future__ import annotations
 
 import ast
 import subprocess
@@ -8,33 +21,109 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "supervise"
-PURE = ["config", "config_units", "config_lines", "policy", "instance", "core", "events", "timers", "history",
-        "protocol"]
+
+MAY_IMPORT = {
+    "config": set(),
+    "wire": set(),
+    "core": {"config", "wire"},
+    "control": {"config", "wire"},
+    "runtime": {"core", "config", "wire"},
+    "worker": {"wire"},
+    "cli": {"control", "runtime", "core", "config", "wire"},
+    "__main__": {"cli"},
+}
+"""Layer -> the other layers it may import."""
+
+PURE = ("supervise.config", "supervise.core", "supervise.wire.protocol")
 OS_SIDE = {"asyncio", "zmq", "psutil", "structlog", "subprocess", "socket", "threading", "time", "watchfiles",
-           "supervise.daemon", "supervise.process", "supervise.cgroups", "supervise.heartbeats",
-           "supervise.sampler", "supervise.listeners", "supervise.log"}
+           "supervise.runtime", "fcntl", "select", "ctypes"}
 
 
-def top_level_imports(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imports(path: Path, top_level_only: bool = False) -> set[str]:
+    """Modules `path` imports, as dotted names (`from a import b` counts as `a` and `a.b`)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
     found = set()
-    for node in tree.body:  # module level only: imports inside functions are deliberate and lazy
+    for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found |= {f"{node.module}.{alias.name}" for alias in node.names}
     return found
 
 
-@pytest.mark.parametrize("module", PURE)
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "supervise" and len(parts) > 1 else None
+
+
+MODULES = modules()
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m)))
+def test_imports_point_down(module):
+    own = layer(module)
+    assert own in MAY_IMPORT, f"{module}: a layer the rules do not name; add it to MAY_IMPORT"
+    allowed = MAY_IMPORT[own] | {own}
+    wrong = sorted(i for i in imports(MODULES[module]) if layer(i) and layer(i) not in allowed)
+    assert not wrong, f"{module} ({own}) imports {wrong}; {own} may import only {sorted(allowed)}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(PURE)))
 def test_pure_modules_import_nothing_of_the_os_side(module):
-    assert not top_level_imports(module) & OS_SIDE
+    found = imports(MODULES[module])
+    bad = sorted(i for i in found if i in OS_SIDE or i.startswith("supervise.runtime."))
+    assert not bad, f"{module} is pure but imports {bad}"
+
+
+def test_no_import_cycles():
+    """Module-level imports form no cycle (a lazy import inside a function is a deliberate deferral)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        graph[name] = {m for m in imports(path, top_level_only=True) if m in MODULES and m != name}
+    # A package's __init__ re-exporting its modules is not a cycle with them.
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not (MODULES[m].name == "__init__.py" and name.startswith(m + "."))}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_the_layer_rules_find_an_upward_import(tmp_path):
+    """The rules can fail: a core module importing the runtime is caught."""
+    bad = tmp_path / "x.py"
+    bad.write_text("from supervise.runtime import process\n")
+    assert "supervise.runtime" in imports(bad) and layer("supervise.runtime") not in MAY_IMPORT["core"]
 
 
 def test_the_control_cli_loads_neither_pyzmq_nor_the_daemon():
     code = ("import sys, supervise.cli; bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('zmq', 'asyncio', 'psutil', 'structlog') or m in ('supervise.daemon', 'supervise.config')]; "
-            "print(bad)")
+            "('zmq', 'asyncio', 'psutil', 'structlog') or m.startswith(('supervise.runtime', 'supervise.core')) "
+            "or m == 'supervise.config.loader']; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

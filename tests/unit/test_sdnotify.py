@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from supervise.sdnotify import ENVIRONMENT, Notifier, unset_environment
+from supervise.runtime.sdnotify import ENVIRONMENT, Notifier, unset_environment
 
 RECV_TIMEOUT = 2.0  # a receive that waits this long has failed; a passing one returns at once
 

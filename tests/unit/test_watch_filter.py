@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from supervise.config import AppConfig, Config, SuperviseConfig
-from supervise.watch import (
+from supervise.config.model import AppConfig, Config, SuperviseConfig
+from supervise.runtime.watch import (
     DEFAULT_IGNORED_DIRS,
     WatchFilter,
     Watcher,

@@ -18,7 +18,7 @@ import pytest
 import zmq
 from helpers import wait_until
 
-from supervise import protocol
+from supervise.wire import protocol
 from supervise.worker import LINGER, Heartbeat, listen_fds
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""supervise.zmtp against a real libzmq ROUTER (pyzmq), plus a few hand-made bad peers."""
+"""supervise.wire.zmtp against a real libzmq ROUTER (pyzmq), plus a few hand-made bad peers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from supervise.zmtp import MAX_FRAME, DealerConnection, ZmtpError, ipc_path
+from supervise.wire.zmtp import MAX_FRAME, DealerConnection, ZmtpError, ipc_path
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 5.0
@@ -262,9 +262,9 @@ def test_silent_listener_times_out(tmp_path: Path) -> None:
 
 def test_import_does_not_pull_in_zmq() -> None:
     code = (
-        "import sys, time; t = time.perf_counter(); import supervise.zmtp; "
+        "import sys, time; t = time.perf_counter(); import supervise.wire.zmtp; "
         "print(f'{(time.perf_counter() - t) * 1000:.2f}'); "
         "assert 'zmq' not in sys.modules, sorted(m for m in sys.modules if 'zmq' in m)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    print(f"\nimport supervise.zmtp: {out.stdout.strip()} ms")
+    print(f"\nimport supervise.wire.zmtp: {out.stdout.strip()} ms")

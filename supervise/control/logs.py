@@ -6,12 +6,13 @@ there even when the daemon is not. Several instances are prefixed by name.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
-from supervise.logfiles import tail
 
+TAIL_BLOCK = 8192
 FOLLOW_POLL = 0.1  # a user-facing follow loop, like `tail -f`; not synchronization
 
 
@@ -62,3 +63,33 @@ def _read_new(path: Path, offset: int) -> tuple[int, str]:
         f.seek(offset)
         data = f.read(size - offset)
     return offset + len(data), data.decode(errors="replace")
+
+
+def tail(path: Path, lines: int, block_size: int = TAIL_BLOCK) -> list[str]:
+    """The last `lines` lines of `path`, without line endings; [] when it does not exist.
+
+    Reads backwards in blocks, so a huge log costs only what is shown.
+    Bytes that are not UTF-8 are replaced, never an error.
+    """
+    if lines <= 0:
+        return []
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        start = end
+        blocks: list[bytes] = []
+        newlines = 0
+        # One more newline than lines wanted guarantees the first kept line is whole.
+        while start > 0 and newlines <= lines:
+            block_end, start = start, max(0, start - block_size)
+            f.seek(start)
+            blocks.append(f.read(block_end - start))
+            newlines += blocks[-1].count(b"\n")
+    data = b"".join(reversed(blocks))
+    found = data.splitlines()
+    if start > 0:
+        found = found[1:]  # began mid-line
+    return [line.decode("utf-8", errors="replace") for line in found[-lines:]]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import zmq
 
-from supervise import protocol
-from supervise.events import Reply
-from supervise.history import History
+from supervise.wire import protocol
+from supervise.core.events import Reply
+from supervise.runtime.history import History
 
 MAX_FOLLOWERS = 64
 

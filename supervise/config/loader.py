@@ -1,13 +1,12 @@
-"""supervise.toml -> frozen dataclasses.
+"""supervise.toml -> the frozen dataclasses of ``model``, or every problem at once.
 
-Everything below the loader works with final types (seconds as float, bytes
-as int, ``signal.Signals``, absolute paths) so no other module parses units.
+Each problem names the file, the line, the key path and what was expected;
+``units`` converts values, ``lines`` finds where each key was written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import re
 import signal
@@ -19,126 +18,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from supervise import config_units as units
-from supervise.config_lines import Key, LineIndex, key_text
-from supervise.config_units import Invalid, did_you_mean, show
-from supervise.paths import BadConfig
+from supervise.config import units as units
+from supervise.config.lines import Key, LineIndex, key_text
+from supervise.config.units import Invalid, did_you_mean, show
+from supervise.config.locate import DEFAULT_STATE_DIR, BadConfig
+from supervise.config.model import (
+    AppConfig,
+    BackoffConfig,
+    Config,
+    CrashLoopConfig,
+    LogFormat,
+    LogLevel,
+    Readiness,
+    Restart,
+    SuperviseConfig,
+)
 
-__all__ = [
-    "AppConfig", "BackoffConfig", "Config", "ConfigError", "CrashLoopConfig", "Problem",
-    "Readiness", "Restart", "SuperviseConfig", "load", "locate_state_dir",
-]
-
-
-class Restart(StrEnum):
-    ALWAYS = "always"
-    ON_FAILURE = "on-failure"
-    NEVER = "never"
-
-
-class Readiness(StrEnum):
-    NONE = "none"
-    HEARTBEAT = "heartbeat"
+__all__ = ["ConfigError", "Problem", "load", "loads", "read_toml"]
 
 
-@dataclass(frozen=True, slots=True)
-class BackoffConfig:
-    initial: float = 0.1
-    max: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-    reset_after: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class CrashLoopConfig:
-    max_restarts: int = 10
-    window: float = 60.0
-    cooldown: float = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class AppConfig:
-    name: str
-    command: tuple[str, ...]  # argv template; placeholders {app} {instance} {port}
-    cwd: Path
-    instances: int = 1
-    env: Mapping[str, str] = field(default_factory=dict)
-    restart: Restart = Restart.ALWAYS
-    stop_signal: signal.Signals = signal.SIGTERM
-    stop_timeout: float = 10.0
-    readiness: Readiness = Readiness.NONE
-    start_timeout: float = 30.0
-    heartbeat_timeout: float | None = None
-    max_memory: int | None = None
-    max_processes: int | None = None  # in the instance's tree; more -> killed at once, restarted
-    watch: tuple[str, ...] = ()
-    watch_ignore: tuple[str, ...] = ()
-    listen: tuple[str, ...] = ()
-    depends_on: tuple[str, ...] = ()
-    log_max_size: int = 50 * 1024 * 1024
-    log_backups: int = 5
-    backoff: BackoffConfig = BackoffConfig()
-    crash_loop: CrashLoopConfig = CrashLoopConfig()
-    port: int | None = None
-    chaos: bool = False
-    reload_surge: int | None = None  # new instances started at once in a rollout; None: see surge()
-
-    def surge(self) -> int:
-        """How many new instances a rollout starts beside the old ones at once.
-
-        0 means stop an old instance before starting its replacement: the
-        default when instances bind their own `{port}` (two cannot share it);
-        with `listen` sockets or no port, one new instance at a time.
-        """
-        if self.reload_surge is not None:
-            return self.reload_surge
-        return 0 if self.port is not None and not self.listen else 1
-
-    def argv(self, index: int) -> list[str]:
-        """The command of instance ``index`` with its templates filled in."""
-        values = {"app": self.name, "instance": index}
-        if self.port is not None:
-            values["port"] = self.port + index
-        return [part.format(**values) for part in self.command]
-
-
-@dataclass(frozen=True, slots=True)
-class SuperviseConfig:
-    state_dir: Path
-    log_format: str = "console"  # console | json
-    log_level: str = "info"
-    control: str | None = None  # a TCP control endpoint, "tcp://127.0.0.1:7070", besides the ipc socket
-    control_key: Path | None = None  # the daemon's CURVE secret key file (supervise keygen)
-    control_clients: tuple[str, ...] = ()  # client public keys allowed in: Z85 strings or .key files
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    path: Path  # absolute path of the file this was loaded from
-    supervise: SuperviseConfig
-    apps: Mapping[str, AppConfig]  # in file order
-    text: str = field(default="", compare=False, repr=False)  # as read: what a checkpoint records
-
-
-DEFAULT_STATE_DIR = ".supervise"
 _APP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class LogFormat(StrEnum):
-    """Accepted values of ``[supervise] log_format`` (stored as plain str)."""
-
-    CONSOLE = "console"
-    JSON = "json"
-
-
-class LogLevel(StrEnum):
-    """Accepted values of ``[supervise] log_level`` (stored as plain lower-case str)."""
-
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
 
 
 # -- errors -------------------------------------------------------------------
@@ -175,7 +74,7 @@ class ConfigError(BadConfig):
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate ``path``; raise :class:`ConfigError` listing every problem."""
     file = Path(path)
-    text, data = _read(file)
+    text, data = read_toml(file)
     return _validated(file, text, data)
 
 
@@ -194,24 +93,10 @@ def _validated(file: Path, text: str, data: dict[str, Any]) -> Config:
     return dataclasses.replace(config, text=text)
 
 
-def locate_state_dir(path: str | os.PathLike[str]) -> Path:
-    """The state dir a daemon started with ``path`` uses, without validating the rest.
-
-    The CLI needs it to reach a running daemon even while the file is
-    half-edited, so only a missing or non-TOML file is an error here.
-    """
-    file = Path(path)
-    _, data = _read(file)
-    section = data.get("supervise")
-    value = section.get("state_dir") if isinstance(section, dict) else None
-    usable = isinstance(value, str) and value and "\0" not in value  # load() refuses a NUL: no daemon uses it
-    return units.absolute(_base_dir(file), value if usable else DEFAULT_STATE_DIR)
-
-
 # -- reading ------------------------------------------------------------------
 
 
-def _read(file: Path) -> tuple[str, dict[str, Any]]:
+def read_toml(file: Path) -> tuple[str, dict[str, Any]]:
     """The text and parsed TOML of ``file``; any failure is a ConfigError."""
 
     def fail(message: str, line: int | None = None) -> ConfigError:

@@ -14,9 +14,9 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from supervise import rollout
-from supervise.config import AppConfig, Config
-from supervise.events import (  # noqa: F401  (re-exported: the core's public vocabulary)
+from supervise.core import rollout
+from supervise.config.model import AppConfig, Config
+from supervise.core.events import (  # noqa: F401  (re-exported: the core's public vocabulary)
     Action,
     Adopted,
     Beat,
@@ -39,7 +39,7 @@ from supervise.events import (  # noqa: F401  (re-exported: the core's public vo
     Spawned,
     SpawnFailed,
 )
-from supervise.instance import (
+from supervise.core.instance import (
     LIVE_STATES,
     MEMORY_HYSTERESIS,
     BecameReady,
@@ -64,12 +64,12 @@ from supervise.instance import (
     TimerFired,
     step,
 )
-from supervise.instance import (
+from supervise.core.instance import (
     SendDrain as SendDrainEffect,
 )
-from supervise.policy import CrashLoopBreaker
-from supervise.rollout import Rollout
-from supervise.timers import Timers
+from supervise.core.policy import CrashLoopBreaker
+from supervise.core.rollout import Rollout
+from supervise.core.timers import Timers
 
 Key = tuple[str, int]
 

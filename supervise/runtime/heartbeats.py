@@ -17,9 +17,9 @@ from pathlib import Path
 
 import zmq
 
-from supervise import protocol
-from supervise.control_server import allow_own_uid
-from supervise.events import Drained, Event, Ready
+from supervise.wire import protocol
+from supervise.runtime.control_server import allow_own_uid
+from supervise.core.events import Drained, Event, Ready
 
 BATCH = 5000  # messages per loop callback, so a flood cannot starve other work
 READ_PAUSE = 0.03

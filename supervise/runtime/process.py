@@ -27,8 +27,8 @@ from pathlib import Path
 
 import psutil
 
-from supervise.cgroups import Cgroups, kill_cgroup
-from supervise.cgroups import owner_name as cgroups_owner  # noqa: F401  (the daemon names its cgroup with it)
+from supervise.runtime.cgroups import Cgroups, kill_cgroup
+from supervise.runtime.cgroups import owner_name as cgroups_owner  # noqa: F401  (the daemon names its cgroup with it)
 
 __all__ = [
     "Cgroups", "Child", "SpawnError", "SpawnSpec", "become_subreaper", "kill_all_descendants",

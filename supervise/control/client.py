@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from supervise import protocol, zmtp
-from supervise.paths import StatePaths
+from supervise.wire import protocol
+from supervise.wire import zmtp
+from supervise.wire.statedir import StatePaths
 
 
 class NoDaemon(Exception):
@@ -37,7 +38,7 @@ class _CurveConnection:
     def __init__(self, remote: Remote) -> None:
         import zmq
 
-        from supervise import curve
+        from supervise.wire import curve
 
         try:
             client = curve.load_secret(remote.key_file)

@@ -10,8 +10,8 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from supervise.config import AppConfig
-from supervise.policy import CrashLoopBreaker, backoff_delay, should_restart
+from supervise.config.model import AppConfig
+from supervise.core.policy import CrashLoopBreaker, backoff_delay, should_restart
 
 
 class State(StrEnum):

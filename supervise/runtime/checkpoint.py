@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from supervise import process
+from supervise.runtime import process
 
 VERSION = 1
 START_TOLERANCE = 0.05  # seconds: psutil's start times come from clock ticks since boot

@@ -10,7 +10,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from supervise.config import BackoffConfig, CrashLoopConfig, Restart
+from supervise.config.model import BackoffConfig, CrashLoopConfig, Restart
 
 
 def should_restart(policy: Restart, clean_exit: bool) -> bool:

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from supervise import protocol
-from supervise.control import Control, ControlError, NoDaemon
-from supervise.paths import BadConfig, StatePaths, locate_state_dir
+from supervise.wire import protocol
+from supervise.control.client import Control, ControlError, NoDaemon
+from supervise.config.locate import BadConfig, locate_state_dir
+from supervise.wire.statedir import StatePaths
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 DEFAULT_CONFIG = "supervise.toml"
@@ -41,14 +42,15 @@ def import_daemon():
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     if os.name != "nt":
         sys.modules.setdefault("colorama", None)  # type: ignore[arg-type]
-    from supervise import daemon, log
+    from supervise.runtime import daemon
+    from supervise.runtime import log
 
     return daemon, log
 
 
 def cmd_run(args) -> int:
     daemon, log = import_daemon()
-    from supervise import config as config_module
+    from supervise.config import loader as config_module
 
     cfg = config_module.load(args.config)
     logger = log.configure(cfg.supervise.log_format, cfg.supervise.log_level)
@@ -68,7 +70,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args: SimpleNamespace) -> int:
-    from supervise import config as config_module
+    from supervise.config import loader as config_module
 
     cfg = config_module.load(args.config)
     count = sum(app.instances for app in cfg.apps.values())
@@ -163,8 +165,8 @@ def cmd_chaos(args: SimpleNamespace) -> int:
     """Harm instances at random through the daemon, printing each harm, until --duration has passed."""
     import time
 
-    from supervise import chaos
-    from supervise.config_units import Invalid, duration
+    from supervise.core import chaos
+    from supervise.config.units import Invalid, duration
 
     try:
         rate = chaos.parse_rate(args.kill_rate)
@@ -216,7 +218,7 @@ def cmd_events(args: SimpleNamespace) -> int:
 
 def cmd_keygen(args: SimpleNamespace) -> int:
     """A CURVE key pair: one for the daemon's TCP control endpoint, one per client allowed in."""
-    from supervise import curve
+    from supervise.wire import curve
 
     try:
         public, secret = curve.keygen(Path(args.dir), args.name)
@@ -233,7 +235,7 @@ def cmd_keygen(args: SimpleNamespace) -> int:
 def cmd_logs(args: SimpleNamespace) -> int:
     if getattr(args, "connect", None) or os.environ.get("SUPERVISE_CONNECT"):
         raise UsageError("logs reads the daemon's log files, which are on its host: run it there")
-    from supervise import logs_view
+    from supervise.control import logs as logs_view
 
     status = _control(args).request(protocol.Request("status", (args.target,)))
     paths = StatePaths(_state_dir(args))
@@ -255,7 +257,7 @@ def _state_dir(args: SimpleNamespace) -> Path:
 def _control(args: SimpleNamespace) -> Control:
     endpoint = getattr(args, "connect", None) or os.environ.get("SUPERVISE_CONNECT")
     if endpoint:
-        from supervise.control import Remote
+        from supervise.control.client import Remote
 
         key = getattr(args, "key", None) or os.environ.get("SUPERVISE_KEY")
         server = getattr(args, "server_key", None) or os.environ.get("SUPERVISE_SERVER_KEY")

@@ -26,11 +26,15 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from supervise import config as config_module
-from supervise import logfiles, process, sampler, sdnotify, state
-from supervise.chaos import SIGNALS as CHAOS_SIGNALS
-from supervise.chaos import ChaosError, ChaosPlan
-from supervise.config import AppConfig, Config
+from supervise.config import loader as config_module
+from supervise.runtime import logfiles
+from supervise.runtime import process
+from supervise.runtime import sampler
+from supervise.runtime import sdnotify
+from supervise.runtime import checkpoint as state
+from supervise.core.chaos import SIGNALS as CHAOS_SIGNALS
+from supervise.core.chaos import ChaosError, ChaosPlan
+from supervise.config.model import AppConfig, Config
 from supervise.core import (
     Action,
     Adopted,
@@ -52,14 +56,14 @@ from supervise.core import (
     SpawnFailed,
     DeadlineReached,
 )
-from supervise.control_server import ControlServer, Controls
-from supervise.heartbeats import HeartbeatServer
-from supervise.history import History
-from supervise.listeners import ListenError, Listeners, environment as listen_environment
-from supervise.paths import StatePaths
+from supervise.runtime.control_server import ControlServer, Controls
+from supervise.runtime.heartbeats import HeartbeatServer
+from supervise.runtime.history import History
+from supervise.runtime.listeners import ListenError, Listeners, environment as listen_environment
+from supervise.wire.statedir import StatePaths
 
 if TYPE_CHECKING:
-    from supervise.watch import Watcher
+    from supervise.runtime.watch import Watcher
 
 LOG_CHECK_INTERVAL = 3.0  # one stat() per instance on the loop; rotation itself runs off it
 LOG_CHECK_FLOOD = 0.2  # the next check, when one found a file over its limit
@@ -361,7 +365,7 @@ class Daemon:
 
     def _secure_tcp(self) -> tuple[str, object]:
         """The TCP control endpoint and how to secure it: CURVE, only the listed client keys."""
-        from supervise import curve  # only a daemon with a TCP endpoint pays for it
+        from supervise.wire import curve  # only a daemon with a TCP endpoint pays for it
 
         settings = self.config.supervise
         try:
@@ -646,7 +650,7 @@ class Daemon:
             self.watcher = None
         if not any(app.watch for app in config.apps.values()):
             return  # and watch.py is never imported (it and watchfiles cost memory)
-        from supervise import watch
+        from supervise.runtime import watch
 
         self.watcher = watch.Watcher.from_config(config, self._files_changed_elsewhere, log=self.log)
         if self.watcher is not None:

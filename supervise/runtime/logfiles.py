@@ -1,4 +1,4 @@
-"""Per-instance log files: size-based rotation and reading the last lines.
+"""Per-instance log files: size-based rotation.
 
 A worker writes straight into its log file through an O_APPEND descriptor
 it inherited at spawn, so the daemon can neither reopen that descriptor
@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["rotate_if_needed", "tail"]
+__all__ = ["rotate_if_needed"]
 
 COPY_CHUNK = 1 << 20
-TAIL_BLOCK = 8192
 BACKUP_MODE = 0o640
 
 
@@ -75,33 +74,3 @@ def _copy_then_truncate(src_path: Path, dst_path: Path, keep: int) -> None:
         # Right after the last read, before flushing our copy: as little time
         # as possible for a line to slip in between and be lost.
         os.truncate(src_path, 0)
-
-
-def tail(path: Path, lines: int, block_size: int = TAIL_BLOCK) -> list[str]:
-    """The last `lines` lines of `path`, without line endings; [] when it does not exist.
-
-    Reads backwards in blocks, so a huge log costs only what is shown.
-    Bytes that are not UTF-8 are replaced, never an error.
-    """
-    if lines <= 0:
-        return []
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return []
-    with f:
-        end = f.seek(0, os.SEEK_END)
-        start = end
-        blocks: list[bytes] = []
-        newlines = 0
-        # One more newline than lines wanted guarantees the first kept line is whole.
-        while start > 0 and newlines <= lines:
-            block_end, start = start, max(0, start - block_size)
-            f.seek(start)
-            blocks.append(f.read(block_end - start))
-            newlines += blocks[-1].count(b"\n")
-    data = b"".join(reversed(blocks))
-    found = data.splitlines()
-    if start > 0:
-        found = found[1:]  # began mid-line
-    return [line.decode("utf-8", errors="replace") for line in found[-lines:]]

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 
 if TYPE_CHECKING:
-    from supervise.config import Config
+    from supervise.config.model import Config
 
 __all__ = [
     "DEFAULT_IGNORED_DIRS", "DEFAULT_IGNORED_NAMES", "AppPatterns", "OnChange", "WatchFilter", "Watcher",

@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from supervise.config import AppConfig
+from supervise.config.model import AppConfig
 
 PROCESS_FIELDS = ("command", "cwd", "env", "listen", "port", "heartbeat_timeout")
 """Keys that change what a running process was given: changing one rolls the app.

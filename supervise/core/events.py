@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from supervise.config import AppConfig, Config
+from supervise.config.model import AppConfig, Config
 
 # Events -------------------------------------------------------------------------
 

@@ -1,0 +1,125 @@
+"""The config as the rest of supervise sees it: frozen dataclasses of final types.
+
+Seconds are floats, sizes are bytes, signals are ``signal.Signals``, paths
+are absolute: nothing past the loader parses a unit or resolves a path.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+__all__ = [
+    "AppConfig", "BackoffConfig", "Config", "CrashLoopConfig", "LogFormat", "LogLevel", "Readiness", "Restart",
+    "SuperviseConfig",
+]
+
+
+class Restart(StrEnum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class Readiness(StrEnum):
+    NONE = "none"
+    HEARTBEAT = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffConfig:
+    initial: float = 0.1
+    max: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    reset_after: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class CrashLoopConfig:
+    max_restarts: int = 10
+    window: float = 60.0
+    cooldown: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    name: str
+    command: tuple[str, ...]  # argv template; placeholders {app} {instance} {port}
+    cwd: Path
+    instances: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    restart: Restart = Restart.ALWAYS
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 10.0
+    readiness: Readiness = Readiness.NONE
+    start_timeout: float = 30.0
+    heartbeat_timeout: float | None = None
+    max_memory: int | None = None
+    max_processes: int | None = None  # in the instance's tree; more -> killed at once, restarted
+    watch: tuple[str, ...] = ()
+    watch_ignore: tuple[str, ...] = ()
+    listen: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    log_max_size: int = 50 * 1024 * 1024
+    log_backups: int = 5
+    backoff: BackoffConfig = BackoffConfig()
+    crash_loop: CrashLoopConfig = CrashLoopConfig()
+    port: int | None = None
+    chaos: bool = False
+    reload_surge: int | None = None  # new instances started at once in a rollout; None: see surge()
+
+    def surge(self) -> int:
+        """How many new instances a rollout starts beside the old ones at once.
+
+        0 means stop an old instance before starting its replacement: the
+        default when instances bind their own `{port}` (two cannot share it);
+        with `listen` sockets or no port, one new instance at a time.
+        """
+        if self.reload_surge is not None:
+            return self.reload_surge
+        return 0 if self.port is not None and not self.listen else 1
+
+    def argv(self, index: int) -> list[str]:
+        """The command of instance ``index`` with its templates filled in."""
+        values = {"app": self.name, "instance": index}
+        if self.port is not None:
+            values["port"] = self.port + index
+        return [part.format(**values) for part in self.command]
+
+
+@dataclass(frozen=True, slots=True)
+class SuperviseConfig:
+    state_dir: Path
+    log_format: str = "console"  # console | json
+    log_level: str = "info"
+    control: str | None = None  # a TCP control endpoint, "tcp://127.0.0.1:7070", besides the ipc socket
+    control_key: Path | None = None  # the daemon's CURVE secret key file (supervise keygen)
+    control_clients: tuple[str, ...] = ()  # client public keys allowed in: Z85 strings or .key files
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path  # absolute path of the file this was loaded from
+    supervise: SuperviseConfig
+    apps: Mapping[str, AppConfig]  # in file order
+    text: str = field(default="", compare=False, repr=False)  # as read: what a checkpoint records
+
+
+class LogFormat(StrEnum):
+    """Accepted values of ``[supervise] log_format`` (stored as plain str)."""
+
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    """Accepted values of ``[supervise] log_level`` (stored as plain lower-case str)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
