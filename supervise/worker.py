@@ -11,7 +11,7 @@ beats with status fields, the drain handshake, and sockets passed by the daemon.
         finish_in_flight_work()
         hb.drained()
 
-It imports only the standard library and ``supervise.protocol``; pyzmq is
+It imports only the standard library and ``supervise.wire.protocol``; pyzmq is
 imported on the first call that sends, so a standalone (inert) run neither
 pays for nor needs it. The wire format is ``protocol.encode_heartbeat``.
 """
@@ -96,7 +96,7 @@ class Heartbeat:
         self._environ = dict(environ or {})  # for listen_sockets()
         self._pid = os.getpid()
         self._lock = threading.RLock()
-        self._status: dict = {}
+        self._status: dict[str, str | float | None] = {}
         self._said_ready = False  # set once a ready message is encoded
         self._outbox: list[str] = []  # kinds to send; encoded by the I/O thread with the latest status
         self._periodic = False
@@ -109,10 +109,10 @@ class Heartbeat:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Heartbeat:
         """The Heartbeat described by the ``SUPERVISE_*`` variables, inert without them."""
         return cls(
-            endpoint=environ.get("SUPERVISE_HEARTBEAT") or None,
-            name=environ.get("SUPERVISE_NAME", ""),
-            token=environ.get("SUPERVISE_TOKEN", ""),
-            interval=_interval(environ.get("SUPERVISE_HEARTBEAT_INTERVAL")),
+            endpoint=environ.get(protocol.ENV_HEARTBEAT) or None,
+            name=environ.get(protocol.ENV_NAME, ""),
+            token=environ.get(protocol.ENV_TOKEN, ""),
+            interval=_interval(environ.get(protocol.ENV_HEARTBEAT_INTERVAL)),
             environ={k: v for k, v in environ.items() if k.startswith("LISTEN_")},
         )
 
@@ -120,11 +120,11 @@ class Heartbeat:
         mode = f"{self.name} -> {self.endpoint}" if self.active else "inert"
         return f"<Heartbeat {mode} every {self.interval}s>"
 
-    def ready(self, **status) -> None:
+    def ready(self, **status: str | float | None) -> None:
         """Startup is done (also counts as a beat): the instance becomes running."""
         self._post("ready", status)
 
-    def beat(self, **status) -> None:
+    def beat(self, **status: str | float | None) -> None:
         """One beat now. Status fields (numbers, booleans, None, short strings) are
         remembered and repeated by later beats; ValueError if one is invalid."""
         self._post("beat", status)
@@ -162,7 +162,7 @@ class Heartbeat:
     def __enter__(self) -> Heartbeat:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def listen_sockets(self) -> list[socket.socket]:
@@ -183,7 +183,7 @@ class Heartbeat:
 
     # -- shared with the I/O thread ----------------------------------------------
 
-    def _post(self, kind: str, status: dict) -> None:
+    def _post(self, kind: str, status: dict[str, str | float | None]) -> None:
         if os.getpid() != self._pid:
             return  # a forked child: do not even take the lock, another thread may have held it at fork()
         with self._lock:
@@ -200,11 +200,14 @@ class Heartbeat:
     def _wake(self) -> None:
         """Wakes the I/O thread, starting it on first use (caller holds the lock)."""
         if self._channel is None:
-            if self._opening:
-                return  # a signal handler interrupted the opening call, which wakes it when done
+            endpoint = self.endpoint
+            if endpoint is None or self._opening:
+                # Inert (callers check ``active`` first), or a signal handler interrupted
+                # the opening call, which wakes the thread when done.
+                return
             self._opening = True
             try:
-                self._channel = _Channel(_import_zmq(), self.endpoint, self)
+                self._channel = _Channel(_import_zmq(), endpoint, self)
             finally:
                 self._opening = False
             atexit.register(self.close)  # so a final drained still leaves at interpreter exit
@@ -401,7 +404,7 @@ def _interval(text: str | None) -> float:
     return value if math.isfinite(value) and value > 0 else DEFAULT_INTERVAL
 
 
-def _check_status(status: dict) -> None:
+def _check_status(status: dict[str, str | float | None]) -> None:
     """Refuse fields the daemon would refuse: it drops a malformed beat, and a
     worker whose every beat is dropped looks hung. The daemon's own decoder is
     the rule, so the two cannot drift apart."""

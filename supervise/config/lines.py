@@ -126,7 +126,10 @@ class _Scanner:
             start = self.pos
             self._string()
             raw = self.text[start : self.pos]
-            return tomllib.loads(f"k = {raw}")["k"]
+            key = tomllib.loads(f"k = {raw}")["k"]
+            if not isinstance(key, str):  # cannot happen for a quoted key; said for the type checker's sake
+                raise ValueError("expected a key")
+            return key
         match = _BARE_KEY.match(self.text, self.pos)
         if match is None:
             raise ValueError("expected a key")

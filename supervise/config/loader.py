@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import signal
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 
 from supervise.config import units as units
 from supervise.config.lines import Key, LineIndex, key_text
-from supervise.config.units import Invalid, did_you_mean, show
 from supervise.config.locate import DEFAULT_STATE_DIR, BadConfig
 from supervise.config.model import (
     AppConfig,
@@ -33,6 +31,7 @@ from supervise.config.model import (
     Restart,
     SuperviseConfig,
 )
+from supervise.config.units import Invalid, did_you_mean, show
 
 __all__ = ["ConfigError", "Problem", "load", "loads", "read_toml"]
 
@@ -166,9 +165,10 @@ class _Table:
         self.check, self.path = check, path
         self.raw: dict[str, Any] = raw if isinstance(raw, dict) else {}
         self.bad: set[str] = set()
-        for key in self.raw if known is not None else ():
-            if key not in known:
-                check.report(path + (key,), "unknown key" + did_you_mean(key, known))
+        if known is not None:
+            for key in self.raw:
+                if key not in known:
+                    check.report(path + (key,), "unknown key" + did_you_mean(key, known))
 
     def get(self, key: str, convert: Callable[[Any], Any], default: Any = None) -> Any:
         """The converted value of ``key``, or ``default`` if absent or invalid."""

@@ -8,6 +8,7 @@ these stay small and can be tested with plain tables of examples.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import math
@@ -18,9 +19,10 @@ import signal
 import string as _string
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeGuard, TypeVar
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -59,13 +61,13 @@ class Invalid(ValueError):
         return error
 
 
-def show(value: Any) -> str:
+def show(value: object) -> str:
     """``value`` as the user would have written it in TOML, cut short if long."""
     text = _show(value)
     return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     match value:
         case bool():
             return "true" if value else "false"
@@ -76,7 +78,7 @@ def _show(value: Any) -> str:
         case dict():
             items = ", ".join(f"{_show_key(key)} = {_show(item)}" for key, item in value.items())
             return "{ " + items + " }" if items else "{}"
-        case _ if hasattr(value, "isoformat"):
+        case datetime.date() | datetime.time():  # TOML dates and times (datetime is a date)
             return value.isoformat()
         case _:
             return str(value)
@@ -91,7 +93,7 @@ def printable(text: str) -> str:
     return text if text.isprintable() else json.dumps(text, ensure_ascii=False)[1:-1]
 
 
-def expected(what: str, value: Any) -> Invalid:
+def expected(what: str, value: object) -> Invalid:
     return Invalid(f"expected {what}, got {show(value)}")
 
 
@@ -103,23 +105,23 @@ def did_you_mean(word: str, choices: Iterable[str], template: str = '"{}"') -> s
     return f" (did you mean {template.format(close[0])}?)" if close else ""
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """True for TOML integers; ``True`` is an int to Python but never to a user."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     return is_int(value) or isinstance(value, float)
 
 
-def integer(value: Any, lo: int = 0, hi: int | None = None) -> int:
+def integer(value: object, lo: int = 0, hi: int | None = None) -> int:
     what = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
     if not is_int(value) or value < lo or (hi is not None and value > hi):
         raise expected(what, value)
     return value
 
 
-def number(value: Any, lo: float, hi: float | None = None) -> float:
+def number(value: object, lo: float, hi: float | None = None) -> float:
     what = f"a number >= {lo:g}" if hi is None else f"a number from {lo:g} to {hi:g}"
     if not is_number(value) or not lo <= value <= (math.inf if hi is None else hi) or _too_big(value):
         raise expected(what, value)
@@ -131,26 +133,27 @@ def _too_big(value: int | float) -> bool:
     return is_int(value) and abs(value) > _FLOAT_MAX
 
 
-def boolean(value: Any) -> bool:
+def boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise expected("true or false", value)
     return value
 
 
-def string(value: Any) -> str:
+def string(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise expected("a non-empty string", value)
     return value
 
 
-def path_text(value: Any) -> str:
+def path_text(value: object) -> str:
     """A non-empty string fit to be a path: no OS call takes one with a NUL in it."""
-    if "\0" in string(value):
-        raise Invalid(f"a path cannot contain a NUL character, got {show(value)}")
-    return value
+    text = string(value)
+    if "\0" in text:
+        raise Invalid(f"a path cannot contain a NUL character, got {show(text)}")
+    return text
 
 
-def choice(value: Any, kind: type[E], fold_case: bool = False) -> E:
+def choice(value: object, kind: type[E], fold_case: bool = False) -> E:
     """A member of the StrEnum ``kind``, with a did-you-mean for near misses."""
     names = [member.value for member in kind]
     text = value.lower() if fold_case and isinstance(value, str) else value
@@ -160,10 +163,10 @@ def choice(value: Any, kind: type[E], fold_case: bool = False) -> E:
     raise Invalid(f"expected one of {', '.join(map(show, names))}, got {show(value)}{hint}")
 
 
-def array_of(item: Callable[[Any], T], what: str) -> Callable[[Any], tuple[T, ...]]:
+def array_of(item: Callable[[object], T], what: str) -> Callable[[object], tuple[T, ...]]:
     """A converter for arrays that reports every bad item, each at its index."""
 
-    def convert(value: Any) -> tuple[T, ...]:
+    def convert(value: object) -> tuple[T, ...]:
         if not isinstance(value, list):
             raise expected(f"an array of {what}", value)
         results, errors = [], []
@@ -179,7 +182,7 @@ def array_of(item: Callable[[Any], T], what: str) -> Callable[[Any], tuple[T, ..
     return convert
 
 
-def duration(value: Any, positive: bool = False) -> float:
+def duration(value: object, positive: bool = False) -> float:
     """Seconds from a number or a string like "500ms", "1.5s", "2m30s", "1h"."""
     seconds = _parse_duration(value)
     if seconds is None or not math.isfinite(seconds):
@@ -189,7 +192,7 @@ def duration(value: Any, positive: bool = False) -> float:
     return seconds
 
 
-def _parse_duration(value: Any) -> float | None:
+def _parse_duration(value: object) -> float | None:
     if is_number(value):
         return math.inf if _too_big(value) else float(value)
     if not isinstance(value, str):
@@ -201,7 +204,7 @@ def _parse_duration(value: Any) -> float | None:
     return sum(float(part[1]) * _DURATION_UNITS[part[2]] for part in parts)
 
 
-def size(value: Any, positive: bool = False) -> int:
+def size(value: object, positive: bool = False) -> int:
     """Bytes from an integer or a string like "100B", "512K", "300M", "300MiB", "1G"."""
     amount = _parse_size(value)
     if amount is None:
@@ -211,7 +214,7 @@ def size(value: Any, positive: bool = False) -> int:
     return amount
 
 
-def _parse_size(value: Any) -> int | None:
+def _parse_size(value: object) -> int | None:
     if is_int(value):
         return value
     match = _SIZE.fullmatch(value) if isinstance(value, str) else None
@@ -222,7 +225,7 @@ def _parse_size(value: Any) -> int | None:
     return int(amount) if math.isfinite(amount) else None
 
 
-def stop_signal(value: Any) -> signal.Signals:
+def stop_signal(value: object) -> signal.Signals:
     """A real signal from "SIGTERM", "TERM", "term" or its number."""
     if is_int(value):
         try:
@@ -244,7 +247,7 @@ def absolute(base: Path, text: str) -> Path:
     return Path(os.path.abspath(base / os.path.expanduser(text)))
 
 
-def directory(base: Path, value: Any) -> Path:
+def directory(base: Path, value: object) -> Path:
     """An existing directory, relative to ``base``: a typo fails at load, not at spawn."""
     path = absolute(base, path_text(value))
     try:
@@ -256,8 +259,8 @@ def directory(base: Path, value: Any) -> Path:
     return path
 
 
-def listen_address(base: Path, value: Any) -> str:
-    """Check "host:port", "[v6]:port" or "unix:/path".
+def listen_address(base: Path, value: object) -> str:
+    """Check "host:port", "[v6]:port", "unix:/path" or "unix:@name" (see `parse_listen_address`).
 
     The daemon binds these itself, so a typo must fail at `check` time and
     not at the first restart. A relative unix socket path is made absolute
@@ -265,21 +268,62 @@ def listen_address(base: Path, value: Any) -> str:
     """
     if not isinstance(value, str):
         raise expected(f"an address {LISTEN_EXAMPLES}", value)
-    if value.startswith("unix:"):
-        socket_path = value.removeprefix("unix:")
-        if not socket_path:
-            raise expected('a socket path after "unix:"', value)
-        if "\0" in socket_path and not socket_path.startswith("@"):  # "@": Linux's abstract namespace
-            raise Invalid(f"a socket path cannot contain a NUL character, got {show(value)}")
-        return value if socket_path.startswith("@") else f"unix:{absolute(base, socket_path)}"
-    host, colon, port = value.rpartition(":")
-    if not colon or not host or not port.isascii() or not port.isdigit():
-        raise expected(f"an address {LISTEN_EXAMPLES}", value)
-    if len(port) > 5 or int(port) > 65535:  # int() refuses more than 4300 digits
-        raise expected("a port from 0 to 65535", value)
-    if not _valid_host(host):
-        raise expected("an IPv4 address, [IPv6] address or host name before the port", value)
+    address = parse_listen_address(value)
+    if isinstance(address, UnixAddress) and not address.abstract:
+        return f"unix:{absolute(base, address.path)}"
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class TcpAddress:
+    """A TCP listen address: ``host`` as written, an IPv6 address without its brackets."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnixAddress:
+    """A unix socket listen address: ``path`` as written after "unix:"."""
+
+    path: str  # "@name": a name in Linux's abstract namespace, no file
+
+    @property
+    def abstract(self) -> bool:
+        return self.path.startswith("@")
+
+    @property
+    def sockaddr(self) -> str:
+        """The address to bind(2), and what getsockname() gives back: "@" spelled as the NUL it stands for."""
+        return "\0" + self.path[1:] if self.abstract else self.path
+
+
+ListenAddress = TcpAddress | UnixAddress
+"""A ``listen`` entry taken apart, for whoever binds it or looks for it among open sockets."""
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """Take a listen address apart: "host:port", "[v6]:port", "unix:/path" or "unix:@name".
+
+    The one reader of the syntax: the config check and the daemon's binding
+    and matching of sockets all go through it. Raises Invalid saying what is
+    wrong. A unix path is kept as written (relative stays relative).
+    """
+    if text.startswith("unix:"):
+        socket_path = text.removeprefix("unix:")
+        if not socket_path:
+            raise expected('a socket path after "unix:"', text)
+        if "\0" in socket_path and not socket_path.startswith("@"):  # "@": Linux's abstract namespace
+            raise Invalid(f"a socket path cannot contain a NUL character, got {show(text)}")
+        return UnixAddress(socket_path)
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isascii() or not port.isdigit():
+        raise expected(f"an address {LISTEN_EXAMPLES}", text)
+    if len(port) > 5 or int(port) > 65535:  # int() refuses more than 4300 digits
+        raise expected("a port from 0 to 65535", text)
+    if not _valid_host(host):
+        raise expected("an IPv4 address, [IPv6] address or host name before the port", text)
+    return TcpAddress(host[1:-1] if host.startswith("[") else host, int(port))
 
 
 def _valid_host(host: str) -> bool:
@@ -295,11 +339,12 @@ def _valid_host(host: str) -> bool:
     return True
 
 
-def env(value: Any) -> dict[str, str]:
+def env(value: object) -> dict[str, str]:
     """Environment strings; numbers and booleans are written as TOML spells them."""
     if not isinstance(value, dict):
         raise expected('a table like { MODE = "prod" }', value)
-    result, errors = {}, []
+    result: dict[str, str] = {}
+    errors: list[tuple[tuple[str | int, ...], str]] = []
     for key, item in value.items():
         if not key or "=" in key or "\0" in key:
             errors.append(((key,), 'environment names may not be empty or contain "="'))
@@ -312,7 +357,7 @@ def env(value: Any) -> dict[str, str]:
     return result
 
 
-def command(value: Any) -> tuple[str, ...]:
+def command(value: object) -> tuple[str, ...]:
     """The argv template: a shell-split string or an array of strings."""
     if isinstance(value, str):
         try:
@@ -330,11 +375,12 @@ def command(value: Any) -> tuple[str, ...]:
     raise expected("a command string or a non-empty array of strings", value)
 
 
-def _template(value: Any) -> str:
-    if "\0" in string(value):  # execve() takes no NUL: refuse it at check time, not at spawn
-        raise Invalid(f"a command cannot contain a NUL character, got {show(value)}")
-    placeholders(value)
-    return value
+def _template(value: object) -> str:
+    text = string(value)
+    if "\0" in text:  # execve() takes no NUL: refuse it at check time, not at spawn
+        raise Invalid(f"a command cannot contain a NUL character, got {show(text)}")
+    placeholders(text)
+    return text
 
 
 def placeholders(part: str) -> set[str]:

@@ -1,16 +1,35 @@
 """The control client used by the CLI.
 
-It speaks ZMTP directly over the ipc socket (supervise.zmtp) instead of
+It speaks ZMTP directly over the ipc socket (supervise.wire.zmtp) instead of
 importing pyzmq, which alone would cost more than the whole `status` budget.
+Only a TCP endpoint, which needs CURVE, pays for pyzmq.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from supervise.wire import protocol
-from supervise.wire import zmtp
+from supervise.wire import protocol, zmtp
 from supervise.wire.statedir import StatePaths
+
+# typing.TYPE_CHECKING without importing typing, which nothing else on the CLI's path imports.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any, Protocol, Self, TypeAlias
+
+    JSONObject: TypeAlias = dict[str, Any]
+    """A decoded reply's result: a JSON object whose fields each verb documents (docs/protocol.md)."""
+
+    class Connection(Protocol):
+        """One connection to a daemon: zmtp.DealerConnection (ipc) or _CurveConnection (tcp)."""
+
+        def send(self, frames: list[bytes]) -> None: ...
+        def recv(self, timeout: float | None) -> list[bytes]: ...
+        def close(self) -> None: ...
+        def __enter__(self) -> Self: ...
+        def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                     tb: TracebackType | None, /) -> None: ...
 
 
 class NoDaemon(Exception):
@@ -68,55 +87,56 @@ class _CurveConnection:
     def __enter__(self) -> _CurveConnection:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 class Control:
-    def __init__(self, paths: StatePaths | None, remote: Remote | None = None) -> None:
-        self.paths = paths
-        self.remote = remote
+    """Requests to one daemon: the local one of a state dir, or a remote one over CURVE."""
 
-    def _connect(self, timeout: float) -> zmtp.DealerConnection:
-        if self.remote is not None:
-            return _CurveConnection(self.remote)
-        where = self.paths.root
-        if self.paths.lock_holder() is None:
-            raise NoDaemon(f"no supervise daemon is running for state dir {where} "
+    def __init__(self, daemon: StatePaths | Remote) -> None:
+        self.daemon = daemon
+
+    def _connect(self, timeout: float) -> Connection:
+        if isinstance(self.daemon, Remote):
+            return _CurveConnection(self.daemon)
+        paths = self.daemon
+        if paths.lock_holder() is None:
+            raise NoDaemon(f"no supervise daemon is running for state dir {paths.root} "
                            "(start one with `supervise run -c FILE`)")
         try:
-            return zmtp.DealerConnection.connect_ipc(str(self.paths.control_socket), timeout)
+            return zmtp.DealerConnection.connect_ipc(str(paths.control_socket), timeout)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise NoDaemon(f"the supervise daemon for {where} is not accepting commands "
+            raise NoDaemon(f"the supervise daemon for {paths.root} is not accepting commands "
                            "(it may be starting or stopping; try again)") from None
         except TimeoutError:
-            raise ControlError(f"the daemon for {where} did not answer within {timeout:g}s") from None
+            raise ControlError(f"the daemon for {paths.root} did not answer within {timeout:g}s") from None
         except (OSError, zmtp.ZmtpError) as exc:
-            raise ControlError(f"cannot talk to the daemon for {where}: {exc}") from None
+            raise ControlError(f"cannot talk to the daemon for {paths.root}: {exc}") from None
 
-    def request(self, req: protocol.Request, timeout: float = 10.0) -> object:
+    def request(self, req: protocol.Request, timeout: float = 10.0) -> JSONObject:
         """Send one request and return its result; raises ControlError on a refusal."""
         with self._connect(timeout) as conn:
             conn.send([protocol.encode_request(req)])
             reply = self._recv_reply(conn, timeout)
         return self._result(reply)
 
-    def shutdown(self, keep_workers: bool = False) -> object:
+    def shutdown(self, keep_workers: bool = False) -> JSONObject:
         """Ask for a drain (or, keeping the workers, just an exit) and wait until the daemon is gone."""
         with self._connect(10.0) as conn:
             conn.send([protocol.encode_request(protocol.Request("shutdown", keep_workers=keep_workers))])
             result = self._result(self._recv_reply(conn, 10.0))
-            if self.remote is not None:
+            if isinstance(self.daemon, Remote):
                 return result  # over TCP a closed connection is not seen: the reply is all we get
             try:
                 while True:  # the daemon closes our connection as it exits
                     conn.recv(timeout=None)
             except zmtp.ZmtpError:
                 pass
-        self._wait_unlocked()
+        _wait_unlocked(self.daemon)
         return result
 
-    def events(self, since: int, follow: bool) -> Iterator[dict]:
+    def events(self, since: int, follow: bool) -> Iterator[JSONObject]:
         """History after ``since``, then (with ``follow``) live events until the daemon exits."""
         with self._connect(10.0) as conn:
             conn.send([protocol.encode_request(protocol.Request("events", since=since, follow=follow))])
@@ -137,12 +157,12 @@ class Control:
                     last = reply.event["seq"]
                     yield reply.event
 
-    def _recv_reply(self, conn: zmtp.DealerConnection, timeout: float) -> protocol.Reply:
+    def _recv_reply(self, conn: Connection, timeout: float) -> protocol.Reply:
         try:
             frames = conn.recv(timeout)
         except TimeoutError:
-            if self.remote is not None:
-                raise ControlError(f"no answer from {self.remote.endpoint} within {timeout:g}s: no daemon there, "
+            if isinstance(self.daemon, Remote):
+                raise ControlError(f"no answer from {self.daemon.endpoint} within {timeout:g}s: no daemon there, "
                                    "or the keys do not match (this client's public key must be in the "
                                    "daemon's control_clients, and --server-key must be the daemon's public "
                                    "key)") from None
@@ -155,15 +175,18 @@ class Control:
             raise ControlError(f"unreadable reply from the daemon: {exc}") from None
 
     @staticmethod
-    def _result(reply: protocol.Reply) -> object:
+    def _result(reply: protocol.Reply) -> JSONObject:
         if not reply.ok:
             raise ControlError(reply.error or "failed", usage=reply.usage)
+        if not isinstance(reply.result, dict):  # every verb's result is an object (docs/protocol.md)
+            raise ControlError(f"unreadable reply from the daemon: a result of type {type(reply.result).__name__}")
         return reply.result
 
-    def _wait_unlocked(self) -> None:
-        """The daemon releases its lock as its very last act; wait for it briefly."""
-        import time
 
-        deadline = time.monotonic() + 10.0
-        while self.paths.lock_holder() is not None and time.monotonic() < deadline:
-            time.sleep(0.002)
+def _wait_unlocked(paths: StatePaths) -> None:
+    """The daemon releases its lock as its very last act; wait for it briefly."""
+    import time
+
+    deadline = time.monotonic() + 10.0
+    while paths.lock_holder() is not None and time.monotonic() < deadline:
+        time.sleep(0.002)

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-
 TAIL_BLOCK = 8192
 FOLLOW_POLL = 0.1  # a user-facing follow loop, like `tail -f`; not synchronization
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import math
 from collections import namedtuple
+from collections.abc import Mapping
 
 # Messages are namedtuples, not dataclasses: the CLI imports this module, and
 # dataclasses (with inspect) would cost it more time than the request itself.
+# Nor typing.NamedTuple: `typing` is not otherwise imported by the CLI, and
+# costs 2-3 ms (python -X importtime, python3.11 -S).
 
 VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
@@ -35,7 +38,7 @@ other settings (chaos: rate, duration, signal, seed, force)."""
 
 
 def encode_request(req: Request) -> bytes:
-    body: dict = {"v": VERSION, "cmd": req.cmd}
+    body: dict[str, object] = {"v": VERSION, "cmd": req.cmd}
     if req.targets:
         body["targets"] = list(req.targets)
     for name in ("count", "timeout", "id"):
@@ -70,7 +73,7 @@ def _finite(text: str) -> float:
 _STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
-def _object(frames: list[bytes], limit: int, strict: bool = True) -> dict:
+def _object(frames: list[bytes], limit: int, strict: bool = True) -> dict[str, object]:
     if len(frames) != 1:
         raise ProtocolError(f"expected 1 frame, got {len(frames)}")
     raw = frames[0]
@@ -88,13 +91,14 @@ def _object(frames: list[bytes], limit: int, strict: bool = True) -> dict:
         raise ProtocolError("JSON number too long") from None
     if not isinstance(body, dict):
         raise ProtocolError("expected a JSON object")
-    if not _is_int(body.get("v")) or body["v"] != VERSION:  # not true or 1.0, which == 1
+    if _as_int(body.get("v")) != VERSION:  # not true or 1.0, which == 1
         raise ProtocolError(f"unsupported protocol version {body.get('v')!r} (this daemon speaks {VERSION})")
     return body
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _as_int(value: object) -> int | None:
+    """``value`` if it is a JSON integer, else None: Python counts True as the integer 1."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def decode_request(frames: list[bytes]) -> Request:
@@ -105,15 +109,16 @@ def decode_request(frames: list[bytes]) -> Request:
     targets = body.get("targets", [])
     if not isinstance(targets, list) or not all(isinstance(t, str) and 0 < len(t) <= 256 for t in targets):
         raise ProtocolError("targets must be a list of app or instance names")
-    count = body.get("count")
-    if count is not None and (not _is_int(count) or not 0 <= count <= 100_000):
+    raw_count = body.get("count")
+    count = _as_int(raw_count)
+    if raw_count is not None and (count is None or not 0 <= count <= 100_000):
         raise ProtocolError("count must be an integer from 0 to 100000")
     timeout = body.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                                 or not 0 < timeout <= 86_400):
         raise ProtocolError("timeout must be a number of seconds, 0 < timeout <= 86400")
-    since = body.get("since", 0)
-    if not _is_int(since) or since < 0:
+    since = _as_int(body.get("since", 0))
+    if since is None or since < 0:
         raise ProtocolError("since must be an integer >= 0")
     follow = body.get("follow", False)
     if not isinstance(follow, bool):
@@ -135,7 +140,7 @@ def decode_request(frames: list[bytes]) -> Request:
 
 def encode_reply(ok: bool, result: object = None, error: str | None = None, usage: bool = False,
                  id: object = None) -> bytes:
-    body: dict = {"v": VERSION, "ok": ok}
+    body: dict[str, object] = {"v": VERSION, "ok": ok}
     if ok:
         body["result"] = result
     else:
@@ -181,6 +186,47 @@ def decode_reply(frames: list[bytes]) -> Reply:
     return Reply(False, error=str(error), usage=body.get("usage") is True)
 
 
+def describe_exit(last_exit: Mapping[str, object] | None) -> str:
+    """A status ``last_exit`` object as one phrase, the same wherever it is shown.
+
+    ``"crashed (exit code 1)"``, ``"hung (signal 15)"``, ``"lost"`` (the OS
+    said nothing), ``"crashed: cannot execute 'x': ..."`` (the spawn itself
+    failed); ``"-"`` when there has been no exit yet (None or empty).
+    The CLI's table, its messages and the daemon's replies all use this,
+    so a user sees one wording for one exit.
+    """
+    if not last_exit:
+        return "-"
+    reason, code, signal, error = (last_exit.get(key) for key in ("reason", "code", "signal", "error"))
+    if signal:
+        text = f"{reason} (signal {signal})"
+    elif code is not None:
+        text = f"{reason} (exit code {code})"
+    else:
+        text = str(reason)
+    return f"{text}: {error}" if error else text
+
+
+# -- worker environment --------------------------------------------------------------
+#
+# What the daemon sets in every worker's environment (DESIGN.md): the worker
+# library reads them, the daemon writes them, adoption reads them back from
+# /proc. The names are the contract; docs/protocol.md lists them too.
+
+ENV_APP = "SUPERVISE_APP"
+"""The app's name."""
+ENV_INSTANCE = "SUPERVISE_INSTANCE"
+"""The instance's index in its app, from 0, as decimal text."""
+ENV_NAME = "SUPERVISE_NAME"
+"""The instance's name, ``app:index`` (``web:0``); heartbeats carry it."""
+ENV_HEARTBEAT = "SUPERVISE_HEARTBEAT"
+"""The daemon's heartbeat endpoint, ``ipc://<state_dir>/heartbeat.sock``."""
+ENV_TOKEN = "SUPERVISE_TOKEN"
+"""This spawn's secret; a heartbeat with another token is ignored (and counted)."""
+ENV_HEARTBEAT_INTERVAL = "SUPERVISE_HEARTBEAT_INTERVAL"
+"""Seconds between beats, as decimal text."""
+
+
 # -- heartbeat channel ---------------------------------------------------------------
 #
 # Workers connect a DEALER to the daemon's ROUTER at $SUPERVISE_HEARTBEAT and
@@ -199,7 +245,7 @@ that took over from a dead one learns it too), or ``drained`` (no work in flight
 
 
 def encode_heartbeat(msg: Heartbeat) -> bytes:
-    body: dict = {"v": VERSION, "type": msg.type, "name": msg.name, "token": msg.token}
+    body: dict[str, object] = {"v": VERSION, "type": msg.type, "name": msg.name, "token": msg.token}
     if msg.pid is not None:
         body["pid"] = msg.pid
     if msg.status:
@@ -218,8 +264,9 @@ def decode_heartbeat(frames: list[bytes]) -> Heartbeat:
         raise ProtocolError("name must be the instance name, e.g. \"web:0\"")
     if not isinstance(token, str) or not 0 < len(token) <= 256:
         raise ProtocolError("token must be the SUPERVISE_TOKEN string")
-    pid = body.get("pid")
-    if pid is not None and (not _is_int(pid) or pid <= 0):
+    raw_pid = body.get("pid")
+    pid = _as_int(raw_pid)
+    if raw_pid is not None and (pid is None or pid <= 0):
         raise ProtocolError("pid must be a positive integer")
     status = body.get("status")
     if status is not None:

@@ -147,7 +147,8 @@ class DealerConnection:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            pos, frames = 0, []
+            pos = 0
+            frames: list[bytes] = []
             while (frame := self._next_frame(pos)) is not None:
                 flags, body, pos = frame
                 if flags & _COMMAND:  # only legal between messages; handle and drop it

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
-
 from helpers import Supervisor, gone, wait_until
 
 CONFIG = """
@@ -224,3 +224,25 @@ def test_run_with_unusable_state_dir_says_why(tmp_path):
     sup = Supervisor(tmp_path, f'[supervise]\nstate_dir = "{blocked}"\n' + CONFIG)
     result = sup.cli("run", timeout=30)
     assert result.returncode == 1 and "cannot start: state dir" in result.stderr
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+def test_status_into_a_pipe_nobody_reads_exits_0_quietly(supervisor, buffered):
+    """`supervise status | head -n0`: the reader left before the table was written. That is
+    the reader's choice, not a lost daemon: exit 0, nothing on stderr. Unbuffered, the write
+    itself fails; buffered, the final flush does."""
+
+    sup = supervisor(CONFIG)
+    sup.wait_state("sleep:1", "running")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command starts
+    env = dict(sup.env)
+    if buffered:
+        env.pop("PYTHONUNBUFFERED", None)
+    try:
+        result = subprocess.run([sys.executable, "-m", "supervise", "status", "-c", str(sup.config)],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

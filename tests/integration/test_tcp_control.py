@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 from helpers import free_port, wait_until
-
 
 
 def keygen(sup, name: str) -> str:

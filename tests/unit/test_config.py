@@ -11,10 +11,10 @@ from textwrap import dedent
 import pytest
 
 from supervise.config import units as units
-from supervise.config.model import AppConfig, BackoffConfig, Config, CrashLoopConfig, Readiness, Restart
+from supervise.config.lines import LineIndex, key_text
 from supervise.config.loader import ConfigError, Problem, load
 from supervise.config.locate import locate_state_dir
-from supervise.config.lines import LineIndex, key_text
+from supervise.config.model import AppConfig, BackoffConfig, Config, CrashLoopConfig, Readiness, Restart
 from supervise.config.units import Invalid
 
 APP = '[apps.web]\ncommand = "run"\n'  # tested key goes on line 3

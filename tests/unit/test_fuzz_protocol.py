@@ -20,8 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from supervise.wire import protocol
-from supervise.wire import zmtp
+from supervise.wire import protocol, zmtp
 from supervise.wire.protocol import Heartbeat, ProtocolError, Request
 
 FAST = settings(max_examples=200, deadline=None, print_blob=True,
@@ -124,7 +123,8 @@ def check_request(req: Request) -> None:
     assert req.timeout is None or (type(req.timeout) is float and 0 < req.timeout <= 86_400)
     assert type(req.since) is int and req.since >= 0
     assert all(type(flag) is bool for flag in (req.follow, req.dry_run, req.keep_workers))
-    assert req.id is None or (type(req.id) in (str, int, float) and (type(req.id) is not float or math.isfinite(req.id)))
+    assert req.id is None or type(req.id) in (str, int, float)
+    assert type(req.id) is not float or math.isfinite(req.id)
     if req.options is not None:
         assert isinstance(req.options, dict) and len(req.options) <= 16
         for key, value in req.options.items():
