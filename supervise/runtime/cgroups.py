@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Cgroups", "kill_cgroup"]
+__all__ = ["Cgroups", "kill_cgroup", "owner_name"]
 
 _CGROUP_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _SWEEP_PASSES = 5
@@ -98,10 +98,6 @@ class Cgroups:
             except OSError:
                 continue  # exited meanwhile; the kill's process-group sweep covers the rest
         return path
-
-    def kill(self, path: Path) -> bool:
-        """SIGKILL everything in the cgroup at `path`; False when it could not be done."""
-        return kill_cgroup(path) is not None
 
     def remove(self, path: Path) -> None:
         """Remove the cgroup at `path` (and any sub-cgroups) if it is empty; never raises.

@@ -2,89 +2,98 @@
 
 Requests become core commands (their replies come back as the core's Reply
 actions, matched by request id); ``events`` is served here from the event
-history, with live events pushed to followers. A malformed frame is counted
-and answered, never raised into the loop.
+history, with live events pushed to followers. A malformed request is
+counted and answered, never raised into the loop. A bug of ours in handling
+a request is answered too ("internal error"), counted apart from the
+client's mistakes (``internal_errors``) and logged with its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import zmq
 
-from supervise.wire import protocol
-from supervise.core.events import Reply
+from supervise.core.actions import Reply
+from supervise.runtime import log as log_module
 from supervise.runtime.history import History
+from supervise.runtime.ipc import bind_ipc
+from supervise.wire import protocol
 
 MAX_FOLLOWERS = 64
 
 
-def allow_own_uid(sock: zmq.Socket) -> None:
-    """Accept ipc connections only from our own user (and root), by the peer's SO_PEERCRED.
+class Guard(Protocol):
+    """What secures a TCP control socket (curve.ServerAuth): stopped after the socket is closed."""
 
-    The socket file is 0600 in a 0700 directory, which already keeps others
-    out; this holds even if those modes are loosened by mistake. Call before bind.
-    """
-    for uid in {os.getuid(), 0}:
-        try:
-            sock.setsockopt(zmq.IPC_FILTER_UID, uid)
-        except (zmq.ZMQError, AttributeError):  # a libzmq built without it: the file modes remain
-            return
+    def stop(self) -> None: ...
+
+
+class _Pending(NamedTuple):
+    """A request handed to the core, waiting for its reply."""
+
+    envelope: tuple[bytes, ...]  # the route back to the client
+    client_id: object  # the client's own request id, echoed in the reply
+    cmd: str
 
 
 class ControlServer:
-    """One control socket: the ipc one in the state dir, or (with `tcp`) a CURVE-secured TCP one.
+    """One control socket: the ipc one at `path` in the state dir, or (with `tcp`) a CURVE-secured TCP one.
 
-    Several may serve one daemon; they then share `request_ids`, so the
-    core's replies, matched by request id, can never reach the wrong client.
+    `tcp` is (endpoint, secure): `secure(sock)` makes the socket a CURVE
+    server and returns what guards it, before the bind. Several servers may
+    serve one daemon; they then share `request_ids`, so the core's replies,
+    matched by request id, can never reach the wrong client. `log` is the
+    daemon's logger (the configured structlog one when not given).
     """
 
     def __init__(self, ctx: zmq.Context, path: Path | None, loop: asyncio.AbstractEventLoop, history: History,
-                 submit: Callable[[int, protocol.Request], None], status_extra: Callable[[], dict],
-                 tcp: tuple[str, Callable[[zmq.Socket], object]] | None = None,
-                 request_ids: Iterator[int] | None = None) -> None:
+                 submit: Callable[[int, protocol.Request], None], status_extra: Callable[[], dict[str, object]],
+                 tcp: tuple[str, Callable[[zmq.Socket], Guard]] | None = None,
+                 request_ids: Iterator[int] | None = None, log: log_module.Log | None = None) -> None:
+        if (path is None) == (tcp is None):
+            raise ValueError("a control server listens either on an ipc path or on a tcp endpoint")
         self.loop = loop
         self.path = path
         self.history = history
         self.submit = submit
         self.status_extra = status_extra
-        self.malformed = 0
+        self.malformed = 0  # requests that are not valid control messages: the client's fault
+        self.internal_errors = 0  # requests whose handling raised: our bug
+        self._bug = log_module.BugLog(log if log is not None else log_module.default(),
+                                      "control request failed: internal error", clock=loop.time)
         self.followers: set[tuple[bytes, ...]] = set()  # envelopes of `events --follow` clients
-        self._requests: dict[int, tuple[tuple[bytes, ...], object, str]] = {}  # id -> (envelope, client id, cmd)
+        # By request id: ints handed out here, which the core echoes back as opaque objects.
+        self._requests: dict[object, _Pending] = {}
         self._ids = request_ids if request_ids is not None else itertools.count(1)
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished client raises, so followers get dropped
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES + 1024)
+        self.guard: Guard | None = None
         if tcp is not None:
             endpoint, secure = tcp
             self.guard = secure(self.sock)  # CURVE server and its authenticator, before bind
             self.sock.bind(endpoint)
-        else:
-            self.guard = None
-            allow_own_uid(self.sock)
-            path.unlink(missing_ok=True)  # the daemon holds the lock: any socket file here is stale
-            old_umask = os.umask(0o077)
-            try:
-                self.sock.bind(f"ipc://{path}")
-            finally:
-                os.umask(old_umask)
-            os.chmod(path, 0o600)
+        elif path is not None:
+            bind_ipc(self.sock, path)  # the daemon holds the lock: any socket file there is stale
         self._fd = self.sock.getsockopt(zmq.FD)
         loop.add_reader(self._fd, self._on_readable)
 
     def reply(self, reply: Reply) -> None:
-        envelope, client_id, cmd = self._requests.pop(reply.request_id, (None, None, None))
-        if envelope is None:
+        """Send the core's reply to the client that asked; one for another server's client is ignored."""
+        pending = self._requests.pop(reply.request_id, None)
+        if pending is None:
             return
         result = reply.result
-        if cmd == "status" and reply.ok:
+        if pending.cmd == "status" and reply.ok and isinstance(result, dict):
             result = {**result, "daemon": self.status_extra()}
-        self._send(envelope, protocol.encode_reply(reply.ok, result, reply.error, reply.usage, id=client_id))
+        self._send(pending.envelope, protocol.encode_reply(reply.ok, result, reply.error, reply.usage,
+                                                           id=pending.client_id))
 
     def push(self, stamped_event: bytes) -> None:
         """A live event to every follower; one that stopped reading is dropped."""
@@ -116,12 +125,14 @@ class ControlServer:
             # A REQ client puts an empty delimiter after its identity; keep it
             # in the envelope so the reply finds its way back.
             split = 2 if len(frames) > 2 and frames[1] == b"" else 1
+            envelope = tuple(frames[:split])
             try:
-                self._on_request(tuple(frames[:split]), frames[split:])
-            except Exception as exc:  # a bug costs this one request, never the control channel
-                self.malformed += 1
-                self._send(tuple(frames[:split]), protocol.encode_reply(
-                    False, error=f"internal error: {type(exc).__name__}: {exc}"))
+                self._on_request(envelope, frames[split:])
+            except Exception as error:  # noqa: BLE001  (a bug of ours costs this one request, never the channel; logged)
+                self.internal_errors += 1
+                self._bug(error)
+                self._send(envelope, protocol.encode_reply(False, error=f"internal error: {type(error).__name__}: "
+                                                                        f"{error}"))
 
     def _on_request(self, envelope: tuple[bytes, ...], frames: list[bytes]) -> None:
         try:
@@ -139,8 +150,12 @@ class ControlServer:
                 self.followers.add(envelope)
             return
         rid = next(self._ids)
-        self._requests[rid] = (envelope, req.id, req.cmd)
-        self.submit(rid, req)
+        self._requests[rid] = _Pending(envelope, req.id, req.cmd)
+        try:
+            self.submit(rid, req)
+        except BaseException:
+            del self._requests[rid]  # no reply will come for it: the caller answers the client
+            raise
 
     def _send(self, envelope: tuple[bytes, ...], payload: bytes) -> bool:
         try:
@@ -175,4 +190,8 @@ class Controls:
     @property
     def malformed(self) -> int:
         return sum(server.malformed for server in self.servers)
+
+    @property
+    def internal_errors(self) -> int:
+        return sum(server.internal_errors for server in self.servers)
 

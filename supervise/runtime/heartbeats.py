@@ -4,22 +4,25 @@ Trust comes from the per-spawn token alone: a message whose token is unknown,
 stale (an earlier spawn) or paired with another instance's name is counted
 and dropped, so a stranger on the socket can neither keep a hung worker
 alive nor fake readiness. Malformed frames are counted and dropped; nothing
-a worker sends can raise into the event loop.
+a worker sends can raise into the event loop. Nor can a bug of ours in
+handling one message: it is counted apart (``internal_errors``, so that a
+bug never hides among the clients' mistakes) and logged with its traceback,
+and the server reads on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 
-from supervise.wire import protocol
-from supervise.runtime.control_server import allow_own_uid
 from supervise.core.events import Drained, Event, Ready
+from supervise.runtime import log as log_module
+from supervise.runtime.ipc import bind_ipc
+from supervise.wire import protocol
 
 BATCH = 5000  # messages per loop callback, so a flood cannot starve other work
 READ_PAUSE = 0.03
@@ -33,22 +36,36 @@ checks allow far more than 30 ms of slack; ready and drained wait at most this.
 
 @dataclass(slots=True)
 class Counters:
+    """What came in on the heartbeat socket; ``status --json`` shows them as ``daemon.heartbeats``."""
+
     accepted: int = 0
     rejected: int = 0  # well-formed, but a wrong or stale token
-    malformed: int = 0
+    malformed: int = 0  # not a heartbeat message: the sender's fault
+    internal_errors: int = 0  # a well-formed message whose handling raised: our bug
 
-    def as_json(self) -> dict:
-        return {"accepted": self.accepted, "rejected": self.rejected, "malformed": self.malformed}
+    def as_json(self) -> dict[str, int]:
+        return {"accepted": self.accepted, "rejected": self.rejected, "malformed": self.malformed,
+                "internal_errors": self.internal_errors}
 
 
 class HeartbeatServer:
+    """The ROUTER at ``ipc://<path>``: every worker's beats, readiness and drain handshake.
+
+    `deliver` takes Ready and Drained events; `beat` takes (spawn id, status
+    fields) on the hot path, straight to the core. `log` is the daemon's
+    logger (the configured structlog one when not given).
+    """
+
     def __init__(self, ctx: zmq.Context, path: Path, loop: asyncio.AbstractEventLoop,
-                 deliver: Callable[[Event], None], beat: Callable[[int, dict | None], None]) -> None:
+                 deliver: Callable[[Event], None], beat: Callable[[int, Mapping[str, object] | None], None],
+                 log: log_module.Log | None = None) -> None:
         self.loop = loop
         self.deliver = deliver
         self.beat = beat  # the hot path: straight to the core, no event queue
         self.path = path
         self.counters = Counters()
+        self._bug = log_module.BugLog(log if log is not None else log_module.default(),
+                                      "heartbeat message dropped: internal error", clock=loop.time)
         self._tokens: dict[str, tuple[int, str]] = {}  # token -> (spawn id, instance name)
         self._routes: dict[int, bytes] = {}  # spawn id -> routing id of its last valid message
         self._awaiting_ready: set[int] = set()  # adopted while starting: a beat saying ready counts
@@ -57,13 +74,7 @@ class HeartbeatServer:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_HEARTBEAT_BYTES)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        allow_own_uid(self.sock)
-        path.unlink(missing_ok=True)
-        old_umask = os.umask(0o077)
-        try:
-            self.sock.bind(f"ipc://{path}")
-        finally:
-            os.umask(old_umask)
+        bind_ipc(self.sock, path)
         self._fd = self.sock.getsockopt(zmq.FD)
         self._paused: asyncio.TimerHandle | None = None
         self._reading = False
@@ -77,9 +88,11 @@ class HeartbeatServer:
         self._on_readable()
 
     def register(self, token: str, spawn_id: int, name: str) -> None:
+        """Accept messages carrying `token` and `name` as spawn `spawn_id`'s, from now on."""
         self._tokens[token] = (spawn_id, name)
 
     def unregister(self, token: str, spawn_id: int) -> None:
+        """The spawn is gone: its token is stale from now on, its messages rejected."""
         self._tokens.pop(token, None)
         self._routes.pop(spawn_id, None)
         self._awaiting_ready.discard(spawn_id)
@@ -124,7 +137,7 @@ class HeartbeatServer:
 
     def _read_batch(self) -> int:
         """Handle up to BATCH queued messages; returns how many there were."""
-        sock, tokens, counters = self.sock, self._tokens, self.counters
+        sock, counters = self.sock, self.counters
         for count in range(BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -135,28 +148,40 @@ class HeartbeatServer:
                 continue
             try:
                 msg = protocol.decode_heartbeat(frames[1:])
-            except Exception:  # ProtocolError, or a decoder bug: either way one message, dropped and counted
+            except protocol.ProtocolError:
                 counters.malformed += 1
                 continue
-            known = tokens.get(msg.token)
-            if known is None or known[1] != msg.name:
-                counters.rejected += 1
-                continue
-            counters.accepted += 1
-            spawn_id = known[0]
-            self._routes[spawn_id] = frames[0]
-            if msg.type == "beat":
-                self.beat(spawn_id, msg.status)
-                if msg.ready and self._awaiting_ready and spawn_id in self._awaiting_ready:
-                    self._awaiting_ready.discard(spawn_id)
-                    self.deliver(Ready(spawn_id))
-            elif msg.type == "ready":
-                self.deliver(Ready(spawn_id))
-                if msg.status:
-                    self.beat(spawn_id, msg.status)
-            else:
-                self.deliver(Drained(spawn_id))
+            try:
+                self._handle(frames[0], msg)
+            except Exception as error:  # noqa: BLE001  (a bug of ours costs this one message, never the loop; logged)
+                counters.internal_errors += 1
+                self._bug(error, name=_printable(msg.name))
         return BATCH
+
+    def _handle(self, route: bytes, msg: protocol.Heartbeat) -> None:
+        """One well-formed message: checked against the tokens, then to the core.
+
+        Counted as accepted once handled, so that every message read lands in
+        exactly one counter (one whose handling raised: ``internal_errors``).
+        """
+        known = self._tokens.get(msg.token)
+        if known is None or known[1] != msg.name:
+            self.counters.rejected += 1
+            return
+        spawn_id = known[0]
+        self._routes[spawn_id] = route
+        if msg.type == "beat":
+            self.beat(spawn_id, msg.status)
+            if msg.ready and self._awaiting_ready and spawn_id in self._awaiting_ready:
+                self._awaiting_ready.discard(spawn_id)
+                self.deliver(Ready(spawn_id))
+        elif msg.type == "ready":
+            self.deliver(Ready(spawn_id))
+            if msg.status:
+                self.beat(spawn_id, msg.status)
+        else:
+            self.deliver(Drained(spawn_id))
+        self.counters.accepted += 1
 
     def close(self) -> None:
         if self._paused is not None:
@@ -165,3 +190,9 @@ class HeartbeatServer:
             self.loop.remove_reader(self._fd)
         self.sock.close(linger=0)
         self.path.unlink(missing_ok=True)
+
+
+def _printable(value: object) -> str:
+    """A client's string as it may go into our log: bounded, one line."""
+    text = str(value)[:64]
+    return text if text.isprintable() else repr(text)

@@ -16,11 +16,13 @@ from collections import deque
 
 
 class History:
+    """The last `limit` published events, numbered from 1, for `supervise events` and its followers."""
+
     def __init__(self, limit: int = 10_000) -> None:
         self._events: deque[bytes] = deque(maxlen=limit)
         self.last_seq = 0
 
-    def append(self, event: dict, wall_time: float) -> bytes:
+    def append(self, event: dict[str, object], wall_time: float) -> bytes:
         """Number and stamp `event`, keep it, and return it encoded (for live followers)."""
         self.last_seq += 1
         stamped = {"seq": self.last_seq, "time": round(wall_time, 6), **event}

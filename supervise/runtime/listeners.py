@@ -16,6 +16,8 @@ import socket
 import sys
 from pathlib import Path
 
+from supervise.config.units import Invalid, ListenAddress, TcpAddress, UnixAddress, parse_listen_address
+
 FIRST_FD = 3  # SD_LISTEN_FDS_START
 HIGH_FD = 100  # where the daemon keeps its copies, clear of the 3.. a worker receives them at
 BACKLOG = 1024
@@ -46,10 +48,13 @@ class Listeners:
         self._bash = shutil.which("bash")
 
     def bind(self, address: str) -> None:
+        """Bind and listen on `address` (as written in the config), once; ListenError says why not."""
         if address in self._socks:
             return
         try:
-            sock = _bind(address)
+            sock = _bind(parse_listen_address(address))
+        except Invalid as exc:  # from a checkpoint, say: the config checks its own
+            raise ListenError(f"cannot listen on {address}: {exc}") from None
         except OSError as exc:
             raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
         # A duplicate at fd >= 100 is what workers get: the wrapper moves it
@@ -70,7 +75,11 @@ class Listeners:
         for position, address in enumerate(addresses):
             if address in self._socks:
                 continue
-            sock = _socket_of(pidfd, pid, address, FIRST_FD + position)
+            try:
+                wanted = parse_listen_address(address)
+            except Invalid:  # a damaged checkpoint: nothing to look for
+                continue
+            sock = _socket_of(pidfd, pid, wanted, FIRST_FD + position)
             if sock is not None:
                 self._fds[address] = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
                 self._socks[address] = sock
@@ -78,6 +87,7 @@ class Listeners:
         return taken
 
     def fds(self, addresses: tuple[str, ...]) -> tuple[int, ...]:
+        """The daemon's copies of the bound sockets, in the order a worker gets them (3, 4, ...)."""
         return tuple(self._fds[a] for a in addresses)
 
     def close(self, unlink: bool = True) -> None:
@@ -91,10 +101,9 @@ class Listeners:
         for address in closed:
             os.close(self._fds.pop(address))
             self._socks.pop(address).close()
-            if unlink and address.startswith("unix:/"):
-                Path(address[5:]).unlink(missing_ok=True)
+            if unlink:
+                _unlink_socket_file(address)
         return closed
-
 
     def launcher(self, fds: tuple[int, ...]) -> tuple[str, ...]:
         """What to run the command through (it follows as arguments) so that
@@ -113,29 +122,40 @@ class Listeners:
 
 
 def environment(addresses: tuple[str, ...]) -> dict[str, str]:
+    """LISTEN_FDS and LISTEN_FDNAMES for a worker given `addresses` (LISTEN_PID: see `launcher`)."""
     # Names may not contain ':' (the separator): "127.0.0.1:8080" -> "127.0.0.1_8080".
     names = ":".join(a.replace(":", "_") for a in addresses)
     return {"LISTEN_FDS": str(len(addresses)), "LISTEN_FDNAMES": names}
 
 
-def _bind(address: str) -> socket.socket:
-    if address.startswith("unix:"):
-        path = address[5:]
+def _bind(address: ListenAddress) -> socket.socket:
+    sockaddr: str | tuple[object, ...]  # a path, or what getaddrinfo gave for the family
+    if isinstance(address, UnixAddress):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if path.startswith("@"):
-            path = "\0" + path[1:]  # Linux abstract namespace
-        else:
-            Path(path).unlink(missing_ok=True)  # a stale socket file from an earlier daemon
-        sock.bind(path)
+        sockaddr = address.sockaddr
+        if not address.abstract:
+            Path(address.path).unlink(missing_ok=True)  # a stale socket file from an earlier daemon
     else:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(address.host, address.port,
+                                                              type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
         sock.bind(sockaddr)
-    sock.listen(BACKLOG)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()  # now, not whenever it is collected: a reload may retry a port in use
+        raise
     return sock
+
+
+def _unlink_socket_file(address: str) -> None:
+    try:
+        parsed = parse_listen_address(address)
+    except Invalid:
+        return
+    if isinstance(parsed, UnixAddress) and not parsed.abstract:
+        Path(parsed.path).unlink(missing_ok=True)
 
 
 def _pidfd_getfd(pidfd: int, fd: int) -> int | None:
@@ -147,7 +167,7 @@ def _pidfd_getfd(pidfd: int, fd: int) -> int | None:
     return new if new >= 0 else None
 
 
-def _socket_of(pidfd: int, pid: int, address: str, expected_fd: int) -> socket.socket | None:
+def _socket_of(pidfd: int, pid: int, address: ListenAddress, expected_fd: int) -> socket.socket | None:
     """The listening socket for `address` among `pid`'s fds, the expected one first."""
     try:
         others = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd") if int(fd) != expected_fd)
@@ -169,24 +189,24 @@ def _socket_of(pidfd: int, pid: int, address: str, expected_fd: int) -> socket.s
     return None
 
 
-def _serves(sock: socket.socket, address: str) -> bool:
-    """`sock` is listening on `address` (as written in a config)."""
+def _serves(sock: socket.socket, address: ListenAddress) -> bool:
+    """`sock` is listening on `address`."""
     try:
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             return False
         name = sock.getsockname()
     except OSError:
         return False
-    if address.startswith("unix:"):
-        path = address[5:]
-        wanted = "\0" + path[1:] if path.startswith("@") else path
-        return isinstance(name, (str, bytes)) and (name.decode() if isinstance(name, bytes) else name) == wanted
-    host, _, port = address.rpartition(":")
-    if not isinstance(name, tuple) or name[1] != int(port):
-        return False
-    try:
-        wanted_ip = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0][4][0]
-    except OSError:
-        return False
-    return name[0] == wanted_ip
-
+    match address:
+        case UnixAddress():
+            if isinstance(name, bytes):  # an abstract name that is not valid UTF-8
+                name = os.fsdecode(name)
+            return isinstance(name, str) and name == address.sockaddr
+        case TcpAddress(host, port):
+            if not isinstance(name, tuple) or name[1] != port:
+                return False
+            try:
+                wanted_ip = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+            except OSError:
+                return False
+            return bool(name[0] == wanted_ip)

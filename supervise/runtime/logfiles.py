@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["rotate_if_needed"]
+__all__ = ["in_progress", "rotate_if_needed"]
 
 COPY_CHUNK = 1 << 20
 BACKUP_MODE = 0o640
@@ -43,7 +43,7 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
         return True
     # Copied aside first and renamed into place last: a reader never finds a
     # backup half written, and `path.1` is missing only between two renames.
-    fresh = path.with_name(f"{path.name}.rotating")
+    fresh = in_progress(path)
     _copy_then_truncate(path, fresh, max_size)
     for index in range(backups - 1, 0, -1):
         older = _backup(path, index)
@@ -51,6 +51,17 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
             os.replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
     os.replace(fresh, _backup(path, 1))
     return True
+
+
+def in_progress(path: Path) -> Path:
+    """Where the next backup of `path` is written before it is renamed into place.
+
+    A hidden name, not `path` plus a suffix: a listing of the log and its
+    backups (``<name>*``, a `logs` glob, a shell's ``ls``) never shows this
+    half-written copy. A copy left by a daemon killed mid-rotation is
+    overwritten by the next rotation.
+    """
+    return path.with_name(f".{path.name}.rotating")
 
 
 def _backup(path: Path, index: int) -> Path:

@@ -1,4 +1,4 @@
-"""The OS side of supervision: spawn, reap, signal, kill a process tree, sample memory.
+"""The OS side of supervision: spawn, reap, signal, kill a process tree, tell a process from a reused pid.
 
 Blocking, synchronous functions; the asyncio daemon calls them (the slow ones,
 which walk /proc, from a worker thread). The daemon is the one reaper: it
@@ -28,24 +28,27 @@ from pathlib import Path
 import psutil
 
 from supervise.runtime.cgroups import Cgroups, kill_cgroup
-from supervise.runtime.cgroups import owner_name as cgroups_owner  # noqa: F401  (the daemon names its cgroup with it)
+from supervise.runtime.cgroups import owner_name as cgroups_owner
 
 __all__ = [
-    "Cgroups", "Child", "SpawnError", "SpawnSpec", "become_subreaper", "kill_all_descendants",
-    "kill_tree", "reap", "rss_of_tree", "send_signal", "spawn",
+    "START_TOLERANCE", "Cgroups", "Child", "SpawnError", "SpawnSpec", "become_subreaper", "cgroups_owner",
+    "environ_of", "kill_all_descendants", "kill_tree", "proc_stat", "reap", "same_process", "send_signal", "spawn",
 ]
 
 PR_SET_CHILD_SUBREAPER = 36
 LOG_FILE_MODE = 0o640
 # Put on a Popen object once the child is ours to reap; see `_disarm`.
 _DISARMED_RETURNCODE = -(2**31)
-# Two process records are the same process when their start times agree.
-# Start times are in clock ticks (10 ms); the epoch value also carries the
-# boot time, which is whole seconds and can only jump by whole seconds. A
-# spawn's own start time is computed, not read (`_start_time`), and can be
-# one tick early: the tolerance covers that tick.
-_SAME_START = 0.015
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+START_TOLERANCE = 1.5 / _CLOCK_TICKS
+"""Two start times (seconds since the epoch) closer than this are of the same process.
+
+The kernel records a start in clock ticks (10 ms); the epoch value adds
+the boot time, which is whole seconds. Two readings of one process agree
+to the float; a spawn's own start time is computed, not read
+(`_start_time`), and can be one tick early. One tick, and half a tick for
+rounding: 15 ms. Any wider only lets a reused pid pass for the process.
+"""
 # A sweep repeats while it finds processes it has not signalled yet (one
 # forked between our listing and our kill); a bound keeps a fork bomb from
 # holding us forever (cgroup.kill is the real answer to fork bombs).
@@ -154,7 +157,7 @@ def _open_log(path: Path) -> int:
         raise SpawnError(f"cannot open log file {path}: {exc.strerror}") from None
 
 
-def _disarm(proc: subprocess.Popen) -> None:
+def _disarm(proc: subprocess.Popen[bytes]) -> None:
     # A Popen whose returncode is None is "still running" to subprocess: when
     # garbage-collected, __del__ appends it to subprocess._active, and the next
     # Popen() anywhere in the process calls waitpid(pid, WNOHANG) on it. That
@@ -214,7 +217,7 @@ def _start_time(forked_after: float) -> float:
     busy machine), once per spawn on the event loop. The kernel stamps a
     fork with CLOCK_BOOTTIME in clock ticks; psutil adds the boot time of
     /proc/stat. A tick that starts between our reading and the fork makes
-    ours one tick early, which `_SAME_START` allows.
+    ours one tick early, which `START_TOLERANCE` allows.
     """
     return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + psutil.boot_time()
 
@@ -295,26 +298,6 @@ def kill_all_descendants() -> int:
     return len(signalled)
 
 
-def rss_of_tree(pid: int, create_time: float | None = None) -> int | None:
-    """Resident memory in bytes of `pid` plus all its descendants; None when it is gone.
-
-    With `create_time`, a reused pid also counts as gone.
-    """
-    try:
-        root = psutil.Process(pid)
-        if create_time is not None and not _same_start(root.create_time(), create_time):
-            return None
-        total = root.memory_info().rss
-    except psutil.Error:
-        return None
-    for proc in _children(root):
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass  # exited while we looked, or a zombie
-    return total
-
-
 def _kill_leader(child: Child) -> set[int]:
     if child.pidfd is not None:
         signalled = _kill_by_pidfd(child.pidfd, child.pid)
@@ -390,7 +373,7 @@ def _kill_token_holders(token: str | None, skip: Collection[int] = ()) -> set[in
         return set()
     found: set[int] = set()
     for proc in _direct_children(skip):
-        if _token_of(proc) == token:
+        if environ_of(proc.pid).get("SUPERVISE_TOKEN") == token:
             found |= _kill_live([proc, *_children(proc)])
     return found
 
@@ -421,13 +404,6 @@ def _children_once(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _token_of(proc: psutil.Process) -> str | None:
-    try:
-        return proc.environ().get("SUPERVISE_TOKEN")
-    except psutil.Error:  # AccessDenied, NoSuchProcess, ZombieProcess
-        return None
-
-
 def _kill_live(procs: Iterable[psutil.Process]) -> set[int]:
     """SIGKILL each process that is still the one listed (not exited, not reused)."""
     signalled: set[int] = set()
@@ -450,17 +426,52 @@ def _children(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+# -- identifying processes ------------------------------------------------------------
+
+
+def same_process(pid: int, create_time: float) -> bool:
+    """`pid` is the process that started at `create_time`, and it has not exited.
+
+    A pid alone can be reused by any process once its owner is reaped; the
+    start time cannot (see START_TOLERANCE). A zombie has exited already.
+    """
+    proc = _process_if_same(pid, create_time)
+    if proc is None:
+        return False
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _process_if_same(pid: int, create_time: float) -> psutil.Process | None:
-    """The process `pid` if it is the one started at `create_time`, else None."""
+    """The process `pid` if it is the one started at `create_time` (zombie or not), else None."""
     try:
         proc = psutil.Process(pid)
-        return proc if _same_start(proc.create_time(), create_time) else None
+        return proc if abs(proc.create_time() - create_time) < START_TOLERANCE else None
     except psutil.Error:
         return None
 
 
-def _same_start(a: float, b: float) -> bool:
-    return abs(a - b) < _SAME_START
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment `pid` was started with (as it was at exec); empty when unreadable.
+
+    Read from /proc/<pid>/environ directly: one read, no psutil.Process.
+    Unreadable means gone, another user's (EACCES) or a zombie (empty file).
+    Bytes that are not UTF-8 are replaced: callers compare with our own
+    ASCII tokens and names.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    env = {}
+    for item in data.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -476,7 +487,6 @@ def proc_stat(pid: int) -> tuple[str, int, int] | None:
         return fields[0].decode(), int(fields[2]), int(fields[3])
     except (IndexError, ValueError):
         return None
-
 
 
 def _is_zombie(pid: int) -> bool:

@@ -135,11 +135,6 @@ class Notifier:
         """The daemon is alive and its loop is turning."""
         self._send(["WATCHDOG=1"])
 
-    def extend_timeout(self, seconds: float) -> None:
-        """Ask systemd to wait this much longer for the start-up, reload or stop in progress
-        (``EXTEND_TIMEOUT_USEC=``), e.g. while a long drain is still making progress."""
-        self._send([f"EXTEND_TIMEOUT_USEC={max(0, round(seconds * 1_000_000))}"])
-
     def close(self) -> None:
         """Close the socket; later calls do nothing."""
         self._closed = True

@@ -24,8 +24,8 @@ Why it is built this way:
   was queued is not lost) when one vanished, appeared or was replaced; the
   files of a new root count as changed.
 - The thread never dies while not stopped: a failure (inotify limit, a root
-  racing away) is logged and retried after a pause doubling up to
-  ``RETRY_MAX``. Nothing is raised into the daemon.
+  racing away, even a bug) is logged and retried after a pause doubling up
+  to ``RETRY_MAX``. Nothing is raised into the daemon.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from supervise.runtime import log as log_module
 
 if TYPE_CHECKING:
     from supervise.config.model import Config
@@ -203,7 +204,8 @@ class WatchFilter:
               state_dir: str | os.PathLike[str] | None = None) -> WatchFilter:
         """From ``{app: (watch, watch_ignore)}``; apps without patterns are left out."""
         base = os.path.abspath(base)
-        compiled, patterns = [], []
+        compiled: list[AppPatterns] = []
+        patterns: list[str] = []
         for name, (watch, ignore) in apps.items():
             if watch := tuple(watch):
                 compiled.append(AppPatterns.compile(name, base, watch, tuple(ignore)))
@@ -259,20 +261,6 @@ class WatchFilter:
 # -- the thread ---------------------------------------------------------------
 
 
-class Log(Protocol):
-    """What the watcher needs of a logger: structlog's bound loggers fit."""
-
-    def warning(self, event: str, **fields: Any) -> Any: ...
-
-    def error(self, event: str, **fields: Any) -> Any: ...
-
-
-class _NoLog:
-    def warning(self, event: str, **fields: Any) -> None: ...
-
-    error = warning
-
-
 @dataclass(frozen=True, slots=True)
 class _StopProbe:
     """The ``stop_event`` given to watchfiles.
@@ -321,14 +309,14 @@ class Watcher:
     changes that concerns at least one app, never with an empty set.
     """
 
-    def __init__(self, filter: WatchFilter, on_change: OnChange, *, log: Log | None = None,
+    def __init__(self, filter: WatchFilter, on_change: OnChange, *, log: log_module.Log | None = None,
                  step_ms: int = STEP_MS, debounce_ms: int = DEBOUNCE_MS, recheck: float = RECHECK,
                  force_polling: bool | None = None) -> None:
         self.filter = filter
         self.roots = watch_roots(filter.base, filter.patterns)
         self.missing_roots = tuple(root for root in self.roots if not os.path.isdir(root))
         self._on_change = on_change
-        self._log: Log = log if log is not None else _NoLog()
+        self._log = log if log is not None else log_module.default()
         self._options: dict[str, Any] = dict(step=step_ms, debounce=debounce_ms, force_polling=force_polling,
                                              rust_timeout=RUST_TIMEOUT_MS)
         self._recheck = recheck
@@ -338,7 +326,7 @@ class Watcher:
         self._watching: dict[str, tuple[int, int]] | None = None  # the roots of the current session
 
     @classmethod
-    def from_config(cls, config: Config, on_change: OnChange, *, log: Log | None = None,
+    def from_config(cls, config: Config, on_change: OnChange, *, log: log_module.Log | None = None,
                     **options: Any) -> Watcher | None:
         """A watcher for every app's ``watch`` patterns; None when no app has any."""
         watch_filter = WatchFilter.from_config(config)
@@ -373,11 +361,11 @@ class Watcher:
             try:
                 self._session()
                 failures = 0
-            except Exception as error:  # anything at all: this thread must outlive it
+            except Exception as error:  # noqa: BLE001  (this thread must outlive anything; logged, then retried)
                 failures = 1 if self._armed.is_set() else failures + 1
                 delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(failures - 1, 8))
                 self._log.error("file watcher failed, retrying", error=f"{type(error).__name__}: {error}",
-                                retry_in=delay, failures=failures)
+                                retry_in=delay, failures=failures, **_traceback_unless_os(error))
                 self._stop.wait(delay)
             finally:
                 self._armed.clear()
@@ -424,6 +412,12 @@ class Watcher:
             return
         try:
             self._on_change(apps, kept)
-        except Exception as error:  # the daemon's callback failing must not stop the watching
+        except Exception as error:  # noqa: BLE001  (a bug in the daemon's callback must not end the watching; logged)
             self._log.error("file change callback failed", error=f"{type(error).__name__}: {error}",
-                            apps=sorted(apps))
+                            apps=sorted(apps), exc_info=error)
+
+
+def _traceback_unless_os(error: Exception) -> dict[str, Exception]:
+    """An OSError (an inotify limit, a root racing away) is the machine's state, said in its
+    message; anything else (watchfiles' RuntimeErrors, a bug of ours) needs its traceback."""
+    return {} if isinstance(error, OSError) else {"exc_info": error}

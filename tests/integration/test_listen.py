@@ -11,7 +11,6 @@ import socket
 from helpers import free_port, wait_until
 
 
-
 def ask(address) -> dict:
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     with socket.socket(family) as s:
@@ -115,7 +114,8 @@ def test_python_launcher_where_there_is_no_bash(tmp_path):
     listeners.bind(address)
     try:
         fds = listeners.fds((address,))
-        code = "import os; print(os.getpid(), os.environ['LISTEN_PID'], os.environ['LISTEN_FDS'], os.get_inheritable(3))"
+        code = ("import os; "
+                "print(os.getpid(), os.environ['LISTEN_PID'], os.environ['LISTEN_FDS'], os.get_inheritable(3))")
         spec = process.SpawnSpec(argv=(sys.executable, "-c", code), cwd=tmp_path,
                                  env={**os.environ, **environment((address,))}, log_path=tmp_path / "out.log",
                                  name="t:0", pass_fds=fds, launcher=listeners.launcher(fds))

@@ -7,6 +7,7 @@ turn every orphan of every other test into a zombie of pytest.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -23,9 +24,8 @@ import psutil
 import pytest
 
 from supervise.control import logs
-from supervise.runtime import logfiles
-from supervise.runtime import process
 from supervise.runtime import cgroups as cgroups_module
+from supervise.runtime import checkpoint, logfiles, process
 from supervise.runtime.process import Cgroups, Child, SpawnError, SpawnSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def alive(pid: int, create_time: float | None = None) -> bool:
     """Running (a zombie is dead) and, with create_time, the same process."""
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) >= process._SAME_START:
+        if create_time is not None and abs(proc.create_time() - create_time) >= process.START_TOLERANCE:
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -234,7 +234,7 @@ def test_spawn_computes_the_start_time_psutil_reads(procs: Procs) -> None:
     # at spawn; the computed value must agree with what the kernel recorded.
     children = [procs.spawn("sleep", "30") for _ in range(40)]
     for child in children:
-        assert abs(psutil.Process(child.pid).create_time() - child.create_time) < process._SAME_START
+        assert abs(psutil.Process(child.pid).create_time() - child.create_time) < process.START_TOLERANCE
 
 
 def test_spawned_child_is_never_reaped_by_subprocess(procs: Procs) -> None:
@@ -263,7 +263,7 @@ def test_reap_decodes_signal(procs: Procs) -> None:
 
 def test_reap_without_children_returns_empty_list() -> None:
     # In a fresh process: pytest may have children of other tests to reap.
-    code = "from supervise import process; assert process.reap() == []"
+    code = "from supervise.runtime import process; assert process.reap() == []"
     assert subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT))).returncode == 0
 
 
@@ -283,7 +283,7 @@ def test_reap_collects_orphaned_grandchild_as_subreaper(tmp_path: Path) -> None:
 
 def test_become_subreaper_is_available_here() -> None:
     # In a throwaway process: pytest itself must not become a subreaper.
-    code = "from supervise import process; raise SystemExit(0 if process.become_subreaper() else 1)"
+    code = "from supervise.runtime import process\nraise SystemExit(0 if process.become_subreaper() else 1)"
     assert subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT))).returncode == 0
 
 
@@ -324,12 +324,12 @@ def test_cgroups_kill_and_pid_fallback(procs: Procs, cgroups: Cgroups) -> None:
     first = procs.python(PAUSE, cgroups=cgroups, name="a:0")
     second = procs.python(PAUSE, cgroups=cgroups, name="a:0")
     assert first.cgroup != second.cgroup  # a fresh leaf per spawn
-    assert cgroups.kill(first.cgroup)
+    assert cgroups_module.kill_cgroup(first.cgroup) == {first.pid}
     assert procs.wait_exit(first) == (None, signal.SIGKILL)
     # The path for kernels without cgroup.kill: signal every pid listed.
     assert cgroups_module._kill_cgroup_by_pids(second.cgroup) == {second.pid}
     assert procs.wait_exit(second) == (None, signal.SIGKILL)
-    assert not cgroups.kill(cgroups.root / "missing")
+    assert cgroups_module.kill_cgroup(cgroups.root / "missing") is None
 
 
 def test_cgroups_each_spawn_gets_a_fresh_leaf_and_remove_drops_it(cgroups: Cgroups) -> None:
@@ -344,7 +344,7 @@ def test_cgroups_each_spawn_gets_a_fresh_leaf_and_remove_drops_it(cgroups: Cgrou
 def test_cgroups_close_waits_for_killed_leaves_then_removes_owner_dir(procs: Procs, cgroups: Cgroups) -> None:
     assert cgroups.create("x:1") is not None
     child = procs.python(PAUSE, cgroups=cgroups, name="x:2")
-    assert cgroups.kill(child.cgroup)
+    assert cgroups_module.kill_cgroup(child.cgroup) == {child.pid}
     cgroups.close()  # the SIGKILLed worker may not have exited yet: close waits for it
     assert not cgroups.root.exists()
     assert procs.wait_exit(child) == (None, signal.SIGKILL)
@@ -355,7 +355,6 @@ def test_kill_tree_never_signals_a_pid_with_another_create_time(procs: Procs) ->
     impostor = Child(pid=child.pid, pidfd=None, cgroup=None, create_time=child.create_time - 100)
     assert process.kill_tree(impostor, "not-its-token") == 0
     assert alive(child.pid, child.create_time)
-    assert process.rss_of_tree(child.pid, impostor.create_time) is None
 
 
 def test_kill_tree_kills_group_members_after_the_leader_died(procs: Procs, tmp_path: Path) -> None:
@@ -382,21 +381,73 @@ def test_kill_tree_when_everything_is_gone(procs: Procs, tmp_path: Path) -> None
     assert process.kill_tree(gone, None) == 0
 
 
-def test_rss_of_tree(procs: Procs) -> None:
-    child = procs.python("print('ready', flush=True)\n" + PAUSE)
-    wait_until(lambda: (procs.tmp / "logs" / "test.log").read_text() == "ready\n")  # interpreter loaded
-    rss = process.rss_of_tree(child.pid, child.create_time)
-    assert rss is not None and rss > 1_000_000
-    process.send_signal(child.pid, signal.SIGKILL)
-    procs.wait_exit(child)
-    assert process.rss_of_tree(child.pid) is None
-
-
 def test_kill_all_descendants(tmp_path: Path) -> None:
     result = run_scenario("descendants", tmp_path)
     assert result["count"] == 4
     assert result["left"] == []
     assert not any(alive(pid) for pid in result["pids"])
+
+
+# -- identifying processes ------------------------------------------------------------------
+
+
+def test_same_process_tells_the_worker_from_another_start_time_and_from_its_zombie(procs: Procs) -> None:
+    child = procs.python(PAUSE)
+    assert process.same_process(child.pid, child.create_time)
+    assert not process.same_process(child.pid, child.create_time - 2 * process.START_TOLERANCE)
+    assert not process.same_process(child.pid, child.create_time + 1.0)  # a boot time a second off
+    assert process.send_signal(child.pid, signal.SIGKILL)
+    assert select.select([child.pidfd], [], [], TIMEOUT)[0]  # exited, not reaped yet: a zombie
+    assert not process.same_process(child.pid, child.create_time)
+    procs.reap_until(child.pid)
+    assert not process.same_process(child.pid, child.create_time)
+
+
+def test_the_start_tolerance_is_one_clock_tick_and_a_margin() -> None:
+    # One tick is what a computed start time may be early by (see the spawn test above);
+    # two would let a pid reused 20 ms later pass for the process.
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert tick < process.START_TOLERANCE < 2 * tick
+
+
+def test_environ_of_reads_what_a_process_was_started_with(procs: Procs) -> None:
+    env = {"PATH": os.environ.get("PATH", os.defpath), "SUPERVISE_TOKEN": "tok-1", "ODD": "a=b=c", "EMPTY": ""}
+    child = procs.python(PAUSE, env=env)
+    found = wait_until(lambda: process.environ_of(child.pid) or None)
+    assert {key: found.get(key) for key in env} == env
+    process.send_signal(child.pid, signal.SIGKILL)
+    assert select.select([child.pidfd], [], [], TIMEOUT)[0]
+    assert process.environ_of(child.pid) == {}  # a zombie has no environment left
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    assert process.environ_of(pid_max + 1) == {}  # no such process
+
+
+def test_a_checkpoint_record_is_trusted_only_for_the_very_process(procs: Procs) -> None:
+    env = {"PATH": os.environ.get("PATH", os.defpath), "SUPERVISE_TOKEN": "tok-2"}
+    child = procs.python(PAUSE, env=env)
+    wait_until(lambda: process.environ_of(child.pid))
+    record = checkpoint.InstanceRecord(app="web", index=0, generation=1, role="slot", state="running", restarts=0,
+                                       pid=child.pid, create_time=child.create_time, token="tok-2")
+    assert checkpoint.still_running(record)
+    assert not checkpoint.still_running(dataclasses.replace(record, token="another spawn's"))
+    assert not checkpoint.still_running(dataclasses.replace(record, create_time=child.create_time - 1))
+    assert not checkpoint.still_running(dataclasses.replace(record, create_time=None))
+
+
+def test_find_strays_finds_session_leaders_of_this_state_dir_only(procs: Procs, tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/heartbeat.sock"
+    env = {"PATH": os.environ.get("PATH", os.defpath), "SUPERVISE_HEARTBEAT": endpoint, "SUPERVISE_TOKEN": "tok-3",
+           "SUPERVISE_APP": "web", "SUPERVISE_INSTANCE": "2"}
+    # The worker's child inherits its environment but not its session: not a worker.
+    code = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {PAUSE!r}])\n{PAUSE}"
+    worker = procs.python(code, env=env)
+    other = procs.python(PAUSE, env={**env, "SUPERVISE_HEARTBEAT": "ipc:///elsewhere/heartbeat.sock"})
+    wait_until(lambda: len(psutil.Process(worker.pid).children()) == 1)
+    procs.note(psutil.Process(worker.pid).children()[0].pid)
+    strays = checkpoint.find_strays(endpoint, known={other.pid})
+    assert [(s.pid, s.app, s.index, s.token) for s in strays] == [(worker.pid, "web", 2, "tok-3")]
+    assert abs(strays[0].create_time - worker.create_time) < process.START_TOLERANCE
+    assert checkpoint.find_strays(endpoint, known={worker.pid}) == []
 
 
 # -- log files ------------------------------------------------------------------------------
@@ -451,6 +502,39 @@ def test_rotating_a_flood_keeps_only_the_last_max_size_bytes(tmp_path: Path) -> 
     backup = (tmp_path / "a.log.1").read_bytes()
     assert len(backup) <= 1000 and backup.endswith(b"line 00999\n") and backup.startswith(b"line ")
     assert log.read_bytes() == b""
+
+
+def test_a_listing_of_the_log_and_its_backups_never_shows_a_rotation_in_progress(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "a.log"
+    for index in (1, 2):
+        (tmp_path / f"a.log.{index}").write_bytes(b"older\n")
+    log.write_bytes(b"x" * 100)
+    listings: list[set[str]] = []
+    copies: list[bool] = []
+    replace = os.replace
+
+    def replace_and_look(src: Path, dst: Path) -> None:
+        # What `logs`, a glob or `ls` would list at each step of the rotation.
+        listings.append({p.name for p in tmp_path.glob("a.log*")})
+        copies.append(logfiles.in_progress(log).exists())
+        replace(src, dst)
+
+    monkeypatch.setattr(logfiles.os, "replace", replace_and_look)
+    assert logfiles.rotate_if_needed(log, max_size=100, backups=3)
+    monkeypatch.undo()
+    assert len(listings) == 3 and all(copies)  # two backups moved, then the new one: the copy was there
+    assert all(listing <= {"a.log", "a.log.1", "a.log.2", "a.log.3"} for listing in listings), listings
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.log", "a.log.1", "a.log.2", "a.log.3"]
+
+
+def test_a_copy_left_by_a_rotation_cut_short_is_overwritten(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    logfiles.in_progress(log).write_bytes(b"half a copy from a daemon that was killed" * 10)
+    log.write_bytes(b"fresh\n" * 20)
+    assert logfiles.rotate_if_needed(log, max_size=100, backups=1)
+    assert (tmp_path / "a.log.1").read_bytes() == b"fresh\n" * 20
+    assert not logfiles.in_progress(log).exists()
 
 
 def test_tail_returns_last_lines(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from helpers import wait_until
+
 from supervise.config import loader as config
 from supervise.runtime import watch
 from supervise.runtime.watch import Watcher
@@ -223,6 +223,28 @@ def test_a_failing_watch_is_logged_and_retried(start, src, monkeypatch):
     watcher, calls = start({"web": (["src/*.py"], [])}, log=log)
     assert [(level, event) for level, event, _ in log.records] == [("error", "file watcher failed, retrying")]
     assert log.records[0][2]["retry_in"] == watch.RETRY_FIRST
+    assert "exc_info" not in log.records[0][2]  # the machine's state, said in the message: no traceback
+    path = write(src / "app.py", "v2")
+    assert calls.next() == ({"web"}, (path,))
+
+
+def test_a_bug_in_the_watching_is_logged_with_its_traceback_and_retried(start, src, monkeypatch):
+    import watchfiles
+
+    real = watchfiles.watch
+    failures = iter([TypeError("a bug of ours")])
+
+    def buggy(*args, **kwargs):
+        for error in failures:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(watchfiles, "watch", buggy)
+    log = Log()
+    watcher, calls = start({"web": (["src/*.py"], [])}, log=log)
+    [(level, event, fields)] = log.records
+    assert (level, event) == ("error", "file watcher failed, retrying")
+    assert isinstance(fields["exc_info"], TypeError) and fields["exc_info"].__traceback__ is not None
     path = write(src / "app.py", "v2")
     assert calls.next() == ({"web"}, (path,))
 
@@ -241,6 +263,7 @@ def test_a_failing_callback_is_logged_and_watching_goes_on(start, src):
     fine = write(src / "fine.py")
     assert calls.until_path(fine) == ({"web"}, (fine,))
     assert log.records[0][:2] == ("error", "file change callback failed")
+    assert isinstance(log.records[0][2]["exc_info"], RuntimeError)  # a bug: logged with its traceback
     assert watcher.running
 
 

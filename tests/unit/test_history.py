@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from supervise.wire import protocol
 from supervise.runtime.history import History
+from supervise.wire import protocol
 
 
 def test_events_are_numbered_stamped_and_replayed_after_a_seq() -> None:

@@ -165,13 +165,6 @@ def test_watchdog(systemd):
     assert receive(receiver) == "WATCHDOG=1\n"
 
 
-def test_extend_timeout(systemd):
-    receiver, path = systemd
-    with notifier_for(path) as notifier:
-        notifier.extend_timeout(2.5)
-    assert receive(receiver) == "EXTEND_TIMEOUT_USEC=2500000\n"
-
-
 def test_reloading_carries_the_monotonic_clock_then_ready_again(systemd):
     receiver, path = systemd
     with notifier_for(path) as notifier:

@@ -9,8 +9,8 @@ import pytest
 from supervise.config.model import AppConfig, Config, SuperviseConfig
 from supervise.runtime.watch import (
     DEFAULT_IGNORED_DIRS,
-    WatchFilter,
     Watcher,
+    WatchFilter,
     compile_glob,
     pattern_root,
     watch_roots,
