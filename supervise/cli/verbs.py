@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from supervise.cli import render
 from supervise.config.locate import locate_state_dir
 from supervise.control.client import Control, ControlError, NoDaemon, Remote
-from supervise.wire import protocol
+from supervise.wire import protocol, statedir
 from supervise.wire.statedir import StatePaths
 
 # typing.TYPE_CHECKING without importing typing, which nothing else on the CLI's path imports.
@@ -47,7 +47,7 @@ def cmd_run(args: SimpleNamespace) -> None:
     logger = log.configure(cfg.supervise.log_format, cfg.supervise.log_level)
     try:
         code = daemon.run(cfg, logger)
-    except daemon.AlreadyRunning as exc:
+    except statedir.AlreadyRunning as exc:
         raise Failed(str(exc)) from None
     except daemon.CannotStart as exc:
         raise Failed(f"cannot start: {exc}") from None

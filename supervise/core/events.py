@@ -1,16 +1,47 @@
-"""The core's vocabulary: events in the past tense, actions in the imperative.
+"""What the shell tells the core: events, in the past tense.
 
-The shell turns what happened (a process exited, a command arrived) into
-events for ``Core.handle`` and carries out the actions it returns.
+Each is something that has happened (a process was spawned, exited, beat;
+a command arrived; a deadline passed). The core never asks: everything it
+knows arrives as one of these, with ``now`` beside it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
-from supervise.config.model import AppConfig, Config
+from supervise.config.model import Config
+from supervise.core.instance import LastExit, State
 
-# Events -------------------------------------------------------------------------
+
+class Verb(StrEnum):
+    """The operator's commands the core answers (the control protocol's ``cmd``)."""
+
+    STATUS = "status"
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    SCALE = "scale"
+    RELOAD = "reload"
+    SHUTDOWN = "shutdown"
+
+
+class Cause(StrEnum):
+    """What asked for a reload; a rollout records it."""
+
+    RELOAD = "reload"  # `supervise reload`
+    WATCH = "watch"  # a watched file changed
+    SIGNAL = "signal"  # SIGHUP
+    CONFIG = "config"  # a config change, applied as a diff
+
+
+class Role(StrEnum):
+    """Where a checkpointed instance stood in its app."""
+
+    SLOT = "slot"  # the serving instance of its index
+    SUCCESSOR = "successor"  # a new one starting beside it
+    RETIRING = "retiring"  # a replaced one, its process stopping
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +74,7 @@ class Beat:
     """A valid heartbeat (the shell has checked its token); ``fields`` are its status fields."""
 
     spawn_id: int
-    fields: dict | None = None
+    fields: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,113 +84,96 @@ class Drained:
 
 @dataclass(frozen=True, slots=True)
 class Sampled:
-    """One memory pass: RSS of each instance's process tree, by spawn id (None: gone)."""
+    """One sampling pass: RSS of each instance's process tree, by spawn id (None: gone)."""
 
-    rss: dict[int, int | None]
-    processes: dict[int, int] | None = None  # how many processes each tree has
+    rss: Mapping[int, int | None]
+    processes: Mapping[int, int] | None = None  # how many processes each tree has
 
 
 @dataclass(frozen=True, slots=True)
 class CommandReceived:
-    """An operator's command. ``targets`` are app names or instance names (``web:1``)."""
+    """An operator's command. ``targets`` are app names or instance names (``web:1``).
+
+    ``request_id`` None: nobody waits for a reply (a reload asked by SIGHUP).
+    """
 
     request_id: object
-    verb: str  # status | start | stop | restart | scale | reload | shutdown
+    verb: Verb
     targets: tuple[str, ...] = ()
-    count: int | None = None
+    count: int | None = None  # scale: the new size
     timeout: float | None = None  # reply with an error if not done by then
     config: Config | None = None  # reload: the re-read config whose difference to apply
     dry_run: bool = False  # reload: only say what would change
-    cause: str = "reload"  # reload: what asked for it (reload | watch | signal); no reply when request_id is None
+    cause: Cause = Cause.RELOAD
+
+
+@dataclass(frozen=True, slots=True)
+class FilesChanged:
+    """Files an app watches changed: roll those apps (``paths``: a few of them, for the record)."""
+
+    apps: frozenset[str]
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownRequested:
-    """SIGTERM/SIGINT: drain everything, then exit."""
+    """SIGTERM/SIGINT or `supervise shutdown`: drain everything, then exit."""
 
 
 @dataclass(frozen=True, slots=True)
 class DeadlineReached:
-    pass
+    """The time ``Core.next_deadline()`` named has come."""
 
-
-Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Drained | Sampled | CommandReceived | ShutdownRequested
-         | DeadlineReached)
 
 @dataclass(frozen=True, slots=True)
 class Adopted:
-    """An instance a previous daemon started, as its checkpoint recorded it.
+    """An instance a previous daemon started, as its checkpoint (or the environment of
+    its process) recorded it.
 
-    ``pid`` is None when its process died while no daemon was watching; the
-    shell has checked that a pid it passes is still that very process.
+    ``pid`` is None when its process died while no daemon was watching; a pid
+    given here has been checked by the shell to still be that very process.
+    ``generation`` None: the app's current one (a worker found by its
+    environment, which no checkpoint names).
     """
 
     app: str
     index: int
-    generation: int
-    state: str  # starting | running | stopping | stopped | backoff | failed
+    generation: int | None
+    state: State
     pid: int | None
     restarts: int = 0
+    failures: int = 0  # consecutive failed runs: backoff goes on from there
     age: float = 0.0  # seconds since it was spawned
     running_for: float | None = None
-    role: str = "slot"  # slot | successor | retiring
-    last_exit: dict | None = None
-
-
-# Actions ------------------------------------------------------------------------
+    role: Role = Role.SLOT
+    last_exit: LastExit | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Spawn:
-    spawn_id: int
-    app: AppConfig
-    index: int
+class AppRecord:
+    """An app's count and generation as a checkpoint recorded them (a `scale` outlives the daemon)."""
+
+    target: int
+    generation: int
+    latest: int
 
 
 @dataclass(frozen=True, slots=True)
-class Signal:
-    spawn_id: int
-    pid: int
-    signal: int
+class Recovered:
+    """What a previous daemon on this state dir left: its apps and its instances.
+
+    Comes before ``DaemonStarted``; the instances whose processes live are
+    taken over (``Adopt`` actions), the rest are dealt with once started.
+    """
+
+    apps: Mapping[str, AppRecord]
+    instances: tuple[Adopted, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class KillTree:
-    spawn_id: int
-    pid: int
+class DaemonStarted:
+    """The shell is ready to spawn: bring every app up, each after its dependencies."""
 
 
-@dataclass(frozen=True, slots=True)
-class SendDrain:
-    """Ask the worker over its heartbeat channel to finish in-flight work."""
-
-    spawn_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Resample:
-    """Sample memory again ``after`` seconds: an instance is over its limit, not yet confirmed."""
-
-    after: float
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    request_id: object
-    ok: bool
-    result: object = None
-    error: str | None = None
-    usage: bool = False  # the request itself was wrong (exit code 2), not the operation
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    event: dict
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    code: int
-
-
-Action = Spawn | Signal | KillTree | SendDrain | Resample | Reply | Publish | Exit
+Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Drained | Sampled | CommandReceived | FilesChanged
+         | ShutdownRequested | DeadlineReached | Recovered | DaemonStarted)

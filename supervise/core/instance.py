@@ -1,17 +1,23 @@
 """One instance's state machine: its states, why it exited, and every legal transition.
 
 ``step`` is the whole table: a ``match`` on (state, input). Anything not
-listed is a bug in the caller and raises :class:`InvalidTransition`.
+listed is a bug in the caller and raises :class:`InvalidTransition`. It
+returns the core's own actions (spawn, signal, kill, drain), addressed by
+spawn id, so there is one vocabulary from here to the shell.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from supervise.config.model import AppConfig
+from supervise.config.model import AppConfig, Readiness
+from supervise.core.actions import Action, Adopt, KillTree, SendDrain, Signal, Spawn
 from supervise.core.policy import CrashLoopBreaker, backoff_delay, should_restart
+from supervise.wire.protocol import describe_exit
 
 
 class State(StrEnum):
@@ -57,11 +63,23 @@ class LastExit:
     signal: int | None = None
     error: str | None = None  # why a spawn failed, when it did
 
-    def as_json(self) -> dict:
-        out = {"reason": str(self.reason), "code": self.code, "signal": self.signal}
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"reason": str(self.reason), "code": self.code, "signal": self.signal}
         if self.error:
             out["error"] = self.error
         return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> LastExit:
+        """From ``as_json``'s shape (a checkpoint's); ValueError/TypeError for anything else."""
+        code, sig, error = data.get("code"), data.get("signal"), data.get("error")
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (code, sig)):
+            raise TypeError(f"exit code and signal must be integers, got {code!r}, {sig!r}")
+        return cls(ExitReason(str(data["reason"])), code, sig, None if error is None else str(error))  # type: ignore[arg-type]  # checked above
+
+    def describe(self) -> str:
+        """One wording for people, shared with the CLI's table: ``crashed (exit code 1)``."""
+        return describe_exit(self.as_json())
 
 
 # Inputs to the state machine --------------------------------------------------
@@ -83,12 +101,14 @@ class Halt:
 
 
 @dataclass(frozen=True, slots=True)
-class Started:
+class Forked:
+    """The process of the spawn asked for exists now."""
+
     pid: int
 
 
 @dataclass(frozen=True, slots=True)
-class StartFailed:
+class ForkFailed:
     error: str
 
 
@@ -120,7 +140,26 @@ class MemorySampled:
     processes: int | None = None  # how many processes that tree has
 
 
-Input = Launch | Halt | Started | StartFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A fresh instance takes over where a previous daemon's left off (adoption).
+
+    ``pid`` set: its process lives on, to be watched from now on. ``pid``
+    None: it died while no daemon watched (if it was live), or it was
+    waiting (backoff, failed) and tries again now.
+    """
+
+    pid: int | None
+    was: State
+    age: float = 0.0  # seconds since its process was spawned
+    running_for: float | None = None
+    restarts: int = 0
+    failures: int = 0
+    last_exit: LastExit | None = None
+
+
+Input = (Launch | Halt | Forked | ForkFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
+         | Resumed)
 
 MEMORY_HYSTERESIS = 3
 """Consecutive samples over max_memory before a restart: a brief spike does not kill."""
@@ -134,53 +173,16 @@ DRAINED_GRACE = 0.5
 """After reporting drained, a stopping worker gets this long to exit on its own before the kill."""
 
 
-# Effects asked of the core -----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnProcess:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class SignalProcess:
-    signal: int
-
-
-@dataclass(frozen=True, slots=True)
-class KillProcess:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class SendDrain:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ReplaceFirst:
-    """Start a replacement beside this instance and stop it once that one is ready.
-
-    Asked instead of a stop when the app's `listen` sockets let two processes
-    serve one slot for a moment (a memory restart that drops nothing)."""
-
-    reason: ExitReason
-
-
-Effect = SpawnProcess | SignalProcess | KillProcess | SendDrain | ReplaceFirst
-
-
 @dataclass(slots=True, eq=False)  # identity: the core keys timers and spawns by the object
 class Instance:
-    app: str
+    config: AppConfig  # what it runs (and restarts with); the core passes it to step as Context.app
     index: int
-    breaker: CrashLoopBreaker
-    config: AppConfig | None = None  # the generation it runs; the core's _feed passes it as Context.app
     generation: int = 1
+    breaker: CrashLoopBreaker = field(default_factory=CrashLoopBreaker)
     spawn_id: int | None = None  # of its current process; older ids are stale
     trial: bool = False  # a rollout's new instance: a failure removes it instead of restarting it
     retired: bool = False  # replaced: once its process is gone it is dropped, never restarted
-    replacing: bool = False  # a ReplaceFirst is under way
+    replace_for: ExitReason | None = None  # a replace-first restart asked (and under way), for this reason
     state: State = State.STOPPED
     pid: int | None = None
     spawned_at: float | None = None
@@ -194,14 +196,21 @@ class Instance:
     killed: bool = False
     last_beat: float | None = None  # drives hang detection
     heard_at: float | None = None  # the last message from the worker itself
-    fields: dict | None = None  # status fields from its last beat
+    fields: Mapping[str, object] | None = None  # status fields from its last beat
     rss: int | None = None
     over_memory: int = 0  # consecutive samples over max_memory
-    last_delay: float | None = field(default=None, repr=False)  # for invariant checks
+
+    @property
+    def app(self) -> str:
+        return self.config.name
 
     @property
     def name(self) -> str:
-        return f"{self.app}:{self.index}"
+        return f"{self.config.name}:{self.index}"
+
+
+def _counter() -> Callable[[], int]:
+    return itertools.count(1).__next__
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +218,10 @@ class Context:
     app: AppConfig
     now: float
     rng: random.Random
+    new_spawn_id: Callable[[], int] = field(default_factory=_counter)  # the core's: ids are unique per core
 
 
-def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
+def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
     """Apply one input to ``inst`` in place and return what must be done."""
     match inst.state, event:
         case (State.STOPPED | State.BACKOFF | State.FAILED), Launch(manual=manual):
@@ -227,26 +237,25 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
             inst.then_start = True
             return []
 
-        case State.STARTING, Started(pid=pid):
+        case State.STARTING, Forked(pid=pid):
             inst.pid = pid
-            if ctx.app.readiness == "none" and inst.trial:
+            if ctx.app.readiness is Readiness.NONE and inst.trial:
                 inst.deadline = ctx.now + min(TRIAL_SETTLE, ctx.app.start_timeout)
                 return []
-            if ctx.app.readiness == "none":
+            if ctx.app.readiness is Readiness.NONE:
                 return _become_running(inst, ctx)
             inst.deadline = ctx.now + ctx.app.start_timeout
             return []
-        case State.STOPPING, Started(pid=pid):
+        case State.STOPPING, Forked(pid=pid):
             # Halted before the spawn was reported: deliver the stop now.
             inst.pid = pid
             inst.deadline = ctx.now + ctx.app.stop_timeout
-            return [SendDrain(), SignalProcess(ctx.app.stop_signal)]
+            return _stop_signal(inst, ctx)
 
-        case State.STARTING, StartFailed(error=error):
+        case State.STARTING, ForkFailed(error=error):
             return _after_exit(inst, LastExit(ExitReason.CRASHED, error=error), ctx)
-        case State.STOPPING, StartFailed(error=error):
-            inst.last_exit = LastExit(inst.stop_reason, error=error)
-            return _after_requested_stop(inst, ctx)
+        case State.STOPPING, ForkFailed(error=error):
+            return _after_requested_stop(inst, LastExit(inst.stop_reason, error=error), ctx)
 
         case State.STARTING, BecameReady():
             return _become_running(inst, ctx)
@@ -257,8 +266,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
             reason = ExitReason.LOST if lost else ExitReason.EXITED if code == 0 else ExitReason.CRASHED
             return _after_exit(inst, LastExit(reason, code, sig), ctx)
         case State.STOPPING, Died(code=code, signal=sig):
-            inst.last_exit = LastExit(inst.stop_reason, code, sig)
-            return _after_requested_stop(inst, ctx)
+            return _after_requested_stop(inst, LastExit(inst.stop_reason, code, sig), ctx)
 
         case (State.STARTING | State.RUNNING), Halt(reason=reason, then_start=then_start):
             inst.state = State.STOPPING
@@ -269,20 +277,21 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
                 inst.deadline = None
                 return []
             inst.deadline = ctx.now + ctx.app.stop_timeout
-            return [SendDrain(), SignalProcess(ctx.app.stop_signal)]
+            return _stop_signal(inst, ctx)
         case State.STOPPING, Halt(reason=reason, then_start=then_start):
-            if reason is ExitReason.STOPPED:  # an operator's stop overrides a health restart
+            if reason not in FAILURE_REASONS:  # an operator's stop, or a rollout's, overrides a health restart
                 inst.stop_reason = reason
             inst.then_start = then_start
             return []
-        case (State.STOPPED | State.BACKOFF | State.FAILED), Halt(then_start=then_start):
+        case (State.STOPPED | State.BACKOFF | State.FAILED), Halt(reason=reason, then_start=then_start):
             inst.deadline = None
+            inst.stop_reason = reason
             if then_start:
                 return step(inst, Launch(manual=True), ctx)
             inst.state = State.STOPPED
             return []
 
-        case State.STARTING, TimerFired() if inst.trial and ctx.app.readiness == "none":
+        case State.STARTING, TimerFired() if inst.trial and ctx.app.readiness is Readiness.NONE:
             return _become_running(inst, ctx)  # stayed up through TRIAL_SETTLE
         case State.STARTING, TimerFired():
             # Not ready within start_timeout: a failed start, taken down gracefully.
@@ -311,7 +320,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
             inst.then_start = False
             inst.killed = True
             inst.deadline = None
-            return [KillProcess()]
+            return _kill(inst)
         case (State.STARTING | State.RUNNING), MemorySampled(rss=rss):
             inst.rss = rss
             limit = ctx.app.max_memory
@@ -319,11 +328,13 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
                 inst.over_memory = 0
                 return []
             inst.over_memory += 1
-            if inst.over_memory < MEMORY_HYSTERESIS or inst.replacing:
+            if inst.over_memory < MEMORY_HYSTERESIS or inst.replace_for is not None:
                 return []
             if ctx.app.listen and inst.state is State.RUNNING and not inst.trial:
-                inst.replacing = True
-                return [ReplaceFirst(ExitReason.MEMORY)]
+                # Start the replacement first (the shared sockets let two serve one slot for a
+                # moment): the core sees replace_for set and starts a successor, then stops this.
+                inst.replace_for = ExitReason.MEMORY
+                return []
             return step(inst, Halt(ExitReason.MEMORY), ctx)
         case _, MemorySampled(rss=rss):
             inst.rss = rss
@@ -331,7 +342,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
         case State.STOPPING, TimerFired():
             inst.deadline = None
             inst.killed = True
-            return [KillProcess()]
+            return _kill(inst)
         case State.BACKOFF, TimerFired():
             inst.restarts += 1
             return _spawn(inst, ctx)
@@ -339,11 +350,53 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Effect]:
             inst.restarts += 1
             return _spawn(inst, ctx)  # the half-open try
 
+        case State.STOPPED, Resumed(pid=pid, was=was) if inst.spawn_id is None:
+            inst.restarts, inst.failures, inst.last_exit = event.restarts, event.failures, event.last_exit
+            if pid is not None:
+                return _reattach(inst, pid, event, ctx)
+            if was in LIVE_STATES:  # its process died while no daemon watched
+                inst.running_since = None if event.running_for is None else ctx.now - event.running_for
+                return _after_exit(inst, LastExit(ExitReason.LOST), ctx)
+            if was is State.BACKOFF:  # waiting to try again: a fresh delay, where its failures left it
+                inst.state = State.BACKOFF
+                inst.deadline = ctx.now + backoff_delay(ctx.app.backoff, inst.failures, ctx.rng)
+            elif was is State.FAILED:  # its cooldown's start is unknown: the half-open try now
+                inst.breaker.trip()
+                inst.state, inst.deadline = State.FAILED, ctx.now
+            return []
+
         case _:
             raise InvalidTransition(f"{inst.name}: {type(event).__name__} in state {inst.state}")
 
 
-def _spawn(inst: Instance, ctx: Context) -> list[Effect]:
+def _stop_signal(inst: Instance, ctx: Context) -> list[Action]:
+    assert inst.spawn_id is not None
+    return [SendDrain(inst.spawn_id), Signal(inst.spawn_id, ctx.app.stop_signal)]
+
+
+def _kill(inst: Instance) -> list[Action]:
+    assert inst.spawn_id is not None
+    return [KillTree(inst.spawn_id)]
+
+
+def _reattach(inst: Instance, pid: int, resumed: Resumed, ctx: Context) -> list[Action]:
+    """Watch a live process a previous daemon started, from the state it was in."""
+    inst.spawn_id = ctx.new_spawn_id()
+    inst.pid = pid
+    inst.spawned_at = ctx.now - resumed.age
+    if resumed.was is State.STARTING:
+        inst.state = State.STARTING
+        inst.deadline = ctx.now + ctx.app.start_timeout
+    else:  # running; one that was stopping is told to stop again by the core
+        inst.state = State.RUNNING
+        inst.running_since = ctx.now - (resumed.running_for or 0.0)
+        inst.last_beat = ctx.now  # a full heartbeat_timeout to reconnect
+        timeout = ctx.app.heartbeat_timeout
+        inst.deadline = None if timeout is None else ctx.now + timeout
+    return [Adopt(inst.spawn_id, pid, ctx.app, inst.index)]
+
+
+def _spawn(inst: Instance, ctx: Context) -> list[Action]:
     inst.state = State.STARTING
     inst.pid = None
     inst.spawned_at = ctx.now
@@ -353,11 +406,12 @@ def _spawn(inst: Instance, ctx: Context) -> list[Effect]:
     inst.killed = False
     inst.last_beat = inst.heard_at = inst.fields = inst.rss = None
     inst.over_memory = 0
-    inst.replacing = False
-    return [SpawnProcess()]
+    inst.replace_for = None
+    inst.spawn_id = ctx.new_spawn_id()
+    return [Spawn(inst.spawn_id, ctx.app, inst.index)]
 
 
-def _become_running(inst: Instance, ctx: Context) -> list[Effect]:
+def _become_running(inst: Instance, ctx: Context) -> list[Action]:
     inst.state = State.RUNNING
     inst.running_since = ctx.now
     inst.last_beat = ctx.now
@@ -372,13 +426,14 @@ def _ran_healthy(inst: Instance, ctx: Context) -> bool:
     return ctx.now - inst.running_since >= ctx.app.backoff.reset_after
 
 
-def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Effect]:
+def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Action]:
     """The process is gone without being asked to, or a health check took it down."""
     inst.last_exit = last_exit
     inst.pid = None
     healthy = _ran_healthy(inst, ctx)
     inst.running_since = None
     inst.deadline = None
+    inst.spawn_id = None
     if healthy:
         inst.failures = 0
         inst.breaker.close()
@@ -394,14 +449,13 @@ def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Effec
         # still counts towards the crash-loop breaker, which catches a worker
         # that bloats the moment it starts.
         inst.failures += 1
-    if not inst.breaker.allows_restart(ctx.now):
+    if not inst.breaker.allows_restart(ctx.app.crash_loop, ctx.now):
         inst.breaker.trip()
         inst.state = State.FAILED
         inst.deadline = ctx.now + ctx.app.crash_loop.cooldown
         return []
     inst.breaker.record_restart(ctx.now)
     delay = backoff_delay(ctx.app.backoff, inst.failures, ctx.rng)
-    inst.last_delay = delay
     if delay <= 0:
         inst.restarts += 1
         return _spawn(inst, ctx)
@@ -410,13 +464,14 @@ def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Effec
     return []
 
 
-def _after_requested_stop(inst: Instance, ctx: Context) -> list[Effect]:
+def _after_requested_stop(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Action]:
     """The process is gone after a stop we asked for."""
-    reason = inst.stop_reason
+    inst.last_exit = last_exit
     then_start = inst.then_start and not inst.retired
-    if reason in FAILURE_REASONS and not inst.retired:  # hung, memory, start-timeout: health restarts
-        return _after_exit(inst, inst.last_exit, ctx)
+    if last_exit.reason in FAILURE_REASONS and not inst.retired:  # hung, memory, start-timeout: health restarts
+        return _after_exit(inst, last_exit, ctx)
     inst.pid = None
+    inst.spawn_id = None
     inst.running_since = None
     inst.deadline = None
     if then_start:

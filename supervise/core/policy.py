@@ -57,19 +57,21 @@ class CrashLoopBreaker:
     the last ``window``. Open: the instance rests in ``failed`` for
     ``cooldown``. Half-open: one try after the cooldown; if that run is not
     healthy (see ``reset_after``) the breaker opens again at once.
+
+    The limits are passed in rather than held, so that a config reload that
+    changes ``crash_loop`` applies to running instances at once.
     """
 
-    cfg: CrashLoopConfig
     restarts: deque[float] = field(default_factory=deque)
     half_open: bool = False
 
-    def allows_restart(self, now: float) -> bool:
+    def allows_restart(self, cfg: CrashLoopConfig, now: float) -> bool:
         """True if one more automatic restart at ``now`` stays within the limit."""
         if self.half_open:
             return False
-        while self.restarts and self.restarts[0] <= now - self.cfg.window:
+        while self.restarts and self.restarts[0] <= now - cfg.window:
             self.restarts.popleft()
-        return len(self.restarts) < self.cfg.max_restarts
+        return len(self.restarts) < cfg.max_restarts
 
     def record_restart(self, now: float) -> None:
         self.restarts.append(now)

@@ -15,13 +15,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from supervise.config.model import AppConfig
+from supervise.core.events import Cause
 
 PROCESS_FIELDS = ("command", "cwd", "env", "listen", "port", "heartbeat_timeout")
 """Keys that change what a running process was given: changing one rolls the app.
 The others (restart policy, timeouts, limits, watch, ...) apply to running
 instances in place."""
+
+
+class RolloutState(StrEnum):
+    RUNNING = "running"
+    DONE = "done"  # every slot replaced
+    FAILED = "failed"  # a new instance did not become ready: the rest keep the old generation
+    CANCELLED = "cancelled"  # an operator's command, a newer rollout or the shutdown came first
 
 
 @dataclass(slots=True)
@@ -32,13 +41,12 @@ class Rollout:
     previous: AppConfig  # restored if the rollout fails, for instances started later
     previous_generation: int
     pending: list[int]  # slots still to replace, in order
-    cause: str = "reload"  # reload | watch | config
+    cause: Cause = Cause.RELOAD
     started_at: float = 0.0
     active: set[int] = field(default_factory=set)  # slots being replaced now
-    switched: list[int] = field(default_factory=list)  # stopped slots moved to the new generation as they were
     total: int = 0
     replaced: int = 0
-    state: str = "running"  # running | done | failed | cancelled
+    state: RolloutState = RolloutState.RUNNING
     error: str | None = None
     finished_at: float | None = None
 
@@ -49,11 +57,25 @@ class Rollout:
     def surge(self) -> int:
         return self.config.surge()
 
-    def as_json(self, now: float) -> dict:
+    @property
+    def running(self) -> bool:
+        return self.state is RolloutState.RUNNING
+
+    def as_json(self, now: float) -> dict[str, object]:
         end = self.finished_at if self.finished_at is not None else now
-        return {"app": self.app, "generation": self.generation, "state": self.state, "cause": self.cause,
-                "replaced": self.replaced, "total": self.total, "error": self.error,
+        return {"app": self.app, "generation": self.generation, "state": str(self.state),
+                "cause": str(self.cause), "replaced": self.replaced, "total": self.total, "error": self.error,
                 "duration": round(end - self.started_at, 3)}
+
+
+class ChangeAction(StrEnum):
+    """What a config reload does to one app."""
+
+    START = "start"  # added: start its instances
+    STOP = "stop"  # removed: stop them and forget the app
+    ROLL = "roll"  # a key its processes were given changed: replace them one by one
+    UPDATE = "update"  # other keys changed: apply in place, and scale if the count changed
+    UNCHANGED = "unchanged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +83,12 @@ class Change:
     """One app's part of a config reload."""
 
     app: str
-    action: str  # start | stop | roll | update | unchanged
+    action: ChangeAction
     instances: tuple[int, int] | None = None  # (before, after) when the count changes
     fields: tuple[str, ...] = ()  # the keys that differ
 
-    def as_json(self) -> dict:
-        out: dict = {"app": self.app, "action": self.action}
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"app": self.app, "action": str(self.action)}
         if self.instances is not None:
             out["instances"] = list(self.instances)
         if self.fields:
@@ -80,19 +102,19 @@ def diff(old: Mapping[str, AppConfig], new: Mapping[str, AppConfig]) -> list[Cha
     for name, after in new.items():
         before = old.get(name)
         if before is None:
-            changes.append(Change(name, "start", (0, after.instances)))
+            changes.append(Change(name, ChangeAction.START, (0, after.instances)))
             continue
         fields = tuple(f.name for f in dataclasses.fields(AppConfig)
                        if f.name not in ("name", "instances") and getattr(before, f.name) != getattr(after, f.name))
         count = (before.instances, after.instances) if before.instances != after.instances else None
         if any(f in PROCESS_FIELDS for f in fields):
-            action = "roll"
+            action = ChangeAction.ROLL
         elif fields or count:
-            action = "update"
+            action = ChangeAction.UPDATE
         else:
-            action = "unchanged"
+            action = ChangeAction.UNCHANGED
         changes.append(Change(name, action, count, fields))
     for name, before in old.items():
         if name not in new:
-            changes.append(Change(name, "stop", (before.instances, 0)))
+            changes.append(Change(name, ChangeAction.STOP, (before.instances, 0)))
     return changes

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 
-class Timers:
-    """Deadlines by key, earliest first; stale heap entries are skipped lazily."""
+class Timers(Generic[K]):
+    """Deadlines by key, earliest first; stale heap entries are skipped lazily.
+
+    Setting a key's deadline again only pushes a new entry: the old one is
+    recognised as stale when it reaches the top (its time no longer matches),
+    so re-arming costs O(log n) and nothing is searched.
+    """
 
     def __init__(self) -> None:
-        self._when: dict[object, float] = {}
-        self._heap: list[tuple[float, int, object]] = []
+        self._when: dict[K, float] = {}
+        self._heap: list[tuple[float, int, K]] = []
         self._seq = 0
 
-    def set(self, key: object, when: float | None) -> None:
+    def set(self, key: K, when: float | None) -> None:
         if when is None:
             self._when.pop(key, None)
             return
@@ -34,7 +43,7 @@ class Timers:
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
-    def pop_due(self, now: float) -> list[object]:
+    def pop_due(self, now: float) -> list[K]:
         due = []
         self._drop_stale()
         while self._heap and self._heap[0][0] <= now:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP}
@@ -58,22 +58,20 @@ class ChaosPlan:
         self.rng = random.Random(self.seed)
 
     @classmethod
-    def from_options(cls, options: dict) -> ChaosPlan:
+    def from_options(cls, options: Mapping[str, object]) -> ChaosPlan:
         """From a request's options; ChaosError for anything missing or of the wrong type."""
-        try:
-            rate, duration = float(options["rate"]), float(options["duration"])
-            seed = options.get("seed")
-            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-                raise ChaosError("seed must be an integer")
-            return cls(rate, duration, str(options.get("signal", "KILL")).upper().removeprefix("SIG"),
-                       random.randrange(2**31) if seed is None else seed)
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ChaosError):
-                raise
-            raise ChaosError(f"chaos needs a numeric rate and duration ({exc})") from None
+        rate, duration, seed = options.get("rate"), options.get("duration"), options.get("seed")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (rate, duration)):
+            raise ChaosError(f"chaos needs a numeric rate and duration, got {rate!r} and {duration!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ChaosError("seed must be an integer")
+        return cls(float(rate), float(duration),  # type: ignore[arg-type]  # numbers, checked above
+                   str(options.get("signal", "KILL")).upper().removeprefix("SIG"),
+                   random.randrange(2**31) if seed is None else seed)
 
     def next_delay(self) -> float:
         return self.rng.expovariate(self.rate)
 
     def pick(self, candidates: Sequence[str]) -> str | None:
         return self.rng.choice(sorted(candidates)) if candidates else None
+

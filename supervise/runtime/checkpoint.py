@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import psutil
 
+from supervise.core.views import Snapshot
 from supervise.runtime import process
+from supervise.runtime.workers import WorkerTable
 
 VERSION = 1
-START_TOLERANCE = 0.05  # seconds: psutil's start times come from clock ticks since boot
 
 
 class CheckpointError(Exception):
@@ -43,6 +45,7 @@ class InstanceRecord:
     state: str
     restarts: int
     pid: int | None = None
+    failures: int = 0  # consecutive failed runs (absent in checkpoints of older versions)
     create_time: float | None = None  # the process's start time (seconds since the epoch)
     token: str | None = None
     log_path: str | None = None
@@ -71,6 +74,31 @@ def encode(checkpoint: Checkpoint) -> bytes:
     body = {"version": VERSION, "daemon_pid": checkpoint.daemon_pid, "written_at": checkpoint.written_at,
             "config_path": checkpoint.config_path, "config_text": checkpoint.config_text, "apps": checkpoint.apps,
             "instances": [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in checkpoint.instances]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_live(snapshot: Snapshot, workers: WorkerTable, offset: float, config_path: Path,
+                config_text: str) -> bytes:
+    """The checkpoint of the core's snapshot and the live workers, encoded; `offset` turns loop
+    time into wall time. The records are built as the dicts JSON wants, in one pass, with the
+    fields of InstanceRecord: this runs on the event loop, several times a second in a crash storm."""
+    records = []
+    for i in snapshot.instances:
+        w = workers.get(i.spawn_id) if i.spawn_id is not None else None
+        records.append({
+            "app": i.app, "index": i.index, "generation": i.generation, "role": i.role, "state": i.state,
+            "restarts": i.restarts, "pid": w.child.pid if w else None,
+            "failures": i.failures, "create_time": w.child.create_time if w else None,
+            "token": w.token if w else None, "log_path": w.log_path if w else None,
+            "cgroup": str(w.child.cgroup) if w and w.child.cgroup else None,
+            "listen": w.app.listen if w else (),
+            "spawned_at": None if i.spawned_at is None else i.spawned_at + offset,
+            "running_since": None if i.running_since is None else i.running_since + offset,
+            "last_exit": i.last_exit.as_json() if i.last_exit else None})
+    apps = {name: {"target": a.target, "generation": a.generation, "latest": a.latest}
+            for name, a in snapshot.apps.items()}
+    body = {"version": VERSION, "daemon_pid": os.getpid(), "written_at": time.time(),
+            "config_path": str(config_path), "config_text": config_text, "apps": apps, "instances": records}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -137,32 +165,17 @@ def remove(path: Path) -> None:
 
 
 def still_running(record: InstanceRecord) -> bool:
-    """The recorded pid is alive and is the very process recorded (same start time, same token)."""
+    """The recorded pid is alive and is the very process recorded (same start time, same token).
+
+    The token is checked where the environment is readable; where it is not
+    (another user's process), the start time alone must do.
+    """
     if record.pid is None or record.create_time is None:
         return False
-    try:
-        proc = psutil.Process(record.pid)
-        if abs(proc.create_time() - record.create_time) > START_TOLERANCE or proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-    except psutil.Error:
+    if not process.same_process(record.pid, record.create_time):
         return False
-    token = _environ(record.pid).get("SUPERVISE_TOKEN")
+    token = process.environ_of(record.pid).get("SUPERVISE_TOKEN")
     return token is None or token == record.token
-
-
-def _environ(pid: int) -> dict[str, str]:
-    """The environment `pid` was started with; empty when unreadable."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            data = f.read()
-    except OSError:
-        return {}
-    env = {}
-    for item in data.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +196,14 @@ def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
     children inherit its environment but not its session, so they are not
     mistaken for workers. One pass over /proc, at startup only.
     """
-    found = []
+    found: list[Stray] = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
         if pid in known or pid == os.getpid() or not _is_session_leader(pid):
             continue
-        env = _environ(pid)
+        env = process.environ_of(pid)
         if env.get("SUPERVISE_HEARTBEAT") != heartbeat_endpoint or not env.get("SUPERVISE_TOKEN"):
             continue
         try:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
-__all__ = ["LEVELS", "BugLog", "Log", "configure", "default"]
+__all__ = ["LEVELS", "BugLog", "Log", "configure", "default", "log_event"]
 
 LEVELS: Mapping[str, int] = MappingProxyType(
     {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR})
@@ -100,3 +100,21 @@ class BugLog:
         if left_out:
             fields["left_out"] = left_out
         self._log.error(self._event, error=f"{type(error).__name__}: {error}", exc_info=error, **fields)
+
+
+def log_event(log: Log, event: dict[str, object]) -> None:
+    """The daemon's log line for a published event (the history keeps them all)."""
+    kind = event.get("type")
+    if kind == "state":
+        fields = {k: v for k, v in event.items() if k in ("pid", "exit") and v is not None}
+        log.info(f"{event['name']} {event['from']} -> {event['to']}", **fields)
+    elif kind == "rollout":
+        fields = {k: v for k, v in event.items() if k not in ("type", "app", "event")}
+        say = log.error if event["event"] == "failed" else log.info
+        say(f"rollout of {event['app']} {event['event']}", **fields)
+    elif kind == "config":
+        log.info("config reloaded", changes=event["changes"])
+    elif kind == "watch":
+        log.info("watched files changed: rolling", apps=event["apps"], paths=event["paths"], more=event["more"])
+    elif kind == "chaos" and event["event"] != "harm":
+        log.warning(f"chaos {event['event']}", **{k: v for k, v in event.items() if k not in ("type", "event")})

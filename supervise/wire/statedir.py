@@ -66,3 +66,32 @@ class StatePaths:
             return None
         finally:
             os.close(fd)
+
+
+class AlreadyRunning(Exception):
+    """Another daemon holds the state dir."""
+
+
+def lock(paths: StatePaths) -> int:
+    """Hold an exclusive POSIX lock on the state dir for the daemon's whole life.
+
+    A lock, not a pid file: the kernel drops it when the daemon dies however
+    it dies, so a stale file never blocks a restart, and the CLI can ask
+    (F_GETLK) whether a daemon is alive without taking the lock itself.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(paths.root, 0o700)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = paths.lock_holder()
+        os.close(fd)
+        who = f"pid {holder}" if holder else "a process outside this pid namespace"
+        raise AlreadyRunning(
+            f"another supervise daemon ({who}) is running on {paths.root}; "
+            "use `supervise status` to talk to it or `supervise shutdown` to stop it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd

@@ -3,95 +3,39 @@
 from __future__ import annotations
 
 import dataclasses
-import random
-from pathlib import Path
 
-from supervise.config.model import AppConfig, Config, Readiness, SuperviseConfig
-from supervise.core import (
-    CommandReceived,
-    Core,
-    DeadlineReached,
-    Exited,
-    KillTree,
-    Publish,
-    Ready,
-    Reply,
-    Sampled,
-    SendDrain,
-    Signal,
-    Spawn,
-    Spawned,
-)
-from supervise.core.instance import TRIAL_SETTLE, State
+from fakeshell import FakeShell, config
+from fakeshell import app as plain_app
+
+from supervise.config.model import AppConfig, Readiness
+from supervise.core import DeadlineReached, Ready, Sampled
+from supervise.core.instance import TRIAL_SETTLE
 
 
 def app(name="web", **kw) -> AppConfig:
     kw.setdefault("instances", 3)
     kw.setdefault("readiness", Readiness.HEARTBEAT)
-    return AppConfig(name, ("x",), Path("/"), **kw)
+    return plain_app(name, **kw)
 
 
-def config(*apps: AppConfig) -> Config:
-    return Config(Path("/c.toml"), SuperviseConfig(Path("/s")), {a.name: a for a in apps})
-
-
-class Harness:
-    """Plays the shell: records every action, starts processes, makes them ready on demand."""
+class Harness(FakeShell):
+    """The fake shell, started, with the spawns since a mark at hand."""
 
     def __init__(self, *apps: AppConfig) -> None:
-        self.core = Core(config(*apps), random.Random(0))
-        self.now = 0.0
-        self.pids: dict[int, int] = {}  # spawn id -> pid
-        self.spawns: list[Spawn] = []
-        self.signalled: list[int] = []  # spawn ids
-        self.replies: dict[object, Reply] = {}
-        self.events: list[dict] = []
-        self.run(self.core.start(self.now))
+        super().__init__(config(*apps))
+        self.start()
 
-    def run(self, actions) -> None:
-        for action in actions:
-            match action:
-                case Spawn():
-                    self.spawns.append(action)
-                    self.pids[action.spawn_id] = 1000 + action.spawn_id
-                    self.run(self.core.handle(Spawned(action.spawn_id, 1000 + action.spawn_id), self.now))
-                case Signal(spawn_id=sid) | KillTree(spawn_id=sid):
-                    self.signalled.append(sid)
-                case Reply():
-                    self.replies[action.request_id] = action
-                case Publish(event=event):
-                    self.events.append(event)
-                case SendDrain():
-                    pass
-
-    def feed(self, event, dt: float = 0.01) -> None:
-        self.now += dt
-        self.run(self.core.handle(event, self.now))
-
-    def ready_all(self) -> None:
-        for spawn in list(self.spawns):
-            inst = self.core._spawn_ids.get(spawn.spawn_id)
-            if inst is not None and inst.state is State.STARTING:
-                self.feed(Ready(spawn.spawn_id))
-
-    def exit(self, sid: int, code=0, sig=None) -> None:
-        self.feed(Exited(sid, code, sig))
-
-    def command(self, verb, *targets, **kw) -> object:
-        rid = ("r", len(self.replies), verb, self.now)
-        self.feed(CommandReceived(rid, verb, tuple(targets), timeout=60.0, **kw))
-        return rid
-
-    def slot_sids(self, name="web") -> list[int]:
-        return [i.spawn_id for _, i in sorted(self.core.apps[name].slots.items())]
-
-    def new_spawns(self, since: int) -> list[Spawn]:
+    def new_spawns(self, since: int) -> list:
         return self.spawns[since:]
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.feed(DeadlineReached())
 
 
 def running(h: Harness, name="web") -> Harness:
     h.ready_all()
-    assert all(i.state is State.RUNNING for i in h.core.apps[name].slots.values())
+    assert all(i["state"] == "running" for i in h.slots(name))
     return h
 
 
@@ -108,11 +52,11 @@ def test_rollout_starts_each_new_instance_before_stopping_an_old_one():
         assert h.signalled[-1] == old[step]  # now, and only now, the old one drains
         h.exit(old[step])
     assert h.replies[rid].ok, h.replies[rid].error
-    web = h.core.apps["web"]
-    assert [i.generation for i in web.slots.values()] == [2, 2, 2]
-    assert all(i.restarts == 1 and i.last_exit.reason == "reload" for i in web.slots.values())
-    assert {e["event"] for e in h.events if e["type"] == "rollout"} == {"started", "done"}
-    assert h.core.status(h.now)["apps"][0]["rollout"]["state"] == "done"
+    web = h.slots()
+    assert [i["generation"] for i in web] == [2, 2, 2]
+    assert all(i["restarts"] == 1 and i["last_exit"]["reason"] == "reload" for i in web)
+    assert {e["event"] for e in h.published("rollout")} == {"started", "done"}
+    assert h.status()["web"]["rollout"]["state"] == "done"
 
 
 def test_a_new_instance_that_crashes_stops_the_rollout_and_the_old_ones_serve_on():
@@ -130,10 +74,10 @@ def test_a_new_instance_that_crashes_stops_the_rollout_and_the_old_ones_serve_on
     assert h.signalled == [old[0]]  # web:1 and web:2 were never touched
     assert h.slot_sids()[1:] == old[1:]
     assert len(h.new_spawns(mark)) == 2  # no retry of the broken code, no further slot
-    rollout = h.core.status(h.now)["apps"][0]["rollout"]
+    rollout = h.status()["web"]["rollout"]
     assert rollout["state"] == "failed" and "web:1 of generation 2" in rollout["error"]
-    assert h.core.apps["web"].generation == 1  # instances started from now on run what works
-    failed = [e for e in h.events if e["type"] == "rollout" and e["event"] == "failed"]
+    assert h.status()["web"]["generation"] == 1  # instances started from now on run what works
+    failed = [e for e in h.published("rollout") if e["event"] == "failed"]
     assert failed and failed[0]["replaced"] == 1
 
 
@@ -142,17 +86,16 @@ def test_start_timeout_of_a_new_instance_fails_the_rollout():
     mark = len(h.spawns)
     rid = h.command("reload", "web")
     new = h.new_spawns(mark)[0]
-    h.now += 2.5
-    h.run(h.core.handle(DeadlineReached(), h.now))
+    h.tick(2.5)
     assert h.signalled == [new.spawn_id]  # the trial is taken down, gracefully
     h.exit(new.spawn_id)
     assert "start-timeout" in h.replies[rid].error
-    assert h.core.apps["web"].slots[0].state is State.RUNNING
+    assert h.slots()[0]["state"] == "running"
 
 
 def test_surge_zero_stops_first_and_brings_the_old_instance_back_on_failure():
     h = running(Harness(app(instances=2, port=8000)))  # {port} apps default to surge 0
-    assert h.core.apps["web"].config.surge() == 0
+    assert app(port=8000).surge() == 0
     old = h.slot_sids()
     mark = len(h.spawns)
     rid = h.command("reload", "web")
@@ -164,7 +107,7 @@ def test_surge_zero_stops_first_and_brings_the_old_instance_back_on_failure():
     assert not h.replies[rid].ok
     back = h.new_spawns(mark)[1]  # the old generation, restarted in its slot
     assert back.index == 0 and back.app.name == "web"
-    assert h.core.apps["web"].slots[0].generation == 1
+    assert h.slots()[0]["generation"] == 1
 
 
 def test_readiness_none_new_instance_must_stay_up_to_count_as_ready():
@@ -174,8 +117,7 @@ def test_readiness_none_new_instance_must_stay_up_to_count_as_ready():
     rid = h.command("reload", "web")
     new = h.new_spawns(mark)[0]
     assert h.signalled == []
-    h.now += TRIAL_SETTLE
-    h.run(h.core.handle(DeadlineReached(), h.now))
+    h.tick(TRIAL_SETTLE)
     assert h.signalled == old
     h.exit(old[0])
     assert h.replies[rid].ok
@@ -189,7 +131,7 @@ def test_stop_cancels_a_rollout_and_its_new_instances():
     new = h.new_spawns(mark)[0]
     h.command("stop", "web")
     assert new.spawn_id in h.signalled
-    assert h.core.status(h.now)["apps"][0]["rollout"]["state"] == "cancelled"
+    assert h.status()["web"]["rollout"]["state"] == "cancelled"
 
 
 def test_dry_run_changes_nothing():
@@ -220,15 +162,16 @@ def test_config_reload_applies_only_the_difference():
     assert ("mail", 0) in spawned and ("worker", 2) in spawned and ("worker", 0) in spawned
     assert not any(name == "web" for name, _ in spawned)
     assert old["cron"][0] in h.signalled and not set(old["web"]) & set(h.signalled)
-    assert h.core.apps["web"].slots[0].config.stop_timeout == 3.0
     while rid not in h.replies:
         h.ready_all()
         for sid in list(h.signalled):
-            if sid in h.core._spawn_ids:
+            if sid in h.by_spawn and h.by_spawn[sid].alive:
                 h.exit(sid)
     assert h.replies[rid].ok, h.replies[rid].error
-    assert "cron" not in h.core.apps
-    assert [i.config.env for i in h.core.apps["worker"].slots.values()] == [{"A": "1"}] * 3
+    assert "cron" not in h.status()
+    assert [h.procs[i["pid"]].app.env for i in h.slots("worker")] == [{"A": "1"}] * 3
+    h.command("stop", "web:0")  # the new stop_timeout applies to the running instance in place
+    assert h.core.next_deadline() == h.now + 3.0
 
 
 def test_memory_restart_with_listen_sockets_starts_the_replacement_first():
@@ -241,5 +184,5 @@ def test_memory_restart_with_listen_sockets_starts_the_replacement_first():
     h.feed(Ready(h.new_spawns(mark)[0].spawn_id))
     assert h.signalled == [old]
     h.exit(old, sig=15, code=None)
-    inst = h.core.apps["web"].slots[0]
-    assert inst.state is State.RUNNING and inst.last_exit.reason == "memory" and inst.last_exit.signal == 15
+    inst = h.slots()[0]
+    assert inst["state"] == "running" and inst["last_exit"]["reason"] == "memory" and inst["last_exit"]["signal"] == 15

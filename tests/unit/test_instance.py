@@ -1,5 +1,6 @@
 """Every transition of one instance's state machine, named test_transition_<from>_to_<to>."""
 
+import itertools
 import random
 import signal
 from pathlib import Path
@@ -7,28 +8,27 @@ from pathlib import Path
 import pytest
 
 from supervise.config.model import AppConfig, BackoffConfig, CrashLoopConfig, Readiness, Restart
+from supervise.core.actions import Adopt, KillTree, SendDrain, Signal, Spawn
 from supervise.core.instance import (
     BecameReady,
     Context,
     Died,
     ExitReason,
+    Forked,
+    ForkFailed,
     Halt,
     Instance,
     InvalidTransition,
-    KillProcess,
+    LastExit,
     Launch,
     MemorySampled,
     ReportedDrained,
-    SendDrain,
-    SignalProcess,
-    SpawnProcess,
-    StartFailed,
-    Started,
+    Resumed,
     State,
     TimerFired,
     step,
 )
-from supervise.core.policy import CrashLoopBreaker, backoff_bounds
+from supervise.core.policy import backoff_bounds
 
 APP = AppConfig(
     "web", ("x",), Path("/"), stop_timeout=5.0,
@@ -43,16 +43,27 @@ class Machine:
     def __init__(self, app: AppConfig = APP) -> None:
         self.app = app
         self.now = 0.0
-        self.inst = Instance("web", 0, CrashLoopBreaker(app.crash_loop))
+        self.inst = Instance(app, 0)
+        self.ids = itertools.count(1)
 
     def __call__(self, event, at: float | None = None):
         if at is not None:
             self.now = at
-        return step(self.inst, event, Context(self.app, self.now, random.Random(0)))
+        return step(self.inst, event, Context(self.app, self.now, random.Random(0), self.ids.__next__))
+
+    def spawned(self) -> list:
+        """What a spawn of this instance looks like, with the spawn id it now has."""
+        return [Spawn(self.inst.spawn_id, self.app, 0)]
+
+    def stop(self, sig: int = signal.SIGTERM) -> list:
+        return [SendDrain(self.inst.spawn_id), Signal(self.inst.spawn_id, sig)]
+
+    def kill(self) -> list:
+        return [KillTree(self.inst.spawn_id)]
 
     def running(self, pid: int = 10, at: float | None = None) -> None:
         self(Launch(), at)
-        self(Started(pid))
+        self(Forked(pid))
         assert self.inst.state is State.RUNNING
 
     @property
@@ -62,23 +73,23 @@ class Machine:
 
 def test_transition_stopped_to_starting():
     m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT, start_timeout=7.0))
-    assert m(Launch()) == [SpawnProcess()]
+    assert m(Launch()) == m.spawned()
     assert m.state is State.STARTING
-    assert m(Started(10)) == []
+    assert m(Forked(10)) == []
     assert m.state is State.STARTING and m.inst.deadline == 7.0
 
 
 def test_transition_starting_to_running_without_readiness():
     m = Machine()
     m(Launch())
-    m(Started(10))
+    m(Forked(10))
     assert m.state is State.RUNNING and m.inst.pid == 10 and m.inst.deadline is None
 
 
 def test_transition_starting_to_running_on_ready():
     m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT))
     m(Launch())
-    m(Started(10))
+    m(Forked(10))
     m(BecameReady(), at=1.0)
     assert m.state is State.RUNNING and m.inst.running_since == 1.0
 
@@ -86,8 +97,8 @@ def test_transition_starting_to_running_on_ready():
 def test_transition_starting_to_stopping_on_start_timeout():
     m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT, start_timeout=7.0))
     m(Launch())
-    m(Started(10))
-    assert m(TimerFired(), at=7.0) == [SendDrain(), SignalProcess(signal.SIGTERM)]
+    m(Forked(10))
+    assert m(TimerFired(), at=7.0) == m.stop()
     assert m.state is State.STOPPING and m.inst.stop_reason is ExitReason.START_TIMEOUT
     m(Died(None, 15), at=7.1)
     assert m.inst.last_exit.reason is ExitReason.START_TIMEOUT
@@ -97,7 +108,7 @@ def test_transition_starting_to_stopping_on_start_timeout():
 def test_transition_running_to_starting_first_crash_is_immediate():
     m = Machine()
     m.running()
-    assert m(Died(1, None), at=5.0) == [SpawnProcess()]
+    assert m(Died(1, None), at=5.0) == m.spawned()
     assert m.state is State.STARTING
     assert m.inst.last_exit.reason is ExitReason.CRASHED and m.inst.last_exit.code == 1
     assert m.inst.restarts == 1
@@ -107,10 +118,10 @@ def test_transition_running_to_backoff_on_second_crash():
     m = Machine()
     m.running()
     m(Died(None, 9), at=1.0)
-    m(Started(11))
+    m(Forked(11))
     assert m(Died(None, 9), at=2.0) == []
     assert m.state is State.BACKOFF and m.inst.deadline == 3.0  # initial = 1s
-    assert m(TimerFired(), at=3.0) == [SpawnProcess()]
+    assert m(TimerFired(), at=3.0) == m.spawned()
     assert m.state is State.STARTING and m.inst.restarts == 2
 
 
@@ -127,7 +138,7 @@ def test_backoff_grows_geometrically_and_caps():
             m(TimerFired(), at=m.inst.deadline)
         if m.state is State.FAILED:
             break
-        m(Started(20 + k))
+        m(Forked(20 + k))
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0]  # first restart immediate, then x2 up to max
 
 
@@ -135,11 +146,11 @@ def test_backoff_resets_after_healthy_run():
     m = Machine()
     m.running()
     m(Died(1, None), at=1.0)
-    m(Started(11))
+    m(Forked(11))
     m(Died(1, None), at=2.0)
     assert m.state is State.BACKOFF
     m(TimerFired(), at=3.0)
-    m(Started(12))
+    m(Forked(12))
     m(Died(1, None), at=3.0 + 60.0)  # ran reset_after: counts as a first crash again
     assert m.state is State.STARTING and m.inst.failures == 1
 
@@ -152,13 +163,13 @@ def test_transition_running_to_failed_on_crash_loop_then_half_open():
         if m.state is State.BACKOFF:
             m(TimerFired(), at=m.inst.deadline)
         assert m.state is State.STARTING
-        m(Started(20 + k))
+        m(Forked(20 + k))
     m(Died(1, None), at=m.now + 0.1)  # the 4th in the window trips the breaker
     assert m.state is State.FAILED
     assert m.inst.deadline == pytest.approx(m.now + 300.0)
     # Half-open: one try after the cooldown; a quick crash opens the breaker again.
-    assert m(TimerFired(), at=m.inst.deadline) == [SpawnProcess()]
-    m(Started(30))
+    assert m(TimerFired(), at=m.inst.deadline) == m.spawned()
+    m(Forked(30))
     m(Died(1, None), at=m.now + 1.0)
     assert m.state is State.FAILED
 
@@ -168,7 +179,7 @@ def test_half_open_try_that_runs_healthy_closes_the_breaker():
     m.inst.breaker.trip()
     m.inst.state = State.FAILED
     m(TimerFired(), at=500.0)
-    m(Started(30))
+    m(Forked(30))
     m(Died(1, None), at=500.0 + 61.0)
     assert m.state is State.STARTING and not m.inst.breaker.half_open
 
@@ -178,7 +189,7 @@ def test_transition_failed_to_starting_on_manual_start():
     m.inst.breaker.trip()
     m.inst.state = State.FAILED
     m.inst.failures = 9
-    assert m(Launch(manual=True)) == [SpawnProcess()]
+    assert m(Launch(manual=True)) == m.spawned()
     assert m.state is State.STARTING and m.inst.failures == 0 and not m.inst.breaker.half_open
 
 
@@ -186,7 +197,7 @@ def test_transition_backoff_to_stopped_on_stop():
     m = Machine()
     m.running()
     m(Died(1, None), at=1.0)
-    m(Started(11))
+    m(Forked(11))
     m(Died(1, None), at=1.5)
     assert m.state is State.BACKOFF
     assert m(Halt()) == []
@@ -196,7 +207,7 @@ def test_transition_backoff_to_stopped_on_stop():
 def test_transition_running_to_stopping_to_stopped():
     m = Machine()
     m.running()
-    assert m(Halt(), at=1.0) == [SendDrain(), SignalProcess(signal.SIGTERM)]
+    assert m(Halt(), at=1.0) == m.stop()
     assert m.state is State.STOPPING and m.inst.deadline == 6.0
     assert m(Died(0, None), at=2.0) == []
     assert m.state is State.STOPPED and m.inst.last_exit.reason is ExitReason.STOPPED
@@ -206,7 +217,7 @@ def test_transition_stopping_kill_after_stop_timeout():
     m = Machine()
     m.running()
     m(Halt(), at=1.0)
-    assert m(TimerFired(), at=6.0) == [KillProcess()]
+    assert m(TimerFired(), at=6.0) == m.kill()
     assert m.state is State.STOPPING and m.inst.killed
     m(Died(None, 9), at=6.01)
     assert m.state is State.STOPPED and m.inst.last_exit.signal == 9
@@ -216,7 +227,7 @@ def test_transition_stopping_to_starting_on_restart():
     m = Machine()
     m.running()
     m(Halt(then_start=True), at=1.0)
-    assert m(Died(0, None), at=1.5) == [SpawnProcess()]
+    assert m(Died(0, None), at=1.5) == m.spawned()
     assert m.state is State.STARTING and m.inst.restarts == 1
 
 
@@ -246,9 +257,9 @@ def test_transition_running_by_restart_policy(policy, code, expected):
 def test_transition_starting_spawn_failure_counts_as_crash():
     m = Machine()
     m(Launch())
-    m(StartFailed("command not found: 'nope'"), at=0.0)
+    m(ForkFailed("command not found: 'nope'"), at=0.0)
     assert m.state is State.STARTING  # immediate first retry
-    m(StartFailed("command not found: 'nope'"), at=0.0)
+    m(ForkFailed("command not found: 'nope'"), at=0.0)
     assert m.state is State.BACKOFF
     assert m.inst.last_exit.error == "command not found: 'nope'"
 
@@ -258,15 +269,15 @@ def test_halt_before_spawn_reported_stops_on_started():
     m(Launch())
     assert m(Halt()) == []
     assert m.state is State.STOPPING
-    assert m(Started(10), at=1.0) == [SendDrain(), SignalProcess(signal.SIGTERM)]
+    assert m(Forked(10), at=1.0) == m.stop()
     assert m.inst.deadline == 6.0
 
 
 @pytest.mark.parametrize("state,event", [
     (State.STOPPED, Died(0, None)),
-    (State.STOPPED, Started(1)),
+    (State.STOPPED, Forked(1)),
     (State.BACKOFF, Died(0, None)),
-    (State.RUNNING, Started(1)),
+    (State.RUNNING, Forked(1)),
     (State.FAILED, BecameReady()),
     (State.STOPPED, TimerFired()),
     (State.RUNNING, TimerFired()),
@@ -298,13 +309,13 @@ HEALTHY = AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT, sta
 def test_transition_running_to_stopping_when_hung():
     m = Machine(HEALTHY)
     m(Launch())
-    m(Started(10))
+    m(Forked(10))
     m(BecameReady(), at=1.0)
     assert m.inst.deadline == 3.0
     m.inst.last_beat = 2.5  # beats only move last_beat
     assert m(TimerFired(), at=3.0) == []  # lazily re-armed
     assert m.inst.deadline == 4.5 and m.state is State.RUNNING
-    assert m(TimerFired(), at=4.5) == [SendDrain(), SignalProcess(signal.SIGTERM)]
+    assert m(TimerFired(), at=4.5) == m.stop()
     assert m.state is State.STOPPING and m.inst.stop_reason is ExitReason.HUNG
     m(Died(None, 15), at=4.6)
     assert m.inst.last_exit.reason is ExitReason.HUNG
@@ -314,7 +325,7 @@ def test_transition_running_to_stopping_when_hung():
 def test_running_without_heartbeat_timeout_has_no_deadline():
     m = Machine(AppConfig("web", ("x",), Path("/"), readiness=Readiness.HEARTBEAT))
     m(Launch())
-    m(Started(10))
+    m(Forked(10))
     m(BecameReady(), at=1.0)
     assert m.inst.deadline is None
     with pytest.raises(InvalidTransition):
@@ -324,14 +335,14 @@ def test_running_without_heartbeat_timeout_has_no_deadline():
 def test_memory_over_limit_needs_consecutive_samples():
     m = Machine(HEALTHY)
     m(Launch())
-    m(Started(10))
+    m(Forked(10))
     m(BecameReady(), at=1.0)
     assert m(MemorySampled(2000)) == [] and m.inst.over_memory == 1
     assert m(MemorySampled(500)) == [] and m.inst.over_memory == 0  # a spike does not count
     m(MemorySampled(2000))
     m(MemorySampled(2000))
     assert m.state is State.RUNNING and m.inst.rss == 2000
-    assert m(MemorySampled(2000), at=2.0) == [SendDrain(), SignalProcess(signal.SIGTERM)]
+    assert m(MemorySampled(2000), at=2.0) == m.stop()
     assert m.inst.stop_reason is ExitReason.MEMORY
     m(Died(0, None), at=2.1)
     assert m.inst.last_exit.reason is ExitReason.MEMORY and m.state is State.STARTING
@@ -340,20 +351,20 @@ def test_memory_over_limit_needs_consecutive_samples():
 def test_reported_drained_shortens_the_stop():
     m = Machine(HEALTHY)
     m(Launch())
-    m(Started(10))
+    m(Forked(10))
     m(BecameReady(), at=1.0)
     m(Halt(), at=2.0)
     assert m.inst.deadline == 7.0
     m(ReportedDrained(), at=2.1)
     assert m.inst.deadline == pytest.approx(2.6)
     assert m(ReportedDrained(), at=2.2) == []
-    assert m(TimerFired(), at=2.6) == [KillProcess()]
+    assert m(TimerFired(), at=2.6) == m.kill()
 
 
 def test_drained_while_running_is_ignored():
     m = Machine(HEALTHY)
     m(Launch())
-    m(Started(10))
+    m(Forked(10))
     m(BecameReady(), at=1.0)
     assert m(ReportedDrained()) == [] and m.state is State.RUNNING
 
@@ -362,10 +373,60 @@ def test_memory_restarts_do_not_grow_the_backoff():
     m = Machine(HEALTHY)
     m(Launch())
     for k in range(3):
-        m(Started(10 + k))
+        m(Forked(10 + k))
         m(BecameReady(), at=m.now + 1.0)
         for _ in range(3):
             m(MemorySampled(2000))
         m(Died(0, None), at=m.now + 0.1)
         assert m.state is State.STARTING and m.inst.last_exit.reason is ExitReason.MEMORY
     assert m.inst.failures == 0 and m.inst.restarts == 3
+
+
+# -- adoption: an instance resumed where a previous daemon left it --------------------
+
+
+def test_transition_stopped_to_running_when_resumed_with_a_live_process():
+    m = Machine(HEALTHY)
+    actions = m(Resumed(4321, State.RUNNING, age=30.0, running_for=20.0, restarts=2,
+                        last_exit=LastExit(ExitReason.CRASHED, 1)), at=100.0)
+    assert actions == [Adopt(m.inst.spawn_id, 4321, HEALTHY, 0)]
+    assert m.state is State.RUNNING and m.inst.pid == 4321 and m.inst.restarts == 2
+    assert m.inst.spawned_at == 70.0 and m.inst.running_since == 80.0
+    assert m.inst.deadline == 102.0  # a full heartbeat_timeout to reconnect
+
+
+def test_transition_stopped_to_starting_when_resumed_while_starting():
+    m = Machine(HEALTHY)
+    m(Resumed(4321, State.STARTING, age=1.0), at=10.0)
+    assert m.state is State.STARTING and m.inst.deadline == 15.0  # start_timeout from now
+
+
+def test_transition_stopped_to_starting_when_the_process_died_unwatched():
+    m = Machine()
+    assert m(Resumed(None, State.RUNNING, running_for=5.0), at=10.0) == m.spawned()
+    assert m.state is State.STARTING and m.inst.last_exit.reason is ExitReason.LOST
+    assert m.inst.failures == 1  # lost counts as a failure
+
+
+def test_transition_stopped_to_backoff_when_resumed_in_backoff_goes_on_backing_off():
+    m = Machine()
+    assert m(Resumed(None, State.BACKOFF, failures=3), at=10.0) == []
+    assert m.state is State.BACKOFF and m.inst.deadline == 12.0  # the third failure's delay: 2 x initial
+    assert m(TimerFired(), at=12.0) == m.spawned()
+
+
+def test_transition_stopped_to_failed_when_resumed_failed_is_the_half_open_try():
+    m = Machine()
+    m(Resumed(None, State.FAILED, failures=5), at=10.0)
+    assert m.state is State.FAILED and m.inst.deadline == 10.0
+    m(TimerFired(), at=10.0)
+    m(Forked(20))
+    m(Died(1, None), at=11.0)
+    assert m.state is State.FAILED  # a quick crash of the half-open try opens the breaker again
+
+
+def test_resumed_twice_is_an_invalid_transition():
+    m = Machine()
+    m(Resumed(4321, State.RUNNING))
+    with pytest.raises(InvalidTransition):
+        m(Resumed(4321, State.RUNNING))

@@ -1,0 +1,132 @@
+"""What the core asks of the shell: actions, in the imperative.
+
+This is the whole of the core's say: every decision leaves it as one of
+these, and the shell carries them out in order without second-guessing
+them (no inferring a checkpoint from an event's type, no asking the core
+which sockets it still needs). Processes are named by spawn id: one run of
+one instance, never reused, so an action can never reach a later process
+that happens to get the same pid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from supervise.config.model import AppConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """Start instance ``index`` of ``app``; report back ``Spawned`` or ``SpawnFailed``."""
+
+    spawn_id: int
+    app: AppConfig
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Watch process ``pid``, started by a previous daemon, as ``spawn_id`` from now on."""
+
+    spawn_id: int
+    pid: int
+    app: AppConfig
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """Send ``signal`` to the process (and SIGCONT, so a stopped one can act on it)."""
+
+    spawn_id: int
+    signal: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillTree:
+    """SIGKILL the process and every process it left behind."""
+
+    spawn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendDrain:
+    """Ask the worker over its heartbeat channel to finish in-flight work."""
+
+    spawn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopStray:
+    """A live worker of a previous daemon that no app claims any more: stop it (gracefully, then kill)."""
+
+    pid: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resample:
+    """Sample the process trees again ``after`` seconds: a reading over a limit awaits confirmation."""
+
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: object
+    ok: bool
+    result: object = None
+    error: str | None = None
+    usage: bool = False  # the request itself was wrong (exit code 2), not the operation
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One event for the numbered history, the daemon's log and `supervise events`."""
+
+    event: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What a checkpoint records has changed: write one (the shell may coalesce them)."""
+
+
+class ServiceState(StrEnum):
+    """What to tell the service manager (sd_notify)."""
+
+    READY = "ready"  # every app has started (the first time), or a reload is applied
+    STATUS = "status"  # only the one-line summary changed
+    RELOADING = "reloading"  # a config reload begins
+    STOPPING = "stopping"  # the drain has begun
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Tell the service manager how the daemon is doing; ``status`` is a one-line summary."""
+
+    state: ServiceState
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseListeners:
+    """Close the listen sockets whose addresses are not in ``keep``: no instance uses them now,
+    nor may one restart with them (a socket nobody accepts on would queue clients forever)."""
+
+    keep: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EndChaos:
+    """Stop harming instances (`supervise chaos`): everything drains."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    code: int
+
+
+Action = (Spawn | Adopt | Signal | KillTree | SendDrain | StopStray | Resample | Reply | Publish | Checkpoint
+          | Notify | ReleaseListeners | EndChaos | Exit)

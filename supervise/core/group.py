@@ -1,0 +1,333 @@
+"""One app's instances: its slots, the new ones starting beside them, the old ones stopping.
+
+An app group converges on its instance count and carries out replacements:
+rollouts (a new generation, slot by slot) and replace-first restarts (a
+memory restart that starts the replacement before it stops the old one).
+A replacement is a *successor*: a new instance on trial beside the slot's
+serving one; once ready it is promoted into the slot and the old one
+*retires* (drained, stopped, then forgotten). A successor that fails before
+it is ready is dropped, and a rollout it belonged to fails: the slots not
+yet replaced keep the old generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from supervise.config.model import AppConfig
+from supervise.core.actions import Action
+from supervise.core.events import Cause
+from supervise.core.instance import (
+    LIVE_STATES,
+    Died,
+    ExitReason,
+    ForkFailed,
+    Halt,
+    Input,
+    Instance,
+    LastExit,
+    Launch,
+    State,
+)
+from supervise.core.registry import Registry
+from supervise.core.rollout import Rollout, RolloutState
+
+
+@dataclass(slots=True, eq=False)
+class AppGroup:
+    config: AppConfig  # what new instances run
+    registry: Registry
+    target: int = 0
+    generation: int = 1  # of the config new instances run
+    latest: int = 1  # the highest generation ever started: rollouts count on from here
+    slots: dict[int, Instance] = field(default_factory=dict)  # the serving instance of each index
+    successors: dict[int, Instance] = field(default_factory=dict)  # new instances, not yet ready
+    purposes: dict[int, ExitReason] = field(default_factory=dict)  # why each successor was started
+    retiring: list[Instance] = field(default_factory=list)  # replaced, their processes stopping
+    rollout: Rollout | None = None  # the running one, or the last one (for status)
+    removed: bool = False  # gone from the config: deleted once nothing is left
+    abandoned: dict[int, tuple[AppConfig, int]] = field(default_factory=dict)  # failed generation -> what works
+    leaving: set[int] = field(default_factory=set)  # slots a scale-down is taking away
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def instances(self) -> Iterator[Instance]:
+        """Every instance that may have a process: serving, starting beside, or retiring."""
+        yield from self.slots.values()
+        yield from self.successors.values()
+        yield from self.retiring
+
+    @property
+    def rolling(self) -> bool:
+        return self.rollout is not None and self.rollout.running
+
+    @property
+    def busy(self) -> bool:
+        """Anything for ``advance`` to do."""
+        return bool(self.successors or self.retiring or self.rolling or self.removed)
+
+    def up(self) -> bool:
+        """Every slot is there and running: apps that depend on this one may start."""
+        return len(self.slots) >= self.target and all(i.state is State.RUNNING for i in self.slots.values())
+
+    def live(self) -> bool:
+        return any(i.state in LIVE_STATES for i in self.instances())
+
+    def new_instance(self, index: int, config: AppConfig | None = None, generation: int | None = None) -> Instance:
+        return self.registry.track(Instance(config or self.config, index,
+                                            self.generation if generation is None else generation))
+
+    # -- feeding one instance -------------------------------------------------------
+
+    def feed(self, inst: Instance, event: Input, now: float) -> list[Action]:
+        if inst.generation in self.abandoned:
+            self._leave_abandoned(inst, gone=isinstance(event, Died | ForkFailed))
+        asked_replacement = inst.replace_for is None
+        actions = self.registry.step(inst, event, now)
+        if asked_replacement and inst.replace_for is not None:
+            actions += self._replace_first(inst, inst.replace_for, now)
+        return actions + self._retire_if_surplus(inst)
+
+    def _leave_abandoned(self, inst: Instance, gone: bool = False) -> None:
+        """An instance of a failed rollout's generation goes back to what works once no process of
+        it runs (or is just `gone`): its next start, even the immediate one after a crash, runs that."""
+        if inst.generation in self.abandoned and (gone or inst.spawn_id is None):
+            inst.config, inst.generation = self.abandoned[inst.generation]
+
+    def halt_all(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for inst in list(self.instances()):
+            actions += self.feed(inst, Halt(ExitReason.STOPPED), now)
+        return actions
+
+    # -- convergence, scaling --------------------------------------------------------
+
+    def converge(self, now: float) -> list[Action]:
+        """Start the slots missing below the target; stop those above it, highest first.
+
+        A slot a scale-down was taking away comes back when a scale-up reaches it again.
+        """
+        actions: list[Action] = []
+        for index in range(self.target):
+            if index not in self.slots:
+                self.slots[index] = self.new_instance(index)
+                actions += self.feed(self.slots[index], Launch(), now)
+            elif index in self.leaving:
+                self.leaving.discard(index)
+                actions += self.feed(self.slots[index], Launch(), now)
+        for index, inst in sorted(self.slots.items(), reverse=True):
+            if index < self.target:
+                continue
+            self.leaving.add(index)
+            if inst.state is State.STOPPED:
+                actions += self._retire_if_surplus(inst)
+            else:  # also a stopping one, to cancel a pending restart
+                actions += self.feed(inst, Halt(ExitReason.STOPPED), now)
+        return actions
+
+    def _retire_if_surplus(self, inst: Instance) -> list[Action]:
+        """A slot above the app's count disappears once its process is gone."""
+        if inst.index >= self.target and inst.state is State.STOPPED and self.slots.get(inst.index) is inst:
+            del self.slots[inst.index]
+            self.leaving.discard(inst.index)
+            self.registry.untrack(inst)
+            return [self.registry.publish({"type": "removed", "name": inst.name, "app": inst.app,
+                                           "index": inst.index})]
+        return []
+
+    # -- replacements ------------------------------------------------------------------
+
+    def _replace_first(self, inst: Instance, reason: ExitReason, now: float) -> list[Action]:
+        """Start a successor beside `inst`, which stops once that one is ready."""
+        if self.slots.get(inst.index) is not inst or inst.index in self.successors:
+            return []  # a rollout's successor is already on its way for this slot
+        return self._start_successor(inst.index, inst.config, inst.generation, reason, now)
+
+    def _start_successor(self, index: int, config: AppConfig, generation: int, purpose: ExitReason,
+                         now: float) -> list[Action]:
+        succ = self.new_instance(index, config, generation)
+        succ.trial = True
+        self.successors[index] = succ
+        self.purposes[index] = purpose
+        return self.feed(succ, Launch(), now)
+
+    def advance(self, now: float) -> list[Action]:
+        """Promote ready successors, drop failed ones, let a rollout take its next steps."""
+        actions: list[Action] = []
+        progressed = True
+        while progressed:
+            progressed = False
+            for index, succ in list(self.successors.items()):
+                old = self.slots.get(index)
+                if index >= self.target or (self.purposes[index] is not ExitReason.RELOAD
+                                            and (old is None or old.replace_for is None)):
+                    # The slot is being scaled away, or the process that asked for a replacement
+                    # is gone already (it crashed and was restarted): nothing left to replace.
+                    actions += self._drop_successor(index, now)
+                    progressed = True
+                elif succ.state is State.RUNNING:
+                    actions += self._promote(index, succ, now)
+                    progressed = True
+                elif succ.state is State.STOPPED:  # failed before it was ready
+                    actions += self._successor_failed(index, succ, now)
+                    progressed = True
+            for old in [i for i in self.retiring if i.state is State.STOPPED]:
+                self.retiring.remove(old)
+                self.registry.untrack(old)
+                heir = self.slots.get(old.index)
+                if heir is not None and heir.last_exit is not None and heir.last_exit.code is None \
+                        and heir.last_exit.signal is None and heir.last_exit.reason is old.stop_reason:
+                    heir.last_exit = old.last_exit  # now with the code or signal it ended with
+            if self.rolling:
+                progressed |= self._step_rollout(now, actions)
+        return actions
+
+    def _promote(self, index: int, succ: Instance, now: float) -> list[Action]:
+        del self.successors[index]
+        purpose = self.purposes.pop(index)
+        succ.trial = False
+        old = self.slots.get(index)
+        self.slots[index] = succ
+        actions: list[Action] = []
+        if old is not None:
+            succ.restarts = old.restarts + 1
+            succ.last_exit = old.last_exit if old.state is State.STOPPED else LastExit(purpose)
+            if old.state is State.STOPPED:
+                self.registry.untrack(old)
+            else:
+                old.retired = True
+                self.retiring.append(old)
+                actions += self.feed(old, Halt(purpose), now)
+        r = self.rollout
+        if r is not None and r.running and index in r.active:
+            r.active.discard(index)
+            r.replaced += 1
+        actions.append(self.registry.publish({
+            "type": "replaced", "name": succ.name, "app": succ.app, "index": index, "generation": succ.generation,
+            "pid": succ.pid, "reason": str(purpose), "old_pid": old.pid if old is not None else None}))
+        return actions
+
+    def _successor_failed(self, index: int, succ: Instance, now: float) -> list[Action]:
+        del self.successors[index]
+        purpose = self.purposes.pop(index)
+        self.registry.untrack(succ)
+        why = f"{succ.name} of generation {succ.generation} did not become ready: " + _exit_text(succ)
+        old = self.slots.get(index)
+        actions: list[Action] = []
+        if purpose is ExitReason.RELOAD:
+            r = self.rollout
+            if r is not None and r.running and index in r.active:
+                r.active.discard(index)
+                actions += self.end_rollout(RolloutState.FAILED, why, now)
+            if old is not None and old.state is State.STOPPED and old.stop_reason is ExitReason.RELOAD:
+                actions += self.feed(old, Launch(), now)  # surge 0: the old one comes back
+        elif old is not None and old.replace_for is not None and old.state in LIVE_STATES:
+            # A replace-first restart whose replacement failed: restart in place instead
+            # (unless the process that asked has been replaced meanwhile: replace_for is reset).
+            actions += self.feed(old, Halt(purpose), now)
+        return actions
+
+    def _drop_successor(self, index: int, now: float) -> list[Action]:
+        succ = self.successors.pop(index, None)
+        if succ is None:
+            return []
+        self.purposes.pop(index)
+        succ.retired = True
+        self.retiring.append(succ)
+        old = self.slots.get(index)
+        if old is not None:
+            old.replace_for = None
+        return self.feed(succ, Halt(ExitReason.STOPPED), now)
+
+    # -- rollouts ----------------------------------------------------------------------
+
+    def start_rollout(self, indexes: Iterable[int], config: AppConfig, cause: Cause, now: float) -> list[Action]:
+        actions = self.cancel_replacements("superseded by a new rollout", now)
+        self.latest += 1
+        self.rollout = Rollout(self.name, self.latest, config, self.config, self.generation, sorted(indexes),
+                               cause, now)
+        self.config, self.generation = config, self.latest
+        actions.append(self.registry.publish({"type": "rollout", "app": self.name, "event": "started",
+                                              "generation": self.generation, "total": self.rollout.total,
+                                              "cause": str(cause)}))
+        return actions
+
+    def _step_rollout(self, now: float, actions: list[Action]) -> bool:
+        r = self.rollout
+        assert r is not None
+        progressed = False
+        for index in sorted(r.active):  # surge 0: the old one has stopped, start the new one
+            old = self.slots.get(index)
+            if index not in self.successors and (old is None or old.state not in LIVE_STATES):
+                actions += self._start_successor(index, r.config, r.generation, ExitReason.RELOAD, now)
+                progressed = True
+        while len(r.active) < max(r.surge, 1) and r.pending:
+            index = r.pending.pop(0)
+            old = self.slots.get(index)
+            if old is None or index >= self.target or old.generation == r.generation:
+                continue  # removed by a scale, or already on the new generation
+            if old.state is State.STOPPED:  # stopped by the operator: it stays stopped, on the new generation
+                old.config, old.generation = r.config, r.generation
+                r.replaced += 1
+                continue
+            r.active.add(index)
+            progressed = True
+            actions += self._drop_successor(index, now)  # a replace-first one, of the old generation
+            if r.surge == 0:  # the old one must be gone first, and not come back from a backoff
+                actions += self.feed(old, Halt(ExitReason.RELOAD), now)
+            else:
+                actions += self._start_successor(index, r.config, r.generation, ExitReason.RELOAD, now)
+        if not r.active and not r.pending and not self.retiring:
+            actions += self.end_rollout(RolloutState.DONE, None, now)
+            progressed = True
+        return progressed
+
+    def end_rollout(self, state: RolloutState, error: str | None, now: float) -> list[Action]:
+        r = self.rollout
+        assert r is not None
+        r.state, r.error, r.finished_at = state, error, now
+        self.registry.listeners_changed = True  # the old generation's addresses may be unused now
+        if state is not RolloutState.DONE:
+            # Instances started from now on run the generation that works: the app's new ones,
+            # and those of the abandoned generation (a stopped one moved to it, a slot added by a
+            # scale during the rollout) when they next start.
+            self.config, self.generation = r.previous, r.previous_generation
+            self.abandoned[r.generation] = (r.previous, r.previous_generation)
+            for inst in self.slots.values():
+                self._leave_abandoned(inst)
+        event: dict[str, object] = {"type": "rollout", "app": r.app, "event": str(state),
+                                    "generation": r.generation, "replaced": r.replaced, "total": r.total}
+        if error:
+            event["error"] = error
+        return [self.registry.publish(event)]
+
+    def cancel_replacements(self, why: str, now: float, relaunch: bool = True) -> list[Action]:
+        """Stop every successor and the rollout, if one runs; old instances stay."""
+        actions: list[Action] = []
+        r = self.rollout if self.rolling else None
+        for index in list(self.successors):
+            actions += self._drop_successor(index, now)
+        if r is not None:
+            for index in sorted(r.active):
+                old = self.slots.get(index)
+                if (relaunch and old is not None and old.stop_reason is ExitReason.RELOAD
+                        and old.state in (State.STOPPING, State.STOPPED)):
+                    actions += self.feed(old, Launch(), now)  # surge 0: bring the old one back
+            r.active.clear()
+            actions += self.end_rollout(RolloutState.CANCELLED, why, now)
+        return actions
+
+    def configs_in_use(self) -> Iterator[AppConfig]:
+        """Every config an instance runs or may restart with (the shell keeps their sockets)."""
+        yield self.config
+        if self.rollout is not None and self.rolling:
+            yield self.rollout.previous
+        for inst in self.instances():
+            yield inst.config
+
+
+def _exit_text(inst: Instance) -> str:
+    return "stopped" if inst.last_exit is None else inst.last_exit.describe()

@@ -1,0 +1,127 @@
+"""Read-only views of the core: `status --json`, the checkpoint's snapshot, the one-line summary.
+
+Nothing here changes state; the shell reads the core only through
+:class:`View`, and status replies are built here too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from supervise.core.events import AppRecord, Role
+from supervise.core.fleet import Fleet, Key
+from supervise.core.instance import LIVE_STATES, Instance, LastExit, State
+
+
+def status(fleet: Fleet, now: float, keys: Iterable[Key] | None = None) -> dict[str, object]:
+    """`status --json`'s apps (the shell adds its own ``daemon`` section)."""
+    wanted = set(keys) if keys is not None else None
+    apps = []
+    for name, group in fleet.groups.items():
+        rows = [instance_json(group.slots[index], now) for index in sorted(group.slots)
+                if wanted is None or (name, index) in wanted]
+        if wanted is not None and not rows:
+            continue
+        entry: dict[str, object] = {"name": name, "target": group.target, "generation": group.generation,
+                                    "instances": rows}
+        if group.rollout is not None:
+            entry["rollout"] = group.rollout.as_json(now)
+        others = [instance_json(i, now) for i in (*group.successors.values(), *group.retiring)
+                  if wanted is None or (name, i.index) in wanted]
+        if others:  # new instances starting beside old ones, old ones draining
+            entry["replacing"] = others
+        if name in fleet.waiting:  # not started yet: its dependencies are not all up
+            entry["waiting_for"] = fleet.waiting_for(name)
+        apps.append(entry)
+    return {"apps": apps}
+
+
+def instance_json(inst: Instance, now: float) -> dict[str, object]:
+    live = inst.state in LIVE_STATES and inst.spawned_at is not None
+    return {
+        "name": inst.name,
+        "index": inst.index,
+        "generation": inst.generation,
+        "state": str(inst.state),
+        "pid": inst.pid,
+        "restarts": inst.restarts,
+        "uptime": round(now - inst.spawned_at, 3) if live and inst.spawned_at is not None else None,
+        "rss": inst.rss if live else None,
+        "heartbeat_age": round(now - inst.heard_at, 3) if live and inst.heard_at is not None else None,
+        "fields": inst.fields if live else None,
+        "last_exit": inst.last_exit.as_json() if inst.last_exit else None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSnapshot:
+    """One instance as a checkpoint records it (times in loop time)."""
+
+    app: str
+    index: int
+    generation: int
+    role: Role
+    state: State
+    spawn_id: int | None
+    restarts: int
+    failures: int  # consecutive failed runs: where backoff stands
+    spawned_at: float | None
+    running_since: float | None
+    last_exit: LastExit | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a checkpoint records of the core: each app's count and generation, every instance."""
+
+    apps: Mapping[str, AppRecord]
+    instances: tuple[InstanceSnapshot, ...]
+
+
+def snapshot(fleet: Fleet) -> Snapshot:
+    """What the shell cannot know of itself: each app's count and generation, and every
+    instance's state, restarts and times."""
+    apps = {name: AppRecord(g.target, g.generation, g.latest) for name, g in fleet.groups.items() if not g.removed}
+    instances = []
+    for group in fleet.groups.values():
+        roles = [(i, Role.SLOT) for i in group.slots.values()]
+        roles += [(i, Role.SUCCESSOR) for i in group.successors.values()]
+        roles += [(i, Role.RETIRING) for i in group.retiring]
+        for inst, role in roles:
+            if role is not Role.SLOT and inst.spawn_id is None:
+                continue
+            instances.append(InstanceSnapshot(inst.app, inst.index, inst.generation, role, inst.state, inst.spawn_id,
+                                              inst.restarts, inst.failures, inst.spawned_at, inst.running_since,
+                                              inst.last_exit))
+    return Snapshot(apps, tuple(instances))
+
+
+def summary(census: Counter[State], waiting: int) -> str:
+    """The one line a service manager shows (``systemctl status``)."""
+    text = (f"{census[State.RUNNING]} running, {census[State.STARTING]} starting, {census[State.BACKOFF]} in backoff, "
+            f"{census[State.FAILED]} failed, {census[State.STOPPED]} stopped")
+    return text + (f", {waiting} apps waiting for dependencies" if waiting else "")
+
+
+class View:
+    """What the shell may read of the core, and nothing it could change."""
+
+    __slots__ = ("_fleet",)
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._fleet.shutting_down
+
+    def snapshot(self) -> Snapshot:
+        return snapshot(self._fleet)
+
+    def status(self, now: float) -> dict[str, object]:
+        return status(self._fleet, now)
+
+    def live_count(self) -> int:
+        return self._fleet.registry.live_count()

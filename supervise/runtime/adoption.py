@@ -1,0 +1,115 @@
+"""What a previous daemon on this state dir left running, as the core's ``Recovered`` event.
+
+The checkpoint names the instances; each recorded pid is trusted only if
+it is still that very process (start time, token), and is otherwise never
+signalled. Workers spawned after its last checkpoint are found by their
+environment (strays). The conversions from records to ``Adopted`` and the
+choice among strays are pure functions, tested on their own; reading the
+checkpoint and /proc is done by ``find``. Nothing here kills anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from supervise.core import Adopted, AppRecord, Recovered, Role
+from supervise.core.instance import LastExit, State
+from supervise.runtime import checkpoint
+from supervise.runtime.checkpoint import Checkpoint, CheckpointError, InstanceRecord, Stray
+from supervise.runtime.workers import Inherited
+
+
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """Everything found of a previous daemon: the event for the core, and for the worker table
+    what it needs of each live process (by pid) that the core does not know."""
+
+    event: Recovered
+    inherited: Mapping[int, Inherited]
+    lost: tuple[str, ...]  # instances whose recorded process is gone
+    strays: int  # live workers no checkpoint named
+
+
+def unclaimed_strays(strays: Iterable[Stray], known_tokens: set[str]) -> list[Stray]:
+    """The workers among `strays` to adopt: one per token, the oldest.
+
+    One carrying a known token is a worker's own child that called setsid:
+    its parent is the recorded worker. Of the others, the oldest per token is
+    the worker and the rest are its children that left its session.
+    """
+    chosen: dict[str, Stray] = {}
+    for stray in strays:
+        if stray.token in known_tokens:
+            continue
+        if stray.token not in chosen or stray.create_time < chosen[stray.token].create_time:
+            chosen[stray.token] = stray
+    return sorted(chosen.values(), key=lambda s: (s.app, s.index, s.create_time))
+
+
+def adopted_from_record(record: InstanceRecord, alive: bool, wall: float) -> Adopted:
+    """The core's view of a checkpointed instance; `alive`: its recorded process still runs.
+
+    Raises CheckpointError for a state, role or last exit this version does not know.
+    """
+    try:
+        state, role = State(record.state), Role(record.role)
+        last_exit = LastExit.from_json(record.last_exit) if record.last_exit else None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"malformed instance record {record.app}:{record.index}: {exc}") from None
+    return Adopted(record.app, record.index, record.generation, state, record.pid if alive else None,
+                   record.restarts, record.failures, age=wall - record.spawned_at if record.spawned_at else 0.0,
+                   running_for=wall - record.running_since if record.running_since else None,
+                   role=role, last_exit=last_exit)
+
+
+def adopted_from_stray(stray: Stray, wall: float) -> Adopted:
+    """A live worker no checkpoint names: running, of its app's current generation."""
+    return Adopted(stray.app, stray.index, None, State.RUNNING, stray.pid, age=wall - stray.create_time,
+                   running_for=0.0)
+
+
+def app_records(apps: Mapping[str, Mapping[str, object]]) -> dict[str, AppRecord]:
+    """Each app's count and generation as the checkpoint recorded them."""
+    records = {}
+    for name, app in apps.items():
+        try:
+            target, generation = int(app["target"]), int(app["generation"])  # type: ignore[call-overload]  # validated by int()
+            latest = int(app.get("latest", generation))  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"malformed app record {name}: {exc}") from None
+        records[name] = AppRecord(target, generation, latest)
+    return records
+
+
+def leftovers(found: Checkpoint | None, strays: Iterable[Stray], alive: Callable[[InstanceRecord], bool],
+              wall: float) -> Leftovers:
+    """Combine a checkpoint, the strays found in /proc and which recorded pids live (pure)."""
+    records = list(found.instances) if found is not None else []
+    instances: list[Adopted] = []
+    inherited: dict[int, Inherited] = {}
+    lost: list[str] = []
+    for record in records:
+        live = record.pid is not None and alive(record)
+        if record.pid is not None and not live:
+            lost.append(f"{record.app}:{record.index}")
+        instances.append(adopted_from_record(record, live, wall))
+        if live and record.pid is not None:
+            inherited[record.pid] = Inherited(record.token, record.create_time, record.log_path, record.cgroup,
+                                              tuple(record.listen))
+    chosen = unclaimed_strays(strays, {r.token for r in records if r.token})
+    for stray in chosen:
+        instances.append(adopted_from_stray(stray, wall))
+        inherited[stray.pid] = Inherited(stray.token, stray.create_time)
+    apps = app_records(found.apps) if found is not None else {}
+    return Leftovers(Recovered(apps, tuple(instances)), inherited, tuple(lost), len(chosen))
+
+
+def find(found: Checkpoint | None, heartbeat_endpoint: str, wall: float) -> Leftovers:
+    """Check which of the checkpoint's pids still run, and look in /proc for the workers it does not name.
+
+    Raises CheckpointError for a record this version cannot use.
+    """
+    known = {r.pid for r in found.instances if r.pid is not None} if found is not None else set()
+    strays = checkpoint.find_strays(heartbeat_endpoint, known)
+    return leftovers(found, strays, checkpoint.still_running, wall)

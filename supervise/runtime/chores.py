@@ -1,0 +1,209 @@
+"""The daemon's periodic duties: sampling process trees, checking log sizes, writing the
+checkpoint, and keeping the service manager informed.
+
+Each is paced here, not in the core: the core says *that* something is due
+(a ``Resample``, a ``Checkpoint``, a ``Notify``) and these decide *when*
+the disk or the socket sees it, coalescing bursts. The slow parts (walking
+/proc, rotating a log, fsync) run off the loop, in the daemon's one worker
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from supervise.config.model import Config
+from supervise.core import Event, Notify, Sampled, ServiceState, View
+from supervise.runtime import checkpoint, logfiles, sampler
+from supervise.runtime.log import Log
+from supervise.runtime.sdnotify import Notifier
+from supervise.runtime.workers import WorkerTable
+
+MEMORY_INTERVAL = 0.5
+"""Seconds between samples while some app has max_memory or max_processes."""
+
+DISPLAY_INTERVAL = 30.0
+"""Otherwise a tree's RSS is only shown by `status`: sample rarely."""
+
+LOG_CHECK_INTERVAL = 3.0
+"""One stat() per instance on the loop; rotation itself runs off it."""
+
+LOG_CHECK_FLOOD = 0.2
+"""The next check, when one found a file over its limit: a flooding worker writes hundreds
+of MB a second, and a file may only grow that much between two checks."""
+
+CHECKPOINT_INTERVAL = 0.25
+"""Seconds between checkpoints at most: a crash storm is written a few times a second, not per event."""
+
+STATUS_INTERVAL = 1.0
+"""Seconds between two STATUS= lines to the service manager at most."""
+
+
+class Sampling:
+    """Memory and process counts of instances' trees, in one pass off the loop.
+
+    Apps with max_memory or max_processes are sampled every MEMORY_INTERVAL
+    (or sooner when the core asks to confirm a reading); the rest only every
+    DISPLAY_INTERVAL, for `status`: their RSS decides nothing.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, workers: WorkerTable, executor: Executor,
+                 report: Callable[[Event], None]) -> None:
+        self.loop, self.workers, self.executor, self.report = loop, workers, executor, report
+        self._now = asyncio.Event()
+
+    def soon(self, after: float) -> None:
+        """Sample again `after` seconds from now (the core's ``Resample``)."""
+        self.loop.call_later(after, self._now.set)
+
+    async def run(self) -> None:
+        last_full = self.loop.time()
+        while True:
+            fast = any(w.app.max_memory is not None or w.app.max_processes is not None for w in self.workers)
+            try:
+                await asyncio.wait_for(self._now.wait(), MEMORY_INTERVAL if fast else DISPLAY_INTERVAL)
+            except TimeoutError:
+                pass
+            self._now.clear()
+            full = self.loop.time() - last_full >= DISPLAY_INTERVAL
+            if full:
+                last_full = self.loop.time()
+            roots = [sampler.Root(w.spawn_id, w.child.pid, w.child.cgroup) for w in self.workers
+                     if full or w.app.max_memory is not None or w.app.max_processes is not None]
+            if roots:
+                rss, processes = await self.loop.run_in_executor(self.executor, sampler.sample_trees, roots)
+                self.report(Sampled(rss, processes))
+
+
+class LogChecks:
+    """Each live instance's log file stat'ed on the loop (microseconds); the big ones rotated off it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, workers: WorkerTable, executor: Executor, log: Log) -> None:
+        self.loop, self.workers, self.executor, self.log = loop, workers, executor, log
+        self._timer = loop.call_later(LOG_CHECK_INTERVAL, self.check)
+
+    def check(self) -> None:
+        big = []
+        for worker in self.workers:
+            try:
+                if os.stat(worker.log_path).st_size >= worker.app.log_max_size:
+                    big.append((worker.log_path, worker.app.log_max_size, worker.app.log_backups))
+            except OSError:
+                continue
+        if big:
+            self.loop.run_in_executor(self.executor, self._rotate, big)
+        self._timer = self.loop.call_later(LOG_CHECK_FLOOD if big else LOG_CHECK_INTERVAL, self.check)
+
+    def _rotate(self, jobs: list[tuple[str, int, int]]) -> None:
+        for path, max_size, backups in jobs:
+            try:
+                logfiles.rotate_if_needed(Path(path), max_size, backups)
+            except OSError as exc:
+                self.log.warning("log rotation failed", path=path, error=str(exc))
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
+class ServiceManager:
+    """The core's ``Notify`` actions to systemd: at once, but a STATUS= line at most once a second;
+    and the watchdog fed from the loop itself, so a wedged loop is noticed and restarted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, notifier: Notifier) -> None:
+        self.loop, self.notifier = loop, notifier
+        self._pending: str | None = None  # a STATUS line held back
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_status = -STATUS_INTERVAL
+        self._watchdog: asyncio.Task[None] | None = None
+        if notifier.watchdog_interval:
+            self._watchdog = loop.create_task(self._feed_watchdog(notifier.watchdog_interval))
+
+    def notify(self, action: Notify) -> None:
+        match action.state:
+            case ServiceState.READY:
+                self.notifier.ready(action.status)
+            case ServiceState.RELOADING:
+                self.notifier.reloading(action.status)
+            case ServiceState.STOPPING:
+                self._pending = None
+                self.notifier.stopping(action.status)
+            case ServiceState.STATUS:
+                self._pending = action.status
+                if self._timer is None:
+                    delay = max(0.0, self._last_status + STATUS_INTERVAL - self.loop.time())
+                    self._timer = self.loop.call_later(delay, self._send_status)
+
+    def _send_status(self) -> None:
+        self._timer = None
+        if self._pending is not None:
+            self._last_status = self.loop.time()
+            self.notifier.status(self._pending)
+            self._pending = None
+
+    async def _feed_watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+
+class Checkpointer:
+    """Writes the checkpoint when the core says it is out of date, at most every CHECKPOINT_INTERVAL.
+
+    The record is taken on the loop (which owns the state it describes);
+    the write (temp file, fsync, rename, fsync of the directory) is not.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: Path, view: View, workers: WorkerTable,
+                 config: Callable[[], Config], executor: Executor, log: Log) -> None:
+        self.loop, self.path, self.view, self.workers = loop, path, view, workers
+        self.config, self.executor, self.log = config, executor, log
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = -CHECKPOINT_INTERVAL
+        self.stopped = False  # the daemon is exiting: nothing more is written
+
+    def soon(self) -> None:
+        """Coalesce: at most one checkpoint per CHECKPOINT_INTERVAL, however many are asked for."""
+        if self._timer is not None or self.stopped:
+            return
+        delay = max(0.0, self._last + CHECKPOINT_INTERVAL - self.loop.time())
+        self._timer = self.loop.call_later(delay, self._now)
+
+    def _now(self) -> None:
+        self._timer = None
+        if self.stopped:
+            return
+        self._last = self.loop.time()
+        self.loop.run_in_executor(self.executor, self._store, self.encode())
+
+    def _store(self, data: bytes) -> None:
+        try:
+            checkpoint.write(self.path, data)
+        except OSError as exc:
+            self.log.warning("cannot write the checkpoint; a daemon restart would not adopt the workers",
+                             error=exc.strerror or str(exc))
+
+    def write_now(self) -> None:
+        """On the loop, at once: the daemon is about to exit and leave its workers to the next one."""
+        checkpoint.write(self.path, self.encode())
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def encode(self) -> bytes:
+        snap = self.view.snapshot()
+        offset = time.time() - self.loop.time()  # loop time -> wall clock
+        config = self.config()
+        return checkpoint.encode_live(snap, self.workers, offset, config.path, config.text)

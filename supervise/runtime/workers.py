@@ -1,0 +1,281 @@
+"""The daemon's worker table: every process it watches, from spawn (or adoption) to reap.
+
+It carries out the core's process actions (spawn, adopt, signal, kill the
+tree, stop a stray) and turns what the kernel says back into core events
+(spawned, spawn failed, exited). One reaper: a worker's pidfd becoming
+readable, or SIGCHLD, leads to ``reap``, the daemon's only caller of
+waitpid; a worker adopted from a previous daemon is not our child, and its
+exit is seen on its pidfd alone. Signals go through the pidfd too, so a
+pid the kernel has handed to another process is never hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervise.config.model import AppConfig
+from supervise.core import Adopt, Event, Exited, Spawn, Spawned, SpawnFailed
+from supervise.runtime import process
+from supervise.runtime.heartbeats import HeartbeatServer
+from supervise.runtime.listeners import ListenError, Listeners
+from supervise.runtime.listeners import environment as listen_environment
+from supervise.runtime.log import Log
+from supervise.wire import protocol
+from supervise.wire.statedir import StatePaths
+
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds between a worker's beats (a third of heartbeat_timeout when that is shorter)."""
+
+SWEEP_DELAY = 0.05
+"""After a worker's exit, its leftovers are swept this much later: the sweep walks /proc in a
+thread, and started at once it would compete for the GIL with spawning the replacement."""
+
+STRAY_KILL_AFTER = 10.0
+"""Seconds a previous daemon's unclaimed worker gets between SIGTERM and SIGKILL."""
+
+
+@dataclass(slots=True)
+class Worker:
+    spawn_id: int
+    name: str
+    app: AppConfig
+    child: process.Child  # without its pidfd: the table owns that, the sweeper thread must not
+    token: str
+    pidfd: int | None
+    log_path: str
+    adopted: bool = False  # started by a previous daemon: not our child, its exit status is out of reach
+
+
+@dataclass(frozen=True, slots=True)
+class Inherited:
+    """What a checkpoint (or a worker's environment) tells of an adopted process beyond the core's view."""
+
+    token: str | None
+    create_time: float | None
+    log_path: str | None = None
+    cgroup: str | None = None
+    listen: tuple[str, ...] | None = None  # None: the app's, as configured
+
+
+class WorkerTable:
+    def __init__(self, loop: asyncio.AbstractEventLoop, paths: StatePaths, listeners: Listeners,
+                 heartbeats: HeartbeatServer, executor: Executor, report: Callable[[Event], None],
+                 log: Log, base_env: Mapping[str, str], draining: Callable[[], bool]) -> None:
+        self.loop = loop
+        self.paths = paths
+        self.listeners = listeners
+        self.heartbeats = heartbeats
+        self.executor = executor
+        self.report = report  # back to the core, through the daemon's queue
+        self.log = log
+        self.base_env = dict(base_env)  # what every worker inherits, before its app's env
+        self.draining = draining  # while everything drains, leftovers wait for the daemon's last sweep
+        self.cgroups: process.Cgroups | None = None
+        self._by_pid: dict[int, Worker] = {}
+        self._by_spawn: dict[int, Worker] = {}
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(list(self._by_pid.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+    def get(self, spawn_id: int) -> Worker | None:
+        return self._by_spawn.get(spawn_id)
+
+    def pids(self) -> frozenset[int]:
+        return frozenset(self._by_pid)
+
+    # -- starting ---------------------------------------------------------------------
+
+    def spawn(self, action: Spawn) -> None:
+        app, index = action.app, action.index
+        name = f"{app.name}:{index}"
+        token = os.urandom(16).hex()  # not secrets.token_hex: that loads OpenSSL (3.4 MiB) for two calls
+        env = dict(self.base_env)
+        env.update(app.env)
+        env.update({
+            protocol.ENV_APP: app.name,
+            protocol.ENV_INSTANCE: str(index),
+            protocol.ENV_NAME: name,
+            protocol.ENV_HEARTBEAT: self.heartbeat_endpoint,
+            protocol.ENV_TOKEN: token,
+            protocol.ENV_HEARTBEAT_INTERVAL: str(beat_interval(app)),
+        })
+        fds: tuple[int, ...] = ()
+        launcher: tuple[str, ...] = ()
+        if app.listen:
+            try:
+                for address in app.listen:  # bound already, unless a reload closed it since
+                    self.listeners.bind(address)
+            except ListenError as exc:
+                self._spawn_failed(action, str(exc))
+                return
+            fds = self.listeners.fds(app.listen)
+            launcher = self.listeners.launcher(fds)
+            env.update(listen_environment(app.listen))
+        log_path = self.paths.log_file(app.name, index)
+        spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, log_path=log_path, name=name,
+                                 pass_fds=fds, launcher=launcher)
+        try:
+            child = process.spawn(spec, self.cgroups)
+        except process.SpawnError as exc:
+            self._spawn_failed(action, str(exc))
+            return
+        worker = Worker(action.spawn_id, name, app, dataclasses.replace(child, pidfd=None), token, child.pidfd,
+                        str(log_path))
+        self._add(worker)
+        self.heartbeats.register(token, action.spawn_id, name)
+        if worker.pidfd is not None:
+            self.loop.add_reader(worker.pidfd, self.reap)
+        self.report(Spawned(action.spawn_id, child.pid))
+
+    def _spawn_failed(self, action: Spawn, error: str) -> None:
+        self.log.error("spawn failed", name=f"{action.app.name}:{action.index}", error=error)
+        self.report(SpawnFailed(action.spawn_id, error))
+
+    @property
+    def heartbeat_endpoint(self) -> str:
+        return f"ipc://{self.paths.heartbeat_socket}"
+
+    def adopt(self, action: Adopt, inherited: Inherited) -> None:
+        """Watch a live worker a previous daemon started: its pidfd, its token, its sockets."""
+        name = f"{action.app.name}:{action.index}"
+        try:
+            pidfd = os.pidfd_open(action.pid)
+        except OSError:  # gone this very moment
+            self.report(Exited(action.spawn_id, None, None, lost=True))
+            return
+        group = Path(inherited.cgroup) if inherited.cgroup and Path(inherited.cgroup).is_dir() else None
+        child = process.Child(pid=action.pid, pidfd=None, cgroup=group, create_time=inherited.create_time or 0.0)
+        log_path = inherited.log_path or str(self.paths.log_file(action.app.name, action.index))
+        worker = Worker(action.spawn_id, name, action.app, child, inherited.token or "", pidfd, log_path,
+                        adopted=True)
+        self._add(worker)
+        if inherited.token:
+            self.heartbeats.register(inherited.token, action.spawn_id, name)
+            self.heartbeats.await_ready(action.spawn_id)  # harmless for a running one: Ready is then a no-op
+        listen = action.app.listen if inherited.listen is None else inherited.listen
+        if listen:
+            self.listeners.take_over(pidfd, action.pid, tuple(listen))
+        # Exited between the check and now: the pidfd is readable already, and the loop says so.
+        self.loop.add_reader(pidfd, self._adopted_exited, action.pid)
+
+    def _add(self, worker: Worker) -> None:
+        self._by_pid[worker.child.pid] = worker
+        self._by_spawn[worker.spawn_id] = worker
+
+    # -- signals --------------------------------------------------------------------------
+
+    def signal(self, spawn_id: int, sig: int) -> None:
+        """Send `sig`, then SIGCONT: a stopped (SIGSTOP) worker cannot act on its stop signal until continued.
+        A worker no longer in the table has been reaped: its pid may be someone else's now."""
+        worker = self._by_spawn.get(spawn_id)
+        if worker is not None:
+            signal_worker(worker, sig)
+            if sig != signal.SIGKILL:
+                signal_worker(worker, signal.SIGCONT)
+
+    def kill_tree(self, spawn_id: int) -> None:
+        worker = self._by_spawn.get(spawn_id)
+        if worker is not None:
+            self.log.warning("stop_timeout passed, killing process tree", name=worker.name, pid=worker.child.pid)
+            self.sweep(worker)
+
+    def stop_stray(self, pid: int, name: str) -> None:
+        """A worker of ours (start time and token checked) that no app claims any more: SIGTERM
+        now, SIGKILL later if need be, both through a pidfd so that a reused pid is never hit."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return
+        self.log.warning("stopping a worker of the previous daemon that no app claims", name=name, pid=pid)
+        pidfd_signal(pidfd, signal.SIGTERM)
+        pidfd_signal(pidfd, signal.SIGCONT)
+
+        def finish() -> None:
+            pidfd_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+        self.loop.call_later(STRAY_KILL_AFTER, finish)
+
+    def sweep(self, worker: Worker) -> None:
+        """Kill what is left of a worker's tree, off the loop (it walks /proc)."""
+        future = self.loop.run_in_executor(self.executor, process.kill_tree, worker.child, worker.token,
+                                           self.pids())
+        future.add_done_callback(lambda done: self._swept(worker, done))
+
+    def _swept(self, worker: Worker, done: asyncio.Future[int]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:  # best effort: the shutdown's last sweep backs it up
+            self.log.warning("could not sweep a worker's process tree", name=worker.name, error=repr(error))
+        elif self.cgroups is not None and worker.child.cgroup is not None:
+            self.cgroups.remove(worker.child.cgroup)
+
+    # -- exits ------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """The one reaper: every exit, of workers and of orphans re-parented to us."""
+        for pid, code, sig in process.reap():
+            worker = self._by_pid.get(pid)
+            if worker is None or worker.adopted:
+                continue  # an orphaned grandchild; reaping it is all it needs
+            self._gone(worker)
+            self.report(Exited(worker.spawn_id, code, sig))
+
+    def _adopted_exited(self, pid: int) -> None:
+        """An adopted worker's pidfd became readable: it exited, with a status only its parent may read."""
+        worker = self._by_pid.get(pid)
+        if worker is None:
+            return
+        self._gone(worker)
+        self.report(Exited(worker.spawn_id, None, None, lost=True))
+
+    def _gone(self, worker: Worker) -> None:
+        del self._by_pid[worker.child.pid]
+        del self._by_spawn[worker.spawn_id]
+        self._forget_pidfd(worker)
+        self.heartbeats.unregister(worker.token, worker.spawn_id)
+        if not self.draining():
+            self.loop.call_later(SWEEP_DELAY, self.sweep, worker)
+
+    def _forget_pidfd(self, worker: Worker) -> None:
+        if worker.pidfd is not None:
+            self.loop.remove_reader(worker.pidfd)
+            os.close(worker.pidfd)
+            worker.pidfd = None
+
+    def close(self) -> None:
+        for worker in self._by_pid.values():
+            self._forget_pidfd(worker)
+
+
+def signal_worker(worker: Worker, sig: int) -> None:
+    """Through its pidfd, which a reused pid cannot fool; by pid only where there is no pidfd,
+    which is safe for a worker still in the table: our child, not yet reaped (adopted ones
+    always have a pidfd while they are tracked)."""
+    if worker.pidfd is not None:
+        pidfd_signal(worker.pidfd, sig)
+    else:
+        process.send_signal(worker.child.pid, sig)
+
+
+def pidfd_signal(pidfd: int, sig: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except OSError:  # ESRCH: it has exited; its pidfd reader reports that
+        pass
+
+
+def beat_interval(app: AppConfig) -> float:
+    if app.heartbeat_timeout is None:
+        return HEARTBEAT_INTERVAL
+    return round(min(HEARTBEAT_INTERVAL, app.heartbeat_timeout / 3), 3)

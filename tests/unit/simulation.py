@@ -1,0 +1,594 @@
+"""Deterministic simulation of the core: random fault schedules on the fake shell, with a fake clock.
+
+Fake processes crash at random, ignore their stop signal, hang (stop
+beating), bloat past max_memory, fork past max_processes, answer a drain
+request; spawns fail; operators stop, start, restart, scale and reload
+(by name, and with changed configs: code that crashes on start, new counts,
+settings applied in place, apps added and removed); the daemon itself
+dies and a new core adopts what the last checkpoint and the live
+processes say. After every event the invariants below are checked, using
+only what the core says (actions, published events, replies, its view).
+
+Safety: every live process belongs to exactly one instance and every
+instance with a process has exactly one; states agree with processes;
+`live_count` is right; a rollout never has more new instances starting
+than its surge; code that crashes on start never replaces a working
+instance; a backoff delay lies within its bounds; a stop ends within
+stop_timeout plus the kill; a hang or memory restart is never taken
+against a process that was beating, or on a spike.
+
+Liveness: no more than max_restarts automatic restarts in any window
+before `failed`; a hung process gets its stop signal within
+heartbeat_timeout; a tree over max_memory for the confirming samples is
+replaced, and one over max_processes is killed at once; every command is
+answered by its timeout; every drain ends; with faults stopped, every app
+converges to its count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fakeshell import KILL_LATENCY, FakeShell, Proc, config
+
+from supervise.config.model import AppConfig, BackoffConfig, Config, CrashLoopConfig, Readiness, Restart
+from supervise.core import (
+    CommandReceived,
+    Drained,
+    Event,
+    Ready,
+    Role,
+    Sampled,
+    ShutdownRequested,
+    Spawn,
+    Spawned,
+    Verb,
+)
+from supervise.core.instance import MEMORY_HYSTERESIS, State
+from supervise.core.policy import backoff_bounds
+from supervise.core.views import InstanceSnapshot, Snapshot
+
+BEAT_EVERY = 0.45
+SAMPLE_EVERY = 0.5
+LIMIT = 1000  # max_memory of the apps that have one
+MAX_PROCESSES = 8
+EPSILON = 1e-6
+CRASH_WINDOW = 30.0
+REQUESTED_STOPS = ("stopped", "reload")  # exit reasons of stops asked for, which restart nothing by themselves
+
+
+class InvariantViolated(AssertionError):
+    pass
+
+
+@dataclass(eq=False)
+class SimProc(Proc):
+    ignores_term: bool = False
+    hung: bool = False
+    broken: bool = False  # its code crashes at start
+    rss: int = 100
+    processes: int = 1
+    last_beat: float = 0.0
+    adopted_at: float = 0.0
+    last_stop_signal: float | None = None
+    heartbeat_timeout: float | None = None  # as the core that watches it has it
+    over: int = 0  # consecutive samples over max_memory delivered to the core
+    memory_due: float | None = None  # by then its replacement must be under way
+    kill_due: float | None = None  # over max_processes: killed by then
+
+
+@dataclass
+class Restarts:
+    """Automatic restarts of one slot since its breaker last closed (by what the events show)."""
+
+    times: list[float] = field(default_factory=list)
+    running_since: float | None = None
+
+
+def broken(app: AppConfig) -> AppConfig:
+    return dataclasses.replace(app, command=(*app.command, "--broken"))
+
+
+def is_broken(app: AppConfig) -> bool:
+    return app.command[-1] == "--broken"
+
+
+class Simulation(FakeShell):
+    def __init__(self, seed: int, cfg: Config) -> None:
+        super().__init__(cfg, seed)
+        self.faults = True
+        self.spawn_fail_rate = 0.05
+        self.checkpoint_rate = 0.9  # some checkpoints are lost: adoption then finds strays
+        self.history: list[str] = []  # the schedule so far, to print when an invariant fails
+        self.sent: dict[object, float] = {}  # request id -> reply due by
+        self.awaiting: dict[object, float] = {}  # the same, for those not answered yet
+        self.restarts: dict[str, Restarts] = {}
+        self.backoff_since: dict[str, tuple[float, float, float]] = {}  # name -> (since, low, high)
+        self.commanded_at: float | None = None  # when the operator last sent a command
+        # Apps waiting for their dependencies, as of the last check; before the start, every app that has any.
+        self.waiting: dict[str, object] = {n: a.depends_on for n, a in cfg.apps.items() if a.depends_on}
+        self.maybe_waiting = True  # some app may wait (after a start, a restart, an app added)
+        self.draining = False
+        self.states: dict[int, State] = {}  # by spawn id, as of the last check
+        self.instances: tuple[InstanceSnapshot, ...] = ()  # as of the last check
+        self.tracked: dict[int, Proc] = {}  # live processes by spawn id, as of the last check
+        self.stop_timeouts = {name: a.stop_timeout for name, a in cfg.apps.items()}  # the longest each app had
+        self.max_restarts = {name: a.crash_loop.max_restarts for name, a in cfg.apps.items()}  # the highest
+
+    def note(self, text: str) -> None:
+        self.history.append(f"{self.now:8.3f} {text}")
+
+    # -- the fake OS -------------------------------------------------------------------
+
+    def on_spawn(self, action: Spawn) -> None:
+        if self.maybe_waiting:  # the core has decided: its status now is what it acts on
+            app = self.status().get(action.app.name, {})
+            self.check("waiting_for" not in app, f"{action.app.name} spawned while it waits for its dependencies")
+        if self.faults and self.rng.random() < self.spawn_fail_rate:
+            self.fail_spawn(action)
+            return
+        proc = SimProc(next(self._pids), action.spawn_id, action.app, action.index, self.now,
+                       ignores_term=self.faults and self.rng.random() < 0.2, broken=is_broken(action.app),
+                       last_beat=self.now, heartbeat_timeout=action.app.heartbeat_timeout)
+        self.add(proc)
+        self.feed(Spawned(action.spawn_id, proc.pid))
+        if proc.broken:
+            self.at(self.now + self.rng.uniform(0.01, 0.3), lambda: self.exit_process(proc, 1, None))
+        elif action.app.readiness is Readiness.HEARTBEAT:
+            late = self.faults and self.rng.random() < 0.1
+            delay = action.app.start_timeout * 1.5 if late else self.rng.uniform(0.01, 0.5)
+            self.at(self.now + delay, lambda: self._ready(proc))
+        self.at(self.now + BEAT_EVERY, lambda: self._beat(proc))
+
+    def _ready(self, proc: SimProc) -> None:
+        if proc.alive and not proc.hung and not proc.stray and self.by_spawn.get(proc.spawn_id) is proc:
+            proc.ready, proc.last_beat = True, self.now
+            self.feed(Ready(proc.spawn_id))
+
+    def _beat(self, proc: SimProc) -> None:
+        if not proc.alive or proc.hung:
+            return
+        if self.by_spawn.get(proc.spawn_id) is proc:
+            proc.last_beat = self.now
+            # The hot path, as the shell takes it: equivalent to handle(Beat), which acts on nothing.
+            self.core.beat(proc.spawn_id, {"inflight": 1}, self.now)
+        self.at(self.now + BEAT_EVERY, lambda: self._beat(proc))
+
+    def on_stop_signal(self, proc: Proc, sig: int) -> None:
+        assert isinstance(proc, SimProc)
+        proc.last_stop_signal = self.now
+        healthy = self.states.get(proc.spawn_id) is State.RUNNING and not proc.hung and not proc.over
+        roles = {i.spawn_id: i.role for i in self.core.view.snapshot().instances} if self.draining else {}
+        if healthy and roles.get(proc.spawn_id) is Role.SLOT:
+            # The drain stops a serving instance only once nothing that needs it runs (a health
+            # check may stop an unhealthy one any time: that is not the drain's order).
+            dependents = {n for n, a in self.config.apps.items() if proc.app.name in a.depends_on}
+            alive = sorted(p.name for p in self.live() if p.app.name in dependents)
+            self.check(not alive, f"{proc.name} stopped while {alive}, which depend on it, still run")
+        if not proc.ignores_term:
+            self.at(self.now + self.rng.uniform(0, 2.0), lambda: self.exit_process(proc, 0, None))
+
+    def on_drain(self, proc: Proc) -> None:
+        if self.rng.random() < 0.5 and not proc.hung:  # type: ignore[attr-defined]
+            # It finishes its in-flight work and says so; the core then stops it at once.
+            self.at(self.now + self.rng.uniform(0, 0.3), lambda: self._drained(proc))
+
+    def _drained(self, proc: Proc) -> None:
+        if proc.alive and self.by_spawn.get(proc.spawn_id) is proc:
+            self.feed(Drained(proc.spawn_id))
+
+    def on_resample(self, after: float) -> None:
+        self.at(self.now + after, lambda: self.sample(reschedule=False))
+
+    def sample(self, reschedule: bool = True) -> None:
+        live = [p for p in self.live() if isinstance(p, SimProc) and self.by_spawn.get(p.spawn_id) is p]
+        rss = {p.spawn_id: p.rss for p in live}
+        processes = {p.spawn_id: p.processes for p in live}
+        for p in live:
+            if self.states.get(p.spawn_id) not in (State.STARTING, State.RUNNING):
+                p.over = 0
+                continue
+            limit = p.app.max_processes
+            if limit is not None and p.processes > limit and p.kill_due is None:
+                p.kill_due = self.now + EPSILON
+            if p.app.max_memory is not None and p.rss > p.app.max_memory:
+                p.over += 1
+                if p.over >= MEMORY_HYSTERESIS and p.memory_due is None:
+                    # Replaced first (a successor must be ready or fail) or stopped now.
+                    p.memory_due = self.now + p.app.start_timeout + _max_stop(self, p) + KILL_LATENCY + 1.0
+            else:
+                p.over = 0
+        self.feed(Sampled(rss, processes))
+        if reschedule:
+            self.at(self.now + SAMPLE_EVERY, self.sample)
+
+    # -- what the core publishes --------------------------------------------------------
+
+    def on_publish(self, event: dict[str, object]) -> None:
+        kind = event["type"]
+        if kind == "replaced":
+            proc = self.procs.get(event["pid"])  # type: ignore[arg-type]
+            self.check(proc is not None and not proc.broken,  # type: ignore[union-attr]
+                       f"code that crashes on start replaced a working {event['name']}")
+            self.check(proc is not None and (proc.ready or proc.app.readiness is Readiness.NONE),
+                       f"{event['name']} promoted before it was ready")
+            self.restarts.pop(str(event["name"]), None)  # a new instance in the slot: a new breaker
+        elif kind == "state":
+            self._state_event(event)
+
+    def _state_event(self, event: dict[str, object]) -> None:
+        name, before, after = str(event["name"]), event["from"], event["to"]
+        track = self.restarts.setdefault(name, Restarts())
+        exit_ = event.get("exit")
+        if after == "running":
+            track.running_since = self.now
+        if exit_ is not None and track.running_since is not None:
+            cfg = self.config.apps.get(name.partition(":")[0])
+            if cfg is not None and self.now - track.running_since >= cfg.backoff.reset_after:
+                track.times.clear()  # a healthy run closes the breaker
+        if before in ("stopped", "failed"):
+            track.times.clear()  # a launch from stopped, or the half-open try, starts afresh
+        if exit_ is not None and after != "running":
+            track.running_since = None
+        if isinstance(exit_, dict) and exit_["reason"] not in REQUESTED_STOPS and after in ("starting", "backoff"):
+            # The instance may run an older config than the file's (a failed rollout): the most
+            # any config of the app allowed is the bound; all use the same window.
+            limit = self.max_restarts.get(name.partition(":")[0], 0)
+            track.times.append(self.now)
+            window = [t for t in track.times if t > self.now - CRASH_WINDOW]
+            self.check(len(window) <= limit, f"{name}: {len(window)} automatic restarts in {CRASH_WINDOW}s, "
+                                             f"more than max_restarts = {limit}, and not failed")
+        if isinstance(exit_, dict) and exit_["reason"] not in REQUESTED_STOPS and after == "starting":
+            failures = self._failures(name, State.STARTING)
+            self.check(failures is None or failures <= 1,  # backoff_bounds: only the first restart is at once
+                       f"{name} restarted at once after {failures} failures in a row: no backoff")
+        if after == "backoff":
+            self.backoff_since[name] = (self.now, *self._backoff_bounds(name))
+        elif before == "backoff":
+            since, low, high = self.backoff_since.pop(name, (self.now, 0.0, 1e9))
+            if after == "starting" and self.commanded_at != self.now:  # not an operator's start
+                waited = self.now - since
+                self.check(low - EPSILON <= waited <= high + EPSILON,
+                           f"{name}: backoff of {waited:.3f}s outside [{low:.3f}, {high:.3f}]")
+
+    def _failures(self, name: str, state: State) -> int | None:
+        """Consecutive failures of the slot `name` in `state`, as the core's view says."""
+        app_name, _, index = name.partition(":")
+        slot = [i for i in self.core.view.snapshot().instances
+                if i.app == app_name and i.index == int(index) and i.state is state and i.role is Role.SLOT]
+        return slot[0].failures if slot else None
+
+    def _backoff_bounds(self, name: str) -> tuple[float, float]:
+        cfg = self.config.apps.get(name.partition(":")[0])
+        failures = self._failures(name, State.BACKOFF)
+        if cfg is None or failures is None:
+            return 0.0, 1e9
+        return backoff_bounds(cfg.backoff, failures)
+
+    # -- invariants ---------------------------------------------------------------------
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            raise InvariantViolated(f"seed {self.seed} at t={self.now:.3f}: {message}\n"
+                                    "last steps:\n" + "\n".join(self.history[-25:]))
+
+    def after_feed(self, event: Event, changed: bool) -> None:
+        if changed or not self.instances:
+            self.check_invariants()
+        else:  # nothing changed: only what time alone can break
+            self._check_health(self.instances, self.tracked)
+            self._check_replies()
+
+    def check_invariants(self) -> None:
+        view = self.core.view
+        snapshot = view.snapshot()
+        instances = self.instances = snapshot.instances
+        live: dict[int, Proc] = {}
+        for p in self.alive.values():
+            if not p.stray:
+                self.check(self.by_spawn.get(p.spawn_id) is p, f"a live process no core tracks: {p.name}")
+                live[p.spawn_id] = p
+        self.states = {i.spawn_id: i.state for i in instances if i.spawn_id is not None}
+        self.check(len(self.states) == sum(1 for i in instances if i.spawn_id is not None),
+                   "two instances share a spawn id")
+        self.check(live.keys() == self.states.keys(),
+                   f"processes and instances disagree: live {sorted(live)} vs tracked {sorted(self.states)}")
+        self.check(view.live_count() == len(self.states), "live_count disagrees with the instances that have a process")
+        for inst in instances:
+            if inst.state in (State.BACKOFF, State.FAILED, State.STOPPED):
+                self.check(inst.spawn_id is None, f"{inst.app}:{inst.index} is {inst.state} with a process")
+            elif inst.state is State.RUNNING:
+                self.check(inst.spawn_id is not None, f"{inst.app}:{inst.index} is running without a process")
+        self.tracked = live
+        if self.maybe_waiting:
+            self._check_dependencies()
+        self._check_surge(snapshot)
+        self._check_health(instances, live)
+        self._check_replies()
+
+    def _check_replies(self) -> None:
+        for rid in [rid for rid in self.awaiting if rid in self.replies]:
+            del self.awaiting[rid]
+        if self.awaiting:
+            rid, due = min(self.awaiting.items(), key=lambda item: item[1])
+            self.check(self.now <= due + EPSILON, f"command {rid} not answered by {due}")
+
+    def _check_dependencies(self) -> None:
+        """An app that stops waiting starts only once every app it depends on is up (a drain
+        ends all waiting, and starts nothing)."""
+        if self.draining:
+            self.waiting, self.maybe_waiting = {}, False
+            return
+        status = self.status()
+        waiting = {name: app["waiting_for"] for name, app in status.items() if "waiting_for" in app}
+        for name in set(self.waiting) - set(waiting):
+            cfg = self.config.apps.get(name)
+            down = [d for d in (cfg.depends_on if cfg else ()) if d in status and not _up(status[d])]
+            self.check(name not in status or not down, f"{name} started before {down} were up")
+        self.waiting = waiting
+        self.maybe_waiting = bool(waiting)
+
+    def _check_surge(self, snapshot: Snapshot) -> None:
+        """A rollout's new instances (the app's generation, beside a slot of an older one) within surge."""
+        successors = [i for i in snapshot.instances if i.role is Role.SUCCESSOR]
+        if not successors:
+            return
+        slots = {(i.app, i.index): i.generation for i in snapshot.instances if i.role is Role.SLOT}
+        for name, record in snapshot.apps.items():
+            new = [i for i in successors if i.app == name and i.generation == record.generation
+                   and slots.get((name, i.index), record.generation) < record.generation]
+            cfg = self.config.apps.get(name)
+            if cfg is not None:
+                self.check(len(new) <= max(cfg.surge(), 1), f"{name}: {len(new)} new instances at once, past surge")
+
+    def _check_health(self, instances: tuple[InstanceSnapshot, ...], live: dict[int, Proc]) -> None:
+        states = {i.spawn_id: i for i in instances if i.spawn_id is not None}
+        for sid, proc in live.items():
+            assert isinstance(proc, SimProc)
+            inst = states[sid]
+            timeout = proc.heartbeat_timeout
+            signalled = proc.last_stop_signal is not None or proc.killed
+            if proc.hung and inst.state is State.RUNNING and timeout is not None and not signalled:
+                due = max(proc.last_beat, inst.running_since or 0.0, proc.adopted_at) + timeout
+                self.check(self.now <= due + EPSILON,
+                           f"{proc.name} hung (last beat {proc.last_beat:.3f}) and not stopped by {due:.3f}")
+            if proc.memory_due is not None and not signalled:
+                self.check(self.now <= proc.memory_due, f"{proc.name} over max_memory and never replaced")
+            if proc.kill_due is not None and not proc.killed:
+                self.check(self.now <= proc.kill_due, f"{proc.name} over max_processes and not killed")
+
+    def exit_process(self, proc: Proc, code: int | None, sig: int | None) -> None:
+        if proc.alive and isinstance(proc, SimProc) and proc.last_stop_signal is not None and not proc.stray:
+            if self.by_spawn.get(proc.spawn_id) is proc:
+                bound = proc.last_stop_signal + _max_stop(self, proc) + KILL_LATENCY
+                self.check(self.now <= bound + EPSILON, f"{proc.name}: a stop took past stop_timeout and the kill")
+        super().exit_process(proc, code, sig)
+
+    # -- the schedule ---------------------------------------------------------------------
+
+    def random_step(self) -> None:
+        live = [p for p in self.live() if isinstance(p, SimProc)]
+        roll = self.rng.random()
+        if roll < 0.3 and live:
+            victim = self.rng.choice(live)
+            code, sig = self.rng.choice([(1, None), (0, None), (None, 9), (None, 11)])
+            self.note(f"{victim.name} exits {code} {sig}")
+            self.exit_process(victim, code, sig)
+        elif roll < 0.38 and live:
+            victim = self.rng.choice(live)
+            self.note(f"{victim.name} hangs")
+            victim.hung = True
+        elif roll < 0.46 and live:
+            victim = self.rng.choice(live)
+            victim.rss = self.rng.choice([LIMIT * 2, LIMIT // 2])
+            self.note(f"{victim.name} rss {victim.rss}")
+        elif roll < 0.5 and live:
+            victim = self.rng.choice(live)
+            victim.processes = self.rng.choice([MAX_PROCESSES * 4, 2])
+            self.note(f"{victim.name} processes {victim.processes}")
+        elif roll < 0.53:
+            self.note("the daemon dies; a new one adopts")
+            self.restart_daemon()
+        elif roll < 0.6:
+            self.random_reload_config()
+        else:
+            self.random_command()
+
+    def restart_daemon(self, cfg: Config | None = None) -> None:
+        for proc in self.live():
+            assert isinstance(proc, SimProc)
+            proc.adopted_at, proc.over, proc.memory_due, proc.kill_due = self.now, 0, None, None
+            proc.last_stop_signal = None  # what the dead daemon asked is not the new one's to answer for
+            current = self.config.apps.get(proc.app.name)  # a new core watches it with the config of now
+            proc.heartbeat_timeout = current.heartbeat_timeout if current else None
+        self.restarts.clear()
+        self.backoff_since.clear()
+        self.maybe_waiting, self.waiting = True, {}  # an app with adopted instances is started already
+        self.sent = {rid: due for rid, due in self.sent.items() if rid in self.replies}  # died unanswered
+        self.awaiting.clear()
+        super().restart_daemon(cfg)
+
+    def send(self, cmd: CommandReceived) -> None:
+        self.commanded_at = self.now
+        for name, a in (cmd.config.apps.items() if cmd.config is not None else ()):
+            self.stop_timeouts[name] = max(self.stop_timeouts.get(name, 0.0), a.stop_timeout)
+            self.max_restarts[name] = max(self.max_restarts.get(name, 0), a.crash_loop.max_restarts)
+        if cmd.verb in (Verb.START, Verb.RESTART):  # an operator's start closes the breaker
+            for name in list(self.restarts):
+                if name in cmd.targets or name.partition(":")[0] in cmd.targets:
+                    del self.restarts[name]
+        if cmd.timeout is not None:
+            self.sent[cmd.request_id] = self.awaiting[cmd.request_id] = self.now + cmd.timeout
+        self.note(f"{cmd.verb} {' '.join(cmd.targets)}" + (" (config)" if cmd.config else ""))
+        self.feed(cmd)
+
+    def random_command(self) -> None:
+        apps = list(self.config.apps)
+        if not apps:
+            return
+        name = self.rng.choice(apps)
+        verb = self.rng.choice([Verb.STOP, Verb.START, Verb.RESTART, Verb.SCALE, Verb.STATUS, Verb.RELOAD])
+        target = name if self.rng.random() < 0.6 else f"{name}:{self.rng.randint(0, 3)}"
+        rid = ("cmd", next(self._requests))
+        if verb is Verb.SCALE:
+            self.send(CommandReceived(rid, verb, (name,), count=self.rng.randint(0, 4), timeout=30.0))
+        else:
+            self.send(CommandReceived(rid, verb, (target,), timeout=30.0))
+        reply = self.replies.get(rid)
+        if verb is Verb.RELOAD and reply is not None and not reply.ok:
+            self.check("no instance" in str(reply.error) or "rollout to generation" in str(reply.error),
+                       f"reload failed oddly: {reply.error}")
+
+    def random_reload_config(self) -> None:
+        """A changed config: new code (maybe broken), new counts, settings in place, apps added or removed."""
+        apps = dict(self.config.apps)
+        name = self.rng.choice(["web", "worker", "db"])
+        change = self.rng.random()
+        if name not in apps:
+            apps[name] = make_app(self.rng, name, deps=())
+        elif change < 0.3:
+            fresh = dataclasses.replace(apps[name], command=("x", f"v{self.rng.randint(2, 99)}"))
+            apps[name] = broken(fresh) if self.rng.random() < 0.3 else fresh
+        elif change < 0.55:
+            apps[name] = dataclasses.replace(apps[name], instances=self.rng.randint(0, 4))
+        elif change < 0.8:
+            apps[name] = dataclasses.replace(apps[name], stop_timeout=self.rng.choice([0.5, 2.0, 5.0]),
+                                             crash_loop=dataclasses.replace(apps[name].crash_loop,
+                                                                            max_restarts=self.rng.randint(2, 8)))
+        elif len(apps) > 1:
+            del apps[name]
+            for other, cfg in list(apps.items()):  # nothing may depend on a removed app
+                apps[other] = dataclasses.replace(cfg, depends_on=tuple(d for d in cfg.depends_on if d != name))
+        self.maybe_waiting = True  # an app added waits for its dependencies
+        status = self.status()
+        self.waiting.update({n: a.depends_on for n, a in apps.items() if n not in status and a.depends_on})
+        self.config = Config(self.config.path, self.config.supervise, apps)
+        self.send(CommandReceived(("config", next(self._requests)), Verb.RELOAD, config=self.config,
+                                  timeout=120.0))
+
+
+def _max_stop(sim: Simulation, proc: Proc) -> float:
+    """A stop may use the stop_timeout the process was started with, or any one applied in place since."""
+    return max(proc.app.stop_timeout, sim.stop_timeouts.get(proc.app.name, 0.0))
+
+
+def make_app(rng: random.Random, name: str, deps: tuple[str, ...]) -> AppConfig:
+    health = name == "web"
+    return AppConfig(
+        name, ("x", "v1"), Path("/"), instances=rng.randint(1, 3),
+        readiness=Readiness.HEARTBEAT if health or rng.random() < 0.3 else Readiness.NONE, start_timeout=2.0,
+        heartbeat_timeout=rng.choice([1.0, 2.0]) if health else None,
+        max_memory=LIMIT if health or rng.random() < 0.3 else None,
+        max_processes=MAX_PROCESSES if rng.random() < 0.3 else None,
+        restart=rng.choice([Restart.ALWAYS, Restart.ALWAYS, Restart.ON_FAILURE]),
+        stop_timeout=rng.choice([0.5, 2.0, 5.0]),
+        backoff=BackoffConfig(initial=0.1, max=rng.choice([1.0, 5.0]), multiplier=2.0, jitter=0.3, reset_after=10.0),
+        crash_loop=CrashLoopConfig(max_restarts=rng.randint(2, 8), window=CRASH_WINDOW, cooldown=20.0),
+        listen=("127.0.0.1:8080",) if health and rng.random() < 0.5 else (),  # memory restarts start a successor
+        reload_surge=rng.choice([None, 0, 1, 2]),
+        depends_on=deps,
+    )
+
+
+def make_config(rng: random.Random) -> Config:
+    """Two or three apps, with a random acyclic depends_on graph among them."""
+    names = ["db", "worker", "web"][: rng.randint(2, 3)]
+    apps = []
+    for i, name in enumerate(names):
+        deps = tuple(d for d in names[:i] if rng.random() < 0.5)
+        apps.append(make_app(rng, name, deps))
+    return config(*apps)
+
+
+def run_schedule(seed: int, steps: int = 30) -> Simulation:
+    """Random faults and commands for `steps` steps, then faults stop and everything must converge."""
+    rng = random.Random(seed)
+    sim = Simulation(seed, make_config(rng))
+    sim.start()
+    sim.at(SAMPLE_EVERY, sim.sample)
+    for _ in range(steps):
+        sim.advance(rng.expovariate(4.0))
+        sim.random_step()
+    settle(sim)
+    return sim
+
+
+def settle(sim: Simulation) -> None:
+    """Faults stop; an operator starts everything once (clearing crash loops and stops); the system
+    must settle at every app's count, every command answered."""
+    sim.faults = False
+    sim.note("faults stop")
+    for proc in sim.live():
+        assert isinstance(proc, SimProc)
+        proc.ignores_term = False
+        proc.rss, proc.processes = min(proc.rss, LIMIT // 2), 1
+        if proc.hung:  # continued (SIGCONT): it beats again
+            proc.hung = False
+            sim.at(sim.now, lambda p=proc: sim._beat(p))
+    for name in sim.config.apps:
+        sim.send(CommandReceived(("final", name), Verb.START, (name,), timeout=600.0))
+    # The operator also fixes the code (after the starts, which would cancel its rollout).
+    fixed = {n: dataclasses.replace(a, command=("x", "fixed")) for n, a in sim.config.apps.items()}
+    sim.config = Config(sim.config.path, sim.config.supervise, fixed)
+    sim.send(CommandReceived(("fix",), Verb.RELOAD, config=sim.config, timeout=600.0))
+    # Until settled: a crash loop's cooldown (20 s) + the longest backoff + a stop, at most.
+    for _ in range(60):
+        sim.advance(1.0)
+        if not sim.awaiting and converged(sim):
+            break
+    status = sim.status()
+    for name in sim.config.apps:
+        app = status.get(name)
+        sim.check(app is not None, f"{name} missing after the config says it exists")
+        assert app is not None
+        rows = app["instances"]
+        assert isinstance(rows, list)
+        sim.check(len(rows) == app["target"] and all(r["state"] == "running" for r in rows) and
+                  "replacing" not in app and not (isinstance(app.get("rollout"), dict) and
+                                                   app["rollout"]["state"] == "running"),  # type: ignore[index]
+                  f"{name} did not converge: {app}")
+        reply = sim.replies.get(("final", name))
+        # A fault still in flight when `start` was typed (a late readiness, a hang) can trip
+        # the breaker again; the reply must then say which instance failed and why.
+        sim.check(reply is not None and (reply.ok or " is failed (last exit: " in str(reply.error)),
+                  f"final start of {name}: {reply}")
+    extra = sorted(set(status) - set(sim.config.apps))
+    sim.check(not extra, f"apps removed from the config still there: {extra}")
+
+
+def _up(app: dict[str, object]) -> bool:
+    rows = app["instances"]
+    assert isinstance(rows, list)
+    return len(rows) >= app["target"] and all(r["state"] == "running" for r in rows)  # type: ignore[operator]
+
+
+def converged(sim: Simulation) -> bool:
+    status = sim.status()
+    return set(status) == set(sim.config.apps) and all(
+        len(app["instances"]) == app["target"] and all(r["state"] == "running" for r in app["instances"])  # type: ignore[arg-type, union-attr]
+        and "replacing" not in app for app in status.values())
+
+
+def run_shutdown(seed: int, steps: int = 20) -> Simulation:
+    """Random faults, then a drain: every process gone and exit 0, in bounded time."""
+    rng = random.Random(seed)
+    sim = Simulation(seed, make_config(rng))
+    sim.start()
+    sim.at(SAMPLE_EVERY, sim.sample)
+    for _ in range(steps):
+        sim.advance(rng.expovariate(4.0))
+        sim.random_step()
+    sim.note("shutdown")
+    sim.draining = True
+    sim.feed(ShutdownRequested())
+    # Each layer of depends_on drains in turn: at most stop_timeout and the kill per layer.
+    sim.advance(len(sim.config.apps) * (5.0 + KILL_LATENCY) + 1.0)
+    sim.check(sim.exit_code == 0, "the drain did not end")
+    sim.check(not sim.live(), f"processes alive after the drain: {[p.name for p in sim.live()]}")
+    sim.check(sim.events[-1] == {"type": "daemon", "event": "stopped"}, "no stopped event last")
+    sim.check(sim.chaos_ended >= 1, "chaos was not ended when the drain began")
+    return sim
+
