@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -33,72 +30,53 @@ from harness import (
     PY,
     WORKER,
     BenchError,
-    Inbox,
+    Hello,
     MiB,
-    Processes,
-    Row,
     Supervised,
-    interrupt,
+    cpu_seconds,
+    for_seconds,
     median,
     ms,
     p99,
-    run_and_report,
+    settle,
+    usage,
 )
+from runner import Bench, Options, main
 
 FIGURES = ("restart", "spawn", "status", "footprint", "shutdown")
 
 
-@dataclass
-class Bench:
-    args: argparse.Namespace
-    dir: Path
-    procs: Processes
-    inbox: Inbox
-    worker_argv: list[str]
-    rows: list[Row] = field(default_factory=list)
-    raw: dict = field(default_factory=dict)
-    floor_log: int = -1
+class Foundation(Bench):
+    """A run of the foundation figures: every worker is bench_worker.py, under the daemon or as a floor."""
 
-    def __post_init__(self) -> None:
-        self.floor_env = self.procs.env(BENCH_SOCK=self.inbox.path)
-        self.floor_log = os.open(self.dir / "floor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
+    @property
+    def worker_argv(self) -> list[str]:
+        # -S: the worker's start is the interpreter's, not this machine's .pth files (README)
+        return [PY, str(WORKER)] if self.args.worker_site else [PY, "-S", str(WORKER)]
+
+    def describe(self) -> str:
+        return f"{' '.join(self.worker_argv[1:-1]) or 'with site'} worker, {super().describe()}"
 
     def popen_worker(self) -> subprocess.Popen:
-        """The floor: a plain Popen of the same worker, with what the daemon gives it
-        (own session, stdin from /dev/null, output to a file)."""
-        p = subprocess.Popen(self.worker_argv, stdin=subprocess.DEVNULL, stdout=self.floor_log,
-                             stderr=self.floor_log, env=self.floor_env, cwd=self.dir,
-                             close_fds=True, start_new_session=True)
-        self.procs.floor.append(p)
-        return p
+        """The floor: a plain Popen of the same worker the daemon runs."""
+        return self.popen(self.worker_argv)
 
-    def daemon(self, name: str, instances: int, extra: str = "") -> Supervised:
-        return Supervised(self.dir / name, instances, self.procs, self.inbox, self.worker_argv, extra,
-                          tuple(shlex.split(self.args.daemon_python_args)))
+    def bench_daemon(self, name: str, instances: int, extra: str = "") -> Supervised:
+        """A daemon (not started) on `instances` bench workers."""
+        return self.daemon(name, instances, self.worker_argv, extra)
 
-    def up(self, d: Supervised, what: str, timeout: float = 180) -> tuple[float, list]:
+    def up(self, d: Supervised, what: str, timeout: float = 180) -> tuple[float, list[Hello]]:
         """Start `d` and wait for every instance's first datagram; (time of the exec, the hellos)."""
         t0 = d.start()
         try:
             hellos = self.inbox.take(d.instances, timeout, what)
         except BenchError:
-            if d.proc.poll() is not None:
-                raise BenchError(f"the daemon exited ({d.proc.returncode}):\n{d.log_tail()}") from None
+            d.check_running()
             raise
         names = {h.name for h in hellos}
         if len(names) != d.instances:
             raise BenchError(f"{what}: {len(names)} distinct instances reported, expected {d.instances}")
         return t0, hellos
-
-    def add(self, *row) -> None:
-        self.rows.append(Row(*row))
-
-    def say(self, text: str) -> None:
-        print(text, flush=True)
-
-
-def settle(seconds: float) -> None:
-    time.sleep(seconds)  # let the previous step's exits and sweeps finish: not synchronization
 
 
 # -- 1. restart latency ---------------------------------------------------------------
@@ -112,11 +90,12 @@ crash_loop = { max_restarts = 1000000, window = "1s" }
 """
 
 
-def bench_restart(b: Bench) -> None:
+def bench_restart(b: Foundation) -> None:
+    """Restart latency: SIGKILL of the running instance -> its replacement's first datagram."""
     kills = b.args.kills
     b.say(f"\n[restart] SIGKILL -> replacement's first datagram, {kills} kills, interleaved with "
           f"{kills} floor Popen -> first datagram")
-    d = b.daemon("restart", 1, RESTART_EXTRA)
+    d = b.bench_daemon("restart", 1, RESTART_EXTRA)
     _, (hello,) = b.up(d, "the first instance")
     pid = hello.pid
     ours, floor = [], []
@@ -153,7 +132,7 @@ def bench_restart(b: Bench) -> None:
 # -- 2. spawn N -------------------------------------------------------------------------
 
 
-def floor_spawn(b: Bench, n: int) -> tuple[float, float, float]:
+def floor_spawn(b: Foundation, n: int) -> tuple[float, float, float]:
     """(Popen loop, its CPU time, exec of the first Popen -> last first-datagram) in seconds."""
     b.inbox.clear()
     c0, t0 = time.thread_time(), time.monotonic()
@@ -171,7 +150,8 @@ def last_spawn(d: Supervised, start_wall: float) -> float | None:
     return max(started) - start_wall if started else None
 
 
-def bench_spawn(b: Bench, keep_last: bool) -> Supervised | None:
+def bench_spawn(b: Foundation, keep_last: bool) -> Supervised | None:
+    """Spawn N: exec of the daemon -> every instance's first datagram; returns the last daemon if `keep_last`."""
     n, runs = b.args.instances, b.args.runs
     b.say(f"\n[spawn] {n} instances: `supervise run` exec -> last first-datagram, vs {n} Popens "
           f"from this process -> last first-datagram; {runs} runs, interleaved")
@@ -185,7 +165,7 @@ def bench_spawn(b: Bench, keep_last: bool) -> Supervised | None:
         loop_cpus.append(loop_cpu)
         settle(1.0)
         b.inbox.clear()
-        d = b.daemon(f"spawn{r}", n)
+        d = b.bench_daemon(f"spawn{r}", n)
         wall = time.time()
         t0, hellos = b.up(d, f"{n} instances (run {r + 1})")
         cpus.append(cpu_seconds(d.proc.pid))
@@ -214,10 +194,11 @@ def bench_spawn(b: Bench, keep_last: bool) -> Supervised | None:
     return kept
 
 
-def start_big(b: Bench) -> Supervised:
+def start_big(b: Foundation) -> Supervised:
+    """The N-instance daemon status and footprint need, when spawn did not leave one."""
     n = b.args.instances
     b.say(f"\n(starting a daemon with {n} instances)")
-    d = b.daemon("big", n)
+    d = b.bench_daemon("big", n)
     b.up(d, f"{n} instances")
     return d
 
@@ -225,7 +206,8 @@ def start_big(b: Bench) -> Supervised:
 # -- 3. status --json -------------------------------------------------------------------
 
 
-def bench_status(b: Bench, d: Supervised) -> None:
+def bench_status(b: Foundation, d: Supervised) -> None:
+    """`status --json` as a whole command (interpreter, imports, request) with N running."""
     n, runs = d.instances, b.args.status_runs
     instances = d.status()
     running = sum(1 for i in instances if i["state"] == "running")
@@ -275,41 +257,7 @@ def bench_status(b: Bench, d: Supervised) -> None:
 # -- 4. footprint -----------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of all of a process's live threads, in nanosecond resolution where
-    /proc/<pid>/task/*/schedstat exists (utime/stime count 10 ms ticks: too coarse
-    for 0.1 % over 30 s), else psutil's."""
-    total, found = 0, False
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-                    found = True
-            except (OSError, ValueError, IndexError):
-                pass
-    except OSError:
-        pass
-    if found:
-        return total / 1e9
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
-def measure_idle(pid: int, seconds: float) -> tuple[int, float]:
-    """(max RSS in bytes, CPU % of one core) of one process over `seconds` of wall time."""
-    proc = psutil.Process(pid)
-    c0, w0 = cpu_seconds(pid), time.monotonic()
-    rss = proc.memory_info().rss
-    end = w0 + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(1.0, left))  # sampling, not synchronization
-        rss = max(rss, proc.memory_info().rss)
-    c1, w1 = cpu_seconds(pid), time.monotonic()
-    return rss, max(0.0, (c1 - c0) / (w1 - w0) * 100)
-
-
-def resident_after_start(b: Bench, code: str) -> int:
+def resident_after_start(b: Foundation, code: str) -> int:
     """RSS of `python -c code` once it has settled (the code should end in signal.pause())."""
     p = subprocess.Popen([PY, "-c", code], stdin=subprocess.DEVNULL, env=b.procs.env(), cwd=b.dir)
     b.procs.floor.append(p)
@@ -322,13 +270,14 @@ def resident_after_start(b: Bench, code: str) -> int:
         b.procs.stop_floor([p])
 
 
-def bench_footprint_small(b: Bench, n: int = 100) -> None:
+def bench_footprint_small(b: Foundation, n: int = 100) -> None:
+    """The daemon's RSS and idle CPU with 100 instances, against a bare interpreter."""
     seconds = b.args.idle_seconds
     b.say(f"\n[footprint] daemon with {n} idle instances over {seconds:g} s")
-    d = b.daemon("idle", n)
+    d = b.bench_daemon("idle", n)
     b.up(d, f"{n} idle instances")
     settle(2.0)
-    rss, cpu = measure_idle(d.proc.pid, seconds)
+    cpu, rss = usage(d.proc.pid, for_seconds(seconds))
     d.shutdown()
     bare = resident_after_start(b, "import signal; signal.pause()")
     imports = resident_after_start(b, "import signal, supervise.cli; supervise.cli.import_daemon(); signal.pause()")
@@ -341,10 +290,11 @@ def bench_footprint_small(b: Bench, n: int = 100) -> None:
     b.add(f"daemon CPU, {n} idle", f"{cpu:.3f} %", "0 %", "(< 0.1 %)", cpu < 0.1)
 
 
-def bench_footprint_big(b: Bench, d: Supervised) -> None:
+def bench_footprint_big(b: Foundation, d: Supervised) -> None:
+    """The daemon's RSS with N instances (after the status rounds, when both run)."""
     seconds = min(10.0, b.args.idle_seconds)
     settle(2.0)
-    rss, cpu = measure_idle(d.proc.pid, seconds)
+    cpu, rss = usage(d.proc.pid, for_seconds(seconds))
     bare = b.raw.get("footprint", {}).get("bare_rss") or resident_after_start(b, "import signal; signal.pause()")
     after = " (after the status rounds)" if "status" in b.args.only else ""
     b.say(f"\n[footprint] daemon with {d.instances} idle instances over {seconds:g} s: RSS {rss / MiB:.1f} MiB "
@@ -357,7 +307,7 @@ def bench_footprint_big(b: Bench, d: Supervised) -> None:
 # -- 5. shutdown ------------------------------------------------------------------------
 
 
-def floor_shutdown(b: Bench, n: int) -> float:
+def floor_shutdown(b: Foundation, n: int) -> float:
     """An interpreter start (the CLI's share) plus SIGTERM to n plain workers and reaping them."""
     b.inbox.clear()
     procs = [b.popen_worker() for _ in range(n)]
@@ -388,14 +338,15 @@ def shutdown_phases(d: Supervised, start: float, gone: float) -> dict[str, float
     return {name: marks[i + 1] - marks[i] for i, name in enumerate(names)}
 
 
-def bench_shutdown(b: Bench, n: int = 100) -> None:
+def bench_shutdown(b: Foundation, n: int = 100) -> None:
+    """Shutdown: exec of `supervise shutdown` -> the daemon is gone, its 100 workers with it."""
     runs = b.args.shutdown_runs
     b.say(f"\n[shutdown] `supervise shutdown` exec -> daemon gone, {n} instances, {runs} runs; floor: "
           f"`python -c pass` + SIGTERM and reap {n} Popen'd workers")
     ours, cli, floor, phases = [], [], [], []
     for r in range(runs):
         floor.append(floor_shutdown(b, n))
-        d = b.daemon(f"shutdown{r}", n)
+        d = b.bench_daemon(f"shutdown{r}", n)
         _, hellos = b.up(d, f"{n} instances")
         settle(1.0)
         t0, wall0 = time.monotonic(), time.time()
@@ -430,49 +381,24 @@ def bench_shutdown(b: Bench, n: int = 100) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer runs and samples: a smoke check")
-    p.add_argument("--only", action="append", choices=FIGURES, metavar="NAME",
-                   help=f"run only this figure (repeatable): {', '.join(FIGURES)}")
-    p.add_argument("--kills", type=int, help="restart: kills (default 200, quick 30)")
-    p.add_argument("--runs", type=int, help="spawn: runs (default 5, quick 1)")
-    p.add_argument("--instances", type=int, default=500, help="spawn/status/footprint: instances (default 500)")
-    p.add_argument("--status-runs", type=int, help="status: rounds (default 30, quick 10)")
-    p.add_argument("--idle-seconds", type=float, help="footprint: window (default 30, quick 10)")
-    p.add_argument("--shutdown-runs", type=int, help="shutdown: runs (default 5, quick 2)")
-    p.add_argument("--worker-site", action="store_true",
-                   help="run the bench worker with site.py (default: python -S, so the worker's start "
-                        "is the interpreter's, not this machine's .pth files)")
-    p.add_argument("--as-is-env", action="store_true",
-                   help="keep PYTHONDONTWRITEBYTECODE as it is (default: bytecode cached in the work dir, warmed "
-                        "up first, as after a normal install)")
-    p.add_argument("--daemon-python-args", default="", metavar="ARGS",
-                   help='interpreter options for the daemon, e.g. "-m cProfile -o /tmp/d.prof" (profiling)')
-    p.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
-    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
-    args = p.parse_args(argv)
-    quick = args.quick
-    args.kills = args.kills or (30 if quick else 200)
-    args.runs = args.runs or (1 if quick else 5)
-    args.status_runs = args.status_runs or (10 if quick else 30)
-    args.idle_seconds = args.idle_seconds or (10.0 if quick else 30.0)
-    args.shutdown_runs = args.shutdown_runs or (2 if quick else 5)
-    args.only = set(args.only or FIGURES)
-    return args
+    """The common options, and the counts of each foundation figure."""
+    opts = Options(__doc__, FIGURES)
+    opts.number("--kills", int, 200, 30, "restart: kills")
+    opts.number("--runs", int, 5, 1, "spawn: runs")
+    opts.add("--instances", type=int, default=500, help="spawn/status/footprint: instances (default 500)")
+    opts.number("--status-runs", int, 30, 10, "status: rounds")
+    opts.number("--idle-seconds", float, 30.0, 10.0, "footprint: window")
+    opts.number("--shutdown-runs", int, 5, 2, "shutdown: runs")
+    opts.add("--worker-site", action="store_true",
+             help="run the bench worker with site.py (default: python -S, so the worker's start "
+                  "is the interpreter's, not this machine's .pth files)")
+    opts.daemon_options()
+    return opts.parse(argv)
 
 
-def warm_up(b: Bench) -> None:
-    """Run each kind of process once, so bytecode caches exist before anything is timed."""
-    env = b.procs.env()
-    modules = ("supervise.cli, supervise.daemon, supervise.log, supervise.core, supervise.runtime.process, "
-               "asyncio, zmq, psutil, structlog, secrets, argparse, json")
-    for argv in ([PY, "-c", f"import {modules}"], [PY, "-m", "supervise", "--help"],
-                 [PY, "-S", "-c", "import signal, _socket"], [PY, "-c", "pass"]):
-        subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, cwd=b.dir, check=True)
-
-
-def run(b: Bench) -> None:
+def run(b: Foundation) -> None:
+    """The selected figures; status and the 500-instance footprint share the last spawn run's daemon."""
+    b.warm_up([PY, "-c", "pass"])
     only = b.args.only
     if "restart" in only:
         bench_restart(b)
@@ -496,21 +422,5 @@ def run(b: Bench) -> None:
             big.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="sv-bench-"))
-    procs = Processes(None if args.as_is_env else workdir / "pycache")
-    inbox = Inbox(workdir / "hello.sock", procs.saw_pid)
-    worker_argv = [PY, str(WORKER)] if args.worker_site else [PY, "-S", str(WORKER)]
-    b = Bench(args, workdir, procs, inbox, worker_argv)
-    cache = "as-is environment" if args.as_is_env else "bytecode cached"
-    print(f"supervise foundation benchmarks: {PY} ({' '.join(worker_argv[1:-1]) or 'with site'} worker, "
-          f"{cache}), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, work dir {workdir}", flush=True)
-    return run_and_report(b, lambda: (warm_up(b), run(b)), workdir, args.keep, args.json)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("foundation", parse_args(None), run, Foundation))

@@ -1,9 +1,11 @@
 """What every benchmark needs: the datagram inbox, the processes it started, a daemon.
 
-Nothing here measures anything; `foundation.py` does. The rules it keeps:
-every process it starts is recorded (daemons, floor workers, and every pid a
-worker reports), and `Processes.cleanup` ends all of them by pid, politely
-first, SIGKILL as a last resort, whatever went wrong before.
+Nothing here measures a figure; the scripts (foundation.py, health.py,
+reload.py, survival.py) do. The rules it keeps: every process a benchmark
+starts is recorded (daemons, floor workers, and every pid a worker reports),
+and `Processes.cleanup` ends all of them by pid, politely first, SIGKILL as a
+last resort, whatever went wrong before. The run itself (common options,
+work dir, the table, exit codes) is in `runner.py`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,23 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 HERE = Path(__file__).resolve().parent
+# The tests' helpers (wait_until, free_port) and load generator serve here too.
+sys.path.insert(0, str(HERE.parent / "tests"))
+from helpers import wait_until  # noqa: E402
+
 WORKER = HERE / "bench_worker.py"
 PY = sys.executable  # never the `python3` on PATH: a pyenv shim costs ~65 ms per start
 MiB = 1024 * 1024
+T = TypeVar("T")
 
 
 def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
@@ -55,6 +64,7 @@ class BenchError(Exception):
 
 
 def median(values: list[float]) -> float:
+    """The figure every script reports: robust to the odd sample a noisy machine spoils."""
     return statistics.median(values)
 
 
@@ -65,7 +75,76 @@ def p99(values: list[float]) -> float:
 
 
 def ms(seconds: float) -> str:
+    """Seconds as the milliseconds every table shows."""
     return f"{seconds * 1000:.1f} ms"
+
+
+def settle(seconds: float) -> None:
+    """A pause between steps, so one step's after-effects (exits, reaping, sweeps, memory
+    being freed) do not land in the next step's figure. Not synchronization: every wait
+    for a result waits on the result itself."""
+    time.sleep(seconds)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """The tests' wait_until, failing the benchmark (BenchError, so it is reported and
+    cleaned up like any failed measurement) rather than raising AssertionError."""
+    return wait_until(predicate, timeout, interval, what, error=BenchError)
+
+
+# -- CPU and memory of a process -------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all of a process's live threads, in nanosecond resolution where
+    /proc/<pid>/task/*/schedstat exists (utime/stime count 10 ms ticks: too coarse
+    for 0.1 % over 30 s), else psutil's. A thread that exits between two readings
+    takes its time with it: fine for the long-lived daemons and sinks measured here."""
+    total, found = 0, False
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                    found = True
+            except (OSError, ValueError, IndexError):
+                continue  # the thread exited while we listed them
+    except OSError:
+        pass  # no /proc/<pid>/task: psutil below
+    if found:
+        return total / 1e9
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def usage(pid: int, until: Callable[[], bool]) -> tuple[float, int]:
+    """(CPU % of one core, largest RSS in bytes) of process `pid` from now until `until()` is true.
+
+    `until` does the waiting between samples (up to about a second a call: a
+    sleep, or waiting for a helper's line), so RSS is sampled at that pace.
+    """
+    proc = psutil.Process(pid)
+    c0, w0 = cpu_seconds(pid), time.monotonic()
+    rss = proc.memory_info().rss
+    while not until():
+        rss = max(rss, proc.memory_info().rss)
+    c1, w1 = cpu_seconds(pid), time.monotonic()
+    rss = max(rss, proc.memory_info().rss)
+    return max(0.0, (c1 - c0) / (w1 - w0) * 100), rss
+
+
+def for_seconds(seconds: float) -> Callable[[], bool]:
+    """An `until` for `usage`: true once `seconds` have passed, sleeping up to a second a call."""
+    end = time.monotonic() + seconds
+
+    def until() -> bool:
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(1.0, left))  # the sampling interval, not synchronization
+        return False
+
+    return until
 
 
 # -- the inbox workers report to ------------------------------------------------------
@@ -91,7 +170,7 @@ class Inbox:
 
     _QUIT = b"quit"
 
-    def __init__(self, path: Path, on_pid) -> None:
+    def __init__(self, path: Path, on_pid: Callable[[int], None]) -> None:
         self.path = str(path)
         self._on_pid = on_pid
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -135,6 +214,7 @@ class Inbox:
         return taken
 
     def clear(self) -> list[Hello]:
+        """Drop (and return) what arrived so far: reports of a step that is over."""
         with self._cond:
             taken, self._items = self._items, []
         return taken
@@ -175,13 +255,16 @@ class Processes:
         self._lock = threading.Lock()
 
     def env(self, **extra: str) -> dict[str, str]:
+        """The environment of every process we start: it carries our marker."""
         return dict(self.base_env, BENCH_MARKER=self.marker, **extra)
 
     def saw_pid(self, pid: int) -> None:
+        """Record a worker's pid (from a report or a status), so cleanup can end it."""
         with self._lock:
             self.worker_pids.add(pid)
 
     def ours(self, pid: int) -> psutil.Process | None:
+        """The process, while it is alive and still carries our marker (a pid may be reused)."""
         try:
             proc = psutil.Process(pid)
             if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("BENCH_MARKER") == self.marker:
@@ -190,7 +273,8 @@ class Processes:
             pass
         return None
 
-    def leftovers(self, pids) -> list[int]:
+    def leftovers(self, pids: Iterable[int]) -> list[int]:
+        """Those of `pids` still running as ours."""
         return [pid for pid in pids if self.ours(pid) is not None]
 
     def stop_floor(self, procs: list[subprocess.Popen], timeout: float = 10) -> list[int]:
@@ -252,27 +336,34 @@ class Processes:
 # -- a supervise daemon on a generated config -----------------------------------------
 
 
-class Supervised:
-    """`supervise run` on a config of one app, `w`, of `instances` bench workers."""
-
-    def __init__(self, root: Path, instances: int, procs: Processes, inbox: Inbox,
-                 worker_argv: list[str], extra: str = "", python_args: tuple[str, ...] = ()) -> None:
-        self.dir = root
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.config = root / "supervise.toml"
-        self.instances = instances
-        self.procs = procs
-        self.python_args = python_args
-        self.proc: subprocess.Popen | None = None
-        command = ", ".join(json.dumps(part) for part in worker_argv)
-        self.config.write_text(
-            "[apps.w]\n"
+def bench_app(worker_argv: list[str], instances: int, inbox: Inbox, extra: str = "") -> str:
+    """The config of one app, `w`: `instances` of the worker, reporting to `inbox`."""
+    command = ", ".join(json.dumps(part) for part in worker_argv)
+    return ("[apps.w]\n"
             f"command = [{command}]\n"
             f"instances = {instances}\n"
             f"env = {{ BENCH_SOCK = {json.dumps(inbox.path)} }}\n"
             'stop_timeout = "5s"\n'
-            + extra
-        )
+            + extra)
+
+
+class Supervised:
+    """`supervise run` on a config of ours, in its own directory, driven through the real CLI.
+
+    The CLI is what an operator runs, so what it costs is part of every figure
+    that goes through it.
+    """
+
+    def __init__(self, root: Path, config: str, procs: Processes, instances: int = 0,
+                 python_args: tuple[str, ...] = ()) -> None:
+        self.dir = root
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = root / "supervise.toml"
+        self.config.write_text(config)
+        self.instances = instances
+        self.procs = procs
+        self.python_args = python_args
+        self.proc: subprocess.Popen | None = None
 
     def start(self) -> float:
         """Exec the daemon; returns the monotonic time just before the exec."""
@@ -284,26 +375,68 @@ class Supervised:
         self.procs.daemons.append(self.proc)
         return t0
 
+    def check_running(self) -> None:
+        """BenchError, with the end of its log, if the daemon has exited: no use waiting for it."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise BenchError(f"the daemon exited ({self.proc.returncode}):\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (its workers live on) and reap it: a daemon crash."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.wait_gone(10)
+
     def cli_argv(self, *args: str) -> list[str]:
         return [PY, "-m", "supervise", *args, "-c", str(self.config)]
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(self.cli_argv(*args), capture_output=True, text=True, cwd=self.dir,
                               env=self.procs.env(), timeout=timeout, check=False)
 
+    def try_status(self) -> list[dict] | None:
+        """Every instance from `status --json`; None while the daemon does not answer."""
+        result = self.cli("status", "--json")
+        return self._instances(result) if result.returncode == 0 else None
+
     def status(self) -> list[dict]:
+        """Every instance from `status --json`; BenchError if the daemon does not answer."""
         result = self.cli("status", "--json")
         if result.returncode != 0:
             raise BenchError(f"status failed ({result.returncode}): {result.stderr.strip()}")
+        return self._instances(result)
+
+    @staticmethod
+    def _instances(result: subprocess.CompletedProcess) -> list[dict]:
         return [i for app in json.loads(result.stdout)["apps"] for i in app["instances"]]
 
+    def wait_running(self, count: int, timeout: float = 60.0, generation: int | None = None) -> list[dict]:
+        """The instances, once `count` are all running (of `generation`, if given); their pids are recorded."""
+        def check() -> list[dict] | None:
+            self.check_running()
+            instances = self.try_status()
+            if instances is None or len(instances) != count or not all(
+                    i["state"] == "running" and (generation is None or i["generation"] == generation)
+                    for i in instances):
+                return None
+            for i in instances:
+                self.procs.saw_pid(i["pid"])
+            return instances
+        return wait_for(check, timeout, f"{count} instances running")
+
+    def events(self) -> list[dict]:
+        """The daemon's event history (`events --no-follow`)."""
+        return [json.loads(line) for line in self.cli("events", "--no-follow").stdout.splitlines()]
+
     def shutdown(self, timeout: float = 60) -> None:
+        """`supervise shutdown`, then wait until the daemon is gone."""
         result = self.cli("shutdown", timeout=timeout)
         if result.returncode != 0:
             raise BenchError(f"shutdown failed ({result.returncode}): {result.stderr.strip()}")
         self.wait_gone(timeout)
 
     def wait_gone(self, timeout: float) -> int:
+        """The daemon's exit status, once it has exited (reaped, and no longer ours to clean up)."""
         assert self.proc is not None
         code = wait_exit(self.proc, timeout)
         self.procs.daemons = [d for d in self.procs.daemons if d is not self.proc]
@@ -328,78 +461,8 @@ class Supervised:
         return out
 
     def log_tail(self, lines: int = 15) -> str:
+        """The end of the daemon's log, for an error message."""
         try:
             return "\n".join((self.dir / "daemon.log").read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-# -- the table and the run's end, shared by every benchmark script ---------------------
-
-
-@dataclass
-class Row:
-    figure: str
-    ours: str
-    floor: str
-    versus: str  # the comparison with the floor, and the target
-    ok: bool | None  # None: information only
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "MISS"
-
-
-def print_table(rows: list[Row]) -> None:
-    cells = [("figure", "ours", "floor", "vs floor (target)", "result")]
-    cells += [(r.figure, r.ours, r.floor, r.versus, "" if r.ok is None else verdict(r.ok)) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(5)]
-    print()
-    for i, c in enumerate(cells):
-        print("  ".join(c[j].ljust(widths[j]) for j in range(5)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
-def interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM/SIGHUP clean up like Ctrl-C
-
-
-def run_and_report(b, body, workdir: Path, keep: bool, json_path: str | None) -> int:
-    """Run ``body()``, clean up every process whatever happens, print the table; the exit code.
-
-    ``b`` has ``procs``, ``inbox``, ``floor_log``, ``rows`` and ``raw``.
-    """
-    import shlex
-    import shutil
-
-    code = 0
-    try:
-        body()
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        code = 130
-    except (BenchError, subprocess.TimeoutExpired) as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        killed = b.procs.cleanup()
-        b.inbox.close()
-        os.close(b.floor_log)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if killed:
-            print(f"cleanup had to SIGKILL {len(killed)} processes: {killed[:20]}", file=sys.stderr)
-        if keep:
-            print(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if b.rows:
-        print_table(b.rows)
-        print(f"\n(load average at the end: {os.getloadavg()[0]:.2f}; command: "
-              f"{shlex.join([Path(PY).name, *sys.argv])})")
-    if json_path:
-        Path(json_path).write_text(json.dumps({"rows": [r.__dict__ for r in b.rows], "raw": b.raw}, indent=1))
-    if code == 0 and any(r.ok is False for r in b.rows):
-        code = 1
-    return code

@@ -26,36 +26,39 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from supervise.wire import protocol
-from supervise.runtime import sampler
-from supervise.runtime.cgroups import Cgroups
-from supervise.control.client import Control, ControlError, NoDaemon
-from supervise.config.locate import locate_state_dir
-from supervise.wire.statedir import StatePaths
-
 from harness import (
     PY,
     BenchError,
-    Inbox,
+    Hello,
     MiB,
-    Processes,
-    Row,
     Supervised,
-    interrupt,
+    cpu_seconds,
+    for_seconds,
     median,
     ms,
-    run_and_report,
+    settle,
+    usage,
+    wait_for,
 )
+from runner import Bench, Options, handle_signals, main, run_selected
+
+from supervise.config.locate import locate_state_dir
+from supervise.control.client import Control, ControlError, NoDaemon
+from supervise.runtime import sampler
+from supervise.runtime.cgroups import Cgroups
+from supervise.wire import protocol
+from supervise.wire.statedir import StatePaths
 
 HERE = Path(__file__).resolve().parent
 HEALTH_WORKER = HERE / "health_worker.py"
@@ -63,42 +66,14 @@ LOAD = HERE / "health_load.py"
 SINK = HERE / "health_sink.py"
 FIGURES = ("ingest", "hang", "memory", "sampler", "beat1000")
 OTHER_BENCHMARKS = ("foundation.py",)  # never measured at the same time as ours
+T = TypeVar("T")
 
 
-@dataclass
-class Bench:
-    args: argparse.Namespace
-    dir: Path
-    procs: Processes
-    inbox: Inbox
-    rows: list[Row] = field(default_factory=list)
-    raw: dict = field(default_factory=dict)
-    floor_log: int = -1
-
-    def __post_init__(self) -> None:
-        self.floor_log = os.open(self.dir / "floor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
-
-    def daemon(self, name: str, instances: int, worker_argv: list[str], extra: str = "") -> Supervised:
-        return Supervised(self.dir / name, instances, self.procs, self.inbox, worker_argv, extra,
-                          tuple(shlex.split(self.args.daemon_python_args)))
-
-    def popen(self, argv: list[str], **env: str) -> subprocess.Popen:
-        """A floor process with what the daemon gives a worker (own session, stdin from
-        /dev/null, output to a file); recorded for cleanup."""
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.floor_log, stderr=self.floor_log,
-                             env=self.procs.env(BENCH_SOCK=self.inbox.path, **env), cwd=self.dir,
-                             close_fds=True, start_new_session=True)
-        self.procs.floor.append(p)
-        return p
+class Health(Bench):
+    """A run of the health figures, which also start helper processes (generators, sinks, py-spy)."""
 
     def helper(self, argv: list[str]) -> Helper:
         return Helper(self, argv)
-
-    def add(self, *row) -> None:
-        self.rows.append(Row(*row))
-
-    def say(self, text: str) -> None:
-        print(text, flush=True)
 
 
 class Helper:
@@ -107,9 +82,10 @@ class Helper:
     Recorded as a floor process, so cleanup ends it by pid whatever happens.
     """
 
-    def __init__(self, b: Bench, argv: list[str]) -> None:
+    def __init__(self, b: Health, argv: list[str]) -> None:
         self.b = b
         self.argv = argv
+        self.out: Path | None = None  # where it writes its result, for those that do (py-spy)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=b.floor_log, cwd=b.dir, env=b.procs.env(), text=True)
         b.procs.floor.append(self.proc)
@@ -150,11 +126,8 @@ class Helper:
             raise BenchError(f"{Path(self.argv[1]).name} exited {code}; see floor.log")
 
 
-def settle(seconds: float) -> None:
-    time.sleep(seconds)  # let the previous step's exits and sweeps finish: not synchronization
-
-
 def per_second(value: float) -> str:
+    """A rate as the table shows it."""
     return f"{value:,.0f}/s"
 
 
@@ -162,6 +135,7 @@ def per_second(value: float) -> str:
 
 
 def control(d: Supervised) -> Control:
+    """The CLI's own client for `d`: polling it costs no interpreter start."""
     return Control(StatePaths(locate_state_dir(d.config)))
 
 
@@ -174,21 +148,18 @@ def status(d: Supervised) -> dict:
 
 
 def counters(result: dict) -> dict:
+    """The daemon's heartbeat counters (accepted, rejected, malformed) in a status."""
     return result["daemon"]["heartbeats"]
 
 
 def instances(result: dict) -> list[dict]:
+    """Every instance in a status, whatever its app."""
     return [i for app in result["apps"] for i in app["instances"]]
 
 
 def heartbeat_endpoint(d: Supervised) -> str:
+    """Where `d`'s workers beat: the load generator and sinks beat there for them."""
     return f"ipc://{StatePaths(locate_state_dir(d.config)).heartbeat_socket}"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of all of a process's threads (psutil cpu_times)."""
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 def thread_cpu(pid: int) -> Counter:
@@ -211,6 +182,7 @@ def thread_cpu(pid: int) -> Counter:
 
 
 def thread_breakdown(before: Counter, after: Counter) -> str:
+    """Where the CPU between two `thread_cpu` readings went, busiest thread first."""
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
     return ", ".join(f"{k} {v:.2f} s" for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v >= 0.005)
 
@@ -230,43 +202,51 @@ def shell_worker(tokens: Path) -> list[str]:
     return ["/bin/sh", "-c", script]
 
 
+def read_tokens(tokens: Path) -> dict[str, tuple[str, str]]:
+    """(token, pid) by instance name, the newest line of each (a restarted instance writes again)."""
+    latest: dict[str, tuple[str, str]] = {}
+    try:
+        for line in tokens.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                latest[parts[0]] = (parts[1], parts[2])
+    except FileNotFoundError:
+        pass  # no instance has started yet
+    return latest
+
+
 def wait_tokens(d: Supervised, tokens: Path, n: int, timeout: float) -> Path:
     """Wait until `n` instances have written their token; returns a clean copy (the newest per name)."""
-    deadline = time.monotonic() + timeout
-    latest: dict[str, tuple[str, str]] = {}
-    while True:
-        try:
-            for line in tokens.read_text().splitlines():
-                parts = line.split()
-                if len(parts) == 3:
-                    latest[parts[0]] = (parts[1], parts[2])
-        except FileNotFoundError:
-            pass
-        if len(latest) >= n:
-            break
-        if d.proc.poll() is not None:
-            raise BenchError(f"the daemon exited ({d.proc.returncode}):\n{d.log_tail()}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"only {len(latest)}/{n} instances wrote their token within {timeout:g}s")
-        time.sleep(0.1)
+    def check() -> dict[str, tuple[str, str]] | None:
+        d.check_running()
+        latest = read_tokens(tokens)
+        return latest if len(latest) >= n else None
+    latest = wait_for(check, timeout, f"{n} instances to write their token", interval=0.1)
     clean = tokens.with_suffix(".clean")
     clean.write_text("".join(f"{name} {tok} {pid}\n" for name, (tok, pid) in sorted(latest.items())))
     return clean
 
 
 def wait_running(d: Supervised, n: int, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The status, once `n` instances are running (polled over the control client, not the CLI)."""
+    def check() -> dict | None:
         result = status(d)
-        running = sum(1 for i in instances(result) if i["state"] == "running")
-        if running == n:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"{running}/{n} instances running after {timeout:g}s")
-        time.sleep(0.2)
+        return result if sum(1 for i in instances(result) if i["state"] == "running") == n else None
+    return wait_for(check, timeout, f"{n} instances running", interval=0.2)
 
 
-def record_profile(b: Bench, pid: int, name: str) -> Helper | None:
+def shell_daemon(b: Health, name: str, n: int, timeout: float) -> tuple[Supervised, Path]:
+    """A daemon running `n` shell workers, all running and settled; (it, the clean token file)."""
+    root = b.dir / name
+    root.mkdir()
+    d = b.daemon(name, n, shell_worker(root / "tokens"))
+    d.start()
+    tokens = wait_tokens(d, root / "tokens", n, timeout)
+    wait_running(d, n, timeout / 2)
+    return d, tokens
+
+
+def record_profile(b: Health, pid: int, name: str) -> Helper | None:
     """py-spy on the daemon (--py-spy DIR), stopped by stop_profile; None without the option."""
     if not b.args.py_spy:
         return None
@@ -278,11 +258,12 @@ def record_profile(b: Bench, pid: int, name: str) -> Helper | None:
     h = b.helper([exe, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--threads",
                   "--format", "raw", "--output", str(out)])
     h.out = out
-    time.sleep(0.5)  # attached
+    settle(0.5)  # py-spy attaches; it says nothing when it has
     return h
 
 
-def stop_profile(b: Bench, h: Helper | None) -> None:
+def stop_profile(b: Health, h: Helper | None) -> None:
+    """Stop py-spy (it writes on SIGINT) and print the frames with the most own time."""
     if h is None:
         return
     h.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
@@ -320,7 +301,8 @@ class IngestRun:
     cpu: float  # receiver's CPU seconds
 
 
-def ingest_raw(b: Bench, tokens: Path, total: int, r: int) -> IngestRun:
+def ingest_raw(b: Health, tokens: Path, total: int, r: int) -> IngestRun:
+    """The floor: the same burst into a bare pyzmq ROUTER that only json-decodes."""
     endpoint = f"ipc://{b.dir}/raw{r}.sock"
     sink = b.helper([PY, str(SINK), endpoint, str(total)])
     sink.expect("ready", 30)
@@ -333,7 +315,8 @@ def ingest_raw(b: Bench, tokens: Path, total: int, r: int) -> IngestRun:
     return IngestRun(total / (got["last"] - sent["first"]), total / (sent["last"] - sent["first"]), got["cpu"])
 
 
-def ingest_ours(b: Bench, d: Supervised, tokens: Path, total: int, profile: bool) -> tuple[IngestRun, str]:
+def ingest_ours(b: Health, d: Supervised, tokens: Path, total: int, profile: bool) -> tuple[IngestRun, str]:
+    """One burst into the daemon, timed until a status shows every beat accepted; and the CPU by thread."""
     pid = d.proc.pid
     before = counters(status(d))
     target = before["accepted"] + total
@@ -365,17 +348,13 @@ def ingest_ours(b: Bench, d: Supervised, tokens: Path, total: int, profile: bool
     return run, thread_breakdown(th0, th1)
 
 
-def bench_ingest(b: Bench) -> None:
+def bench_ingest(b: Health) -> None:
+    """Heartbeat ingest rate against a raw ROUTER's, interleaved run by run."""
     n, total, runs = b.args.ingest_instances, b.args.beats, b.args.ingest_runs
     b.say(f"\n[ingest] {total:,} valid beats for {n} instances from one generator process "
           f"({b.args.sockets} DEALER{'s' if b.args.sockets > 1 else ''}, blocking sends) -> all accepted; "
           f"vs a raw pyzmq ROUTER that json-decodes them; {runs} runs, interleaved")
-    root = b.dir / "ingest"
-    root.mkdir()
-    d = b.daemon("ingest", n, shell_worker(root / "tokens"))
-    d.start()
-    tokens = wait_tokens(d, root / "tokens", n, 120)
-    wait_running(d, n, 60)
+    d, tokens = shell_daemon(b, "ingest", n, 120)
     settle(1.0)
     ours, raw, threads = [], [], []
     for r in range(runs):
@@ -420,7 +399,8 @@ crash_loop = { max_restarts = 100000, window = "1s" }
 """
 
 
-def bench_hang(b: Bench) -> None:
+def bench_hang(b: Health) -> None:
+    """Hang detection: how long after heartbeat_timeout a silent worker gets its SIGTERM."""
     want, k = b.args.hangs, b.args.hang_instances
     floor_want, floor_k = max(5, want // 2), 2
     b.say(f"\n[hang] heartbeat_timeout 1s: (SIGTERM arrives - last beat) - 1s, over {want} hangs of {k} "
@@ -509,7 +489,7 @@ def bench_hang(b: Bench) -> None:
 # -- 3. memory restart ------------------------------------------------------------------
 
 
-def take_from(b: Bench, pid: int, what: str, timeout: float):
+def take_from(b: Health, pid: int, what: str, timeout: float) -> Hello:
     """The next `what` datagram of `pid`; earlier ones (the last daemon's workers stopping) are skipped."""
     deadline = time.monotonic() + timeout
     while True:
@@ -518,7 +498,8 @@ def take_from(b: Bench, pid: int, what: str, timeout: float):
             return h
 
 
-def bench_memory(b: Bench) -> None:
+def bench_memory(b: Health) -> None:
+    """Memory restart: a worker over max_memory -> its replacement up, with default settings."""
     want = b.args.memory_restarts
     # Default settings allow 10 restarts per instance per minute (crash_loop):
     # spread the restarts so that no instance needs more than about 6.
@@ -603,7 +584,7 @@ def statm_floor(pids: list[int]) -> None:
             pass
 
 
-def cpu_of(fn, passes: int) -> tuple[list[float], list[float], object]:
+def cpu_of(fn: Callable[[], T], passes: int) -> tuple[list[float], list[float], T]:
     """CPU (thread_time) and wall seconds of each of `passes` calls of fn, after one warm-up call."""
     result = fn()
     cpu, wall = [], []
@@ -616,14 +597,16 @@ def cpu_of(fn, passes: int) -> tuple[list[float], list[float], object]:
 
 
 def check_sample(result: dict, n: int, what: str) -> None:
+    """A pass that measured fewer roots than it was given would flatter its time."""
     good = sum(1 for v in result.values() if v)
     if good != n:
         raise BenchError(f"sampler ({what}): {good}/{n} roots measured")
 
 
-def bench_sampler(b: Bench) -> None:
+def bench_sampler(b: Health) -> None:
+    """CPU of one memory-sampling pass over 1,000 roots, with and without cgroups."""
     n, passes = b.args.sample_instances, b.args.sample_passes
-    b.say(f"\n[sampler] one supervise.sampler.sample_trees() pass over {n} `sleep` processes, CPU time "
+    b.say(f"\n[sampler] one supervise.runtime.sampler.sample_trees() pass over {n} `sleep` processes, CPU time "
           f"(thread_time) of the pass, median of {passes}; floor: reading each root's statm once")
     sleeps = []
     cg = None
@@ -654,7 +637,7 @@ def bench_sampler(b: Bench) -> None:
         if any(leaf is None for leaf in leaves):
             raise BenchError(f"sampler: {sum(1 for x in leaves if x is None)}/{n} sleeps could not be "
                              f"moved to a cgroup under {cg.root}")
-        croots = [sampler.Root(i, pid, leaf) for i, (pid, leaf) in enumerate(zip(pids, leaves))]
+        croots = [sampler.Root(i, pid, leaf) for i, (pid, leaf) in enumerate(zip(pids, leaves, strict=True))]
         grouped, grouped_wall, result = cpu_of(lambda: sampler.sample_trees(croots)[0], passes)
         check_sample(result, n, "cgroups")
         b.say(f"  cgroups ({cg.root}): CPU median {ms(median(grouped))} max {ms(max(grouped))} "
@@ -673,37 +656,27 @@ def bench_sampler(b: Bench) -> None:
 # -- 5. 1,000 instances beating once a second --------------------------------------------
 
 
-def watch(pid: int, seconds: float | None, gen: Helper | None = None) -> tuple[float, int, str | None]:
-    """(CPU % of one core, max RSS, the generator's done line) of process `pid`, over
-    `seconds` or until `gen` says done."""
-    proc = psutil.Process(pid)
-    c0, w0 = cpu_seconds(pid), time.monotonic()
-    rss = proc.memory_info().rss
-    done = None
-    end = w0 + (seconds or 0)
-    while True:
-        if gen is not None:
-            done = gen.expect("done", 1.0, wait=False)
-            if done is not None:
-                break
-        else:
-            left = end - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(1.0, left))  # sampling, not synchronization
-        rss = max(rss, proc.memory_info().rss)
-    c1, w1 = cpu_seconds(pid), time.monotonic()
-    rss = max(rss, proc.memory_info().rss)
-    return max(0.0, (c1 - c0) / (w1 - w0) * 100), rss, done
+def usage_until_done(pid: int, gen: Helper) -> tuple[float, int, str]:
+    """(CPU % of one core, max RSS, the generator's done line) of process `pid` until `gen` says done."""
+    done: list[str] = []
+
+    def until() -> bool:
+        line = gen.expect("done", 1.0, wait=False)  # waits up to a second: the sampling interval
+        if line is not None:
+            done.append(line)
+        return bool(done)
+
+    cpu, rss = usage(pid, until)
+    return cpu, rss, done[0]
 
 
-def paced_load(b: Bench, endpoint: str, tokens: Path, n: int, seconds: float) -> Helper:
+def paced_load(b: Health, endpoint: str, tokens: Path, n: int, seconds: float) -> Helper:
     """The generator beating each of `n` tokens once a second from its own DEALER, for `seconds`."""
     return b.helper([PY, str(LOAD), endpoint, str(tokens), "--rate", str(n), "--duration", str(seconds),
                      "--sockets", "per-token", "--settle", "2"])
 
 
-def beat1000_raw(b: Bench, tokens: Path, n: int, seconds: float) -> tuple[float, str]:
+def beat1000_raw(b: Health, tokens: Path, n: int, seconds: float) -> tuple[float, str]:
     """CPU % of the raw pyzmq sink under the same paced load; and its thread breakdown."""
     endpoint = f"ipc://{b.dir}/raw-paced.sock"
     sink = b.helper([PY, str(SINK), endpoint, str(int(n * seconds)), "30"])
@@ -711,7 +684,7 @@ def beat1000_raw(b: Bench, tokens: Path, n: int, seconds: float) -> tuple[float,
     gen = paced_load(b, endpoint, tokens, n, seconds)
     gen.expect("go", 60)
     th0 = thread_cpu(sink.proc.pid)
-    cpu, _, _ = watch(sink.proc.pid, None, gen)
+    cpu, _, _ = usage_until_done(sink.proc.pid, gen)
     th1 = thread_cpu(sink.proc.pid)
     sink.expect("done", 30)
     gen.finish()
@@ -719,7 +692,7 @@ def beat1000_raw(b: Bench, tokens: Path, n: int, seconds: float) -> tuple[float,
     return cpu, thread_breakdown(th0, th1)
 
 
-def beat1000_ours(b: Bench, d: Supervised, tokens: Path, n: int, seconds: float,
+def beat1000_ours(b: Health, d: Supervised, tokens: Path, n: int, seconds: float,
                   profile: bool) -> tuple[float, int, str]:
     """CPU % and max RSS of the daemon under the paced load, and its thread breakdown."""
     pid = d.proc.pid
@@ -728,7 +701,7 @@ def beat1000_ours(b: Bench, d: Supervised, tokens: Path, n: int, seconds: float,
     gen.expect("go", 60)
     spy = record_profile(b, pid, "beat1000") if profile else None
     th0 = thread_cpu(pid)
-    cpu, rss, done = watch(pid, None, gen)
+    cpu, rss, done = usage_until_done(pid, gen)
     th1 = thread_cpu(pid)
     stop_profile(b, spy)
     gen.finish()
@@ -742,19 +715,15 @@ def beat1000_ours(b: Bench, d: Supervised, tokens: Path, n: int, seconds: float,
     return cpu, rss, f"{thread_breakdown(th0, th1)}; {accepted:,}/{sent['sent']:,} accepted at {per_second(pace)}"
 
 
-def bench_beat1000(b: Bench) -> None:
+def bench_beat1000(b: Health) -> None:
+    """The daemon's CPU and RSS while 1,000 instances beat once a second each."""
     n, seconds, runs = b.args.load_instances, b.args.load_seconds, b.args.load_runs
     b.say(f"\n[beat1000] daemon CPU and RSS with {n} shell instances, each beating once a second "
           f"(one DEALER each, spread evenly), {runs} window{'s' if runs > 1 else ''} of {seconds:g} s; floors: "
           f"the same daemon idle, and a raw pyzmq ROUTER under the same load, interleaved")
-    root = b.dir / "beat1000"
-    root.mkdir()
-    d = b.daemon("beat1000", n, shell_worker(root / "tokens"))
-    d.start()
-    tokens = wait_tokens(d, root / "tokens", n, 300)
-    wait_running(d, n, 120)
+    d, tokens = shell_daemon(b, "beat1000", n, 300)
     settle(3.0)
-    idle_cpu, idle_rss, _ = watch(d.proc.pid, seconds)
+    idle_cpu, idle_rss = usage(d.proc.pid, for_seconds(seconds))
     b.say(f"  idle: CPU {idle_cpu:.2f} %, RSS {idle_rss / MiB:.1f} MiB")
     ours, raw, rss_max = [], [], 0
     for r in range(runs):
@@ -780,47 +749,28 @@ def bench_beat1000(b: Bench) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer runs and samples: a smoke check")
-    p.add_argument("--only", action="append", choices=FIGURES, metavar="NAME",
-                   help=f"run only this figure (repeatable): {', '.join(FIGURES)}")
-    p.add_argument("--beats", type=int, help="ingest: beats per run (default 500000, quick 200000)")
-    p.add_argument("--ingest-runs", type=int, help="ingest: runs (default 5, quick 2)")
-    p.add_argument("--ingest-instances", type=int, default=50, help="ingest: instances (default 50)")
-    p.add_argument("--sockets", type=int, default=1, help="ingest: the generator's DEALERs (default 1)")
-    p.add_argument("--hangs", type=int, help="hang: hangs measured (default 30, quick 10)")
-    p.add_argument("--hang-instances", type=int, default=4, help="hang: instances hanging in turn (default 4)")
-    p.add_argument("--memory-restarts", type=int, help="memory: restarts measured (default 20, quick 10)")
-    p.add_argument("--memory-floor", type=int, help="memory: floor spawns (default 10, quick 5)")
-    p.add_argument("--sample-instances", type=int, default=1000, help="sampler: roots (default 1000)")
-    p.add_argument("--sample-passes", type=int, help="sampler: passes (default 15, quick 5)")
-    p.add_argument("--load-instances", type=int, default=1000, help="beat1000: instances (default 1000)")
-    p.add_argument("--load-seconds", type=float, help="beat1000: window (default 30, quick 10)")
-    p.add_argument("--load-runs", type=int, help="beat1000: windows, each with a raw one (default 2, quick 1)")
-    p.add_argument("--as-is-env", action="store_true",
-                   help="keep PYTHONDONTWRITEBYTECODE as it is (default: bytecode cached in the work dir)")
-    p.add_argument("--daemon-python-args", default="", metavar="ARGS",
-                   help='interpreter options for the daemon, e.g. "-X importtime"')
-    p.add_argument("--py-spy", metavar="DIR",
-                   help="profile the daemon with py-spy during the first ingest run and the beat1000 window "
-                        "(skews those figures a little); raw stacks go to DIR")
-    p.add_argument("--no-wait", action="store_true",
-                   help="do not wait for a running benchmarks/foundation.py to finish first")
-    p.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
-    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
-    args = p.parse_args(argv)
-    quick = args.quick
-    args.beats = args.beats or (200_000 if quick else 500_000)
-    args.ingest_runs = args.ingest_runs or (2 if quick else 5)
-    args.hangs = args.hangs or (10 if quick else 30)
-    args.memory_restarts = args.memory_restarts or (10 if quick else 20)
-    args.memory_floor = args.memory_floor or (5 if quick else 10)
-    args.sample_passes = args.sample_passes or (5 if quick else 15)
-    args.load_seconds = args.load_seconds or (10.0 if quick else 30.0)
-    args.load_runs = args.load_runs or (1 if quick else 2)
-    args.only = set(args.only or FIGURES)
-    return args
+    """The common options, and the counts of each health figure."""
+    opts = Options(__doc__, FIGURES)
+    opts.number("--beats", int, 500_000, 200_000, "ingest: beats per run")
+    opts.number("--ingest-runs", int, 5, 2, "ingest: runs")
+    opts.add("--ingest-instances", type=int, default=50, help="ingest: instances (default 50)")
+    opts.add("--sockets", type=int, default=1, help="ingest: the generator's DEALERs (default 1)")
+    opts.number("--hangs", int, 30, 10, "hang: hangs measured")
+    opts.add("--hang-instances", type=int, default=4, help="hang: instances hanging in turn (default 4)")
+    opts.number("--memory-restarts", int, 20, 10, "memory: restarts measured")
+    opts.number("--memory-floor", int, 10, 5, "memory: floor spawns")
+    opts.add("--sample-instances", type=int, default=1000, help="sampler: roots (default 1000)")
+    opts.number("--sample-passes", int, 15, 5, "sampler: passes")
+    opts.add("--load-instances", type=int, default=1000, help="beat1000: instances (default 1000)")
+    opts.number("--load-seconds", float, 30.0, 10.0, "beat1000: window")
+    opts.number("--load-runs", int, 2, 1, "beat1000: windows, each with a raw one")
+    opts.daemon_options(python_args_example="-X importtime")
+    opts.add("--py-spy", metavar="DIR",
+             help="profile the daemon with py-spy during the first ingest run and the beat1000 window "
+                  "(skews those figures a little); raw stacks go to DIR")
+    opts.add("--no-wait", action="store_true",
+             help="do not wait for a running benchmarks/foundation.py to finish first")
+    return opts.parse(argv)
 
 
 def other_benchmarks() -> list[int]:
@@ -834,6 +784,7 @@ def other_benchmarks() -> list[int]:
 
 
 def wait_for_other_benchmarks() -> None:
+    """Until no other benchmark script runs: two at once on a small machine skew each other."""
     said = False
     while pids := other_benchmarks():
         if not said:
@@ -842,49 +793,24 @@ def wait_for_other_benchmarks() -> None:
         time.sleep(5)
 
 
-def warm_up(b: Bench) -> None:
-    """Run each kind of process once, so bytecode caches exist before anything is timed."""
-    env = b.procs.env()
-    modules = ("supervise.cli, supervise.daemon, supervise.log, supervise.core, supervise.runtime.process, "
-               "supervise.worker, asyncio, zmq, psutil, structlog, secrets, argparse, json")
-    for argv in ([PY, "-c", f"import {modules}"], [PY, str(LOAD), "--help"], [PY, "-m", "supervise", "--help"],
-                 [PY, "-S", "-c", "import signal, _socket"]):
-        subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, cwd=b.dir, check=True)
+def run(b: Health) -> None:
+    """Warm the caches, then the selected figures in order."""
+    b.warm_up([PY, str(LOAD), "--help"], imports=("supervise.worker",))
+    run_selected(b, ("ingest", bench_ingest), ("hang", bench_hang), ("memory", bench_memory),
+                 ("sampler", bench_sampler), ("beat1000", bench_beat1000))
 
 
-def run(b: Bench) -> None:
-    only = b.args.only
-    if "ingest" in only:
-        bench_ingest(b)
-    if "hang" in only:
-        bench_hang(b)
-    if "memory" in only:
-        bench_memory(b)
-    if "sampler" in only:
-        bench_sampler(b)
-    if "beat1000" in only:
-        bench_beat1000(b)
-
-
-def main(argv: list[str] | None = None) -> int:
+def health(argv: list[str] | None = None) -> int:
+    """Wait for a running foundation.py (it would skew both), then run; the exit code."""
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    handle_signals()
     if not args.no_wait:
         try:
             wait_for_other_benchmarks()
         except KeyboardInterrupt:
             return 130
-    workdir = Path(tempfile.mkdtemp(prefix="sv-health-"))
-    procs = Processes(None if args.as_is_env else workdir / "pycache")
-    inbox = Inbox(workdir / "hello.sock", procs.saw_pid)
-    b = Bench(args, workdir, procs, inbox)
-    cache = "as-is environment" if args.as_is_env else "bytecode cached"
-    print(f"supervise health benchmarks: {PY} ({cache}), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
-          f"work dir {workdir}", flush=True)
-    return run_and_report(b, lambda: (warm_up(b), run(b)), workdir, args.keep, args.json)
+    return main("health", args, run, Health)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(health())

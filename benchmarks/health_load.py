@@ -29,6 +29,7 @@ import sys
 import time
 
 import zmq
+
 from supervise.wire import protocol
 
 

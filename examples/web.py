@@ -58,7 +58,8 @@ class InFlight:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, handler, inflight: InFlight, sock: socket.socket | None = None) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], inflight: InFlight,
+                 sock: socket.socket | None = None) -> None:
         self.inflight = inflight
         super().__init__(address, handler, bind_and_activate=sock is None)
         if sock is not None:  # passed by the daemon: already bound, maybe already listening
@@ -75,7 +76,7 @@ class Server(ThreadingHTTPServer):
             # EAGAIN (an OSError socketserver ignores) and go back to waiting.
             sock.setblocking(False)
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
         # Counted here, in the accepting thread, so that once serve_forever()
         # returns every accepted connection is already in the count.
         self.inflight.add(1)
@@ -85,7 +86,7 @@ class Server(ThreadingHTTPServer):
             self.inflight.add(-1)
             raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:

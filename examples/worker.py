@@ -8,11 +8,13 @@ import os
 import random
 import signal
 import time
+from types import FrameType
 
 stopping = False
 
 
-def on_term(signum, frame) -> None:
+def on_term(signum: int, frame: FrameType | None) -> None:
+    """Only note the request: the job in hand is finished first, then the loop ends."""
     global stopping
     stopping = True
 

@@ -1,4 +1,5 @@
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from helpers import Supervisor  # noqa: E402
 
 
 @pytest.fixture
-def supervisor(tmp_path):
+def supervisor(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
     """Factory: ``supervisor(config_text)`` gives a started daemon; all is cleaned up after."""
     made: list[Supervisor] = []
 

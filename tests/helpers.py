@@ -11,11 +11,15 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 WORKERS = Path(__file__).parent / "integration" / "workers"
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -25,16 +29,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, message: str = ""):
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, message: str = "",
+               error: type[BaseException] = AssertionError) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    A test waits for a condition, never for a fixed time: a sleep long enough
+    for a loaded CI machine wastes time everywhere else, and a shorter one is
+    flaky. After ``timeout`` seconds it raises ``error`` (AssertionError, so
+    that pytest reports a failure; a script run as its own process may want
+    SystemExit, a benchmark its own error) naming ``message`` or the predicate.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+            raise error(f"timed out after {timeout:g}s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+def file_text(path: Path, timeout: float = 10.0) -> str:
+    """The text of `path` (stripped) once it exists and says something.
+
+    For what another process writes some time after it starts (a worker's
+    first output, a pid file, a report): absent, or still empty, means "not yet".
+    """
+    def text() -> str:
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+    return wait_until(text, timeout, message=f"{path} to have content")
 
 
 def gone(pid: int) -> bool:
@@ -93,7 +119,7 @@ class Supervisor:
         self.proc: subprocess.Popen | None = None
         self.log = tmp / "daemon.log"
 
-    def start(self, wait: bool = True) -> "Supervisor":
+    def start(self, wait: bool = True) -> Supervisor:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervise", "run", "-c", str(self.config)],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env, cwd=self.dir,
@@ -116,6 +142,17 @@ class Supervisor:
         assert result.returncode == 0, result.stderr
         data = json.loads(result.stdout)
         return {inst["name"]: inst for app in data["apps"] for inst in app["instances"]}
+
+    def wait_all_running(self, count: int | None = None, *targets: str, timeout: float = 30.0) -> dict[str, dict]:
+        """Instances by name (of `targets`, or all), once every one is running and, given
+        `count`, there are that many: the steady state a test starts from or returns to."""
+        def check() -> dict[str, dict] | None:
+            status = self.status(*targets)
+            if (count is None or len(status) == count) and all(i["state"] == "running" for i in status.values()):
+                return status
+            return None
+        what = " ".join(targets) or "every app"
+        return wait_until(check, timeout, interval=0.05, message=f"{count or 'all'} instances of {what} running")
 
     def wait_state(self, name: str, state: str, timeout: float = 10.0, **conditions) -> dict:
         def check():

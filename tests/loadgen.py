@@ -59,7 +59,7 @@ class LoadGenerator:
         self._started = 0.0
         self.sent = 0
 
-    def start(self) -> "LoadGenerator":
+    def start(self) -> LoadGenerator:
         self._started = time.monotonic()
         for thread in self._threads:
             thread.start()
@@ -82,7 +82,7 @@ class LoadGenerator:
         self.result.elapsed = time.monotonic() - self._started
         return self.result
 
-    def __enter__(self) -> "LoadGenerator":
+    def __enter__(self) -> LoadGenerator:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -99,7 +99,7 @@ class LoadGenerator:
             began = time.monotonic()
             try:
                 pid = self._one()
-            except Exception as exc:  # every way a request can fail is a failure to count
+            except (OSError, ValueError) as exc:  # refused, reset, timed out, or a bad answer: a failure
                 with self._lock:
                     self.result.failed += 1
                     if len(self.result.errors) < 20:

@@ -39,15 +39,6 @@ def config(instances: int = 6, extra: str = "") -> str:
     """
 
 
-def all_running(sup, count: int, timeout: float = 30.0) -> dict[str, dict]:
-    def check():
-        status = sup.status()
-        if len(status) == count and all(i["state"] == "running" for i in status.values()):
-            return status
-        return None
-    return wait_until(check, timeout, interval=0.05, message=f"{count} instances running")
-
-
 def checkpointed(sup, count: int) -> dict:
     """The checkpoint, once it names `count` live instances."""
     path = sup.dir / ".supervise" / "checkpoint.json"
@@ -72,11 +63,11 @@ def daemon_status(sup) -> dict:
 
 def test_a_killed_daemon_is_replaced_and_adopts_every_worker(supervisor):
     sup = supervisor(config(instances=25))  # 50 instances
-    before = all_running(sup, 50)
+    before = sup.wait_all_running(50)
     checkpointed(sup, 50)
     kill_daemon(sup)
     sup.start()
-    after = all_running(sup, 50)
+    after = sup.wait_all_running(50)
     assert {n: i["pid"] for n, i in after.items()} == {n: i["pid"] for n, i in before.items()}, "same processes"
     assert all(i["restarts"] == 0 for i in after.values())
     assert min(i["uptime"] for i in after.values()) >= min(i["uptime"] for i in before.values())
@@ -95,14 +86,14 @@ def test_a_killed_daemon_is_replaced_and_adopts_every_worker(supervisor):
 
 def test_a_worker_that_died_while_no_daemon_ran_is_restarted_as_lost(supervisor):
     sup = supervisor(config(instances=2))
-    before = all_running(sup, 4)
+    before = sup.wait_all_running(4)
     checkpointed(sup, 4)
     kill_daemon(sup)
     victim = before["plain:1"]["pid"]
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: gone(victim), timeout=10)
     sup.start()
-    after = all_running(sup, 4)
+    after = sup.wait_all_running(4)
     assert after["plain:1"]["pid"] != victim
     assert after["plain:1"]["last_exit"]["reason"] == "lost" and after["plain:1"]["restarts"] == 1
     assert all(after[n]["pid"] == before[n]["pid"] for n in ("beat:0", "beat:1", "plain:0"))
@@ -110,14 +101,14 @@ def test_a_worker_that_died_while_no_daemon_ran_is_restarted_as_lost(supervisor)
 
 def test_shutdown_keep_workers_then_a_new_config_is_applied_after_adoption(supervisor):
     sup = supervisor(config(instances=2))
-    before = all_running(sup, 4)
+    before = sup.wait_all_running(4)
     result = sup.cli("shutdown", "--keep-workers")
     assert result.returncode == 0 and "left 4 workers running" in result.stdout, result.stdout + result.stderr
     sup.proc.wait(10)
     assert all(psutil.pid_exists(i["pid"]) for i in before.values()), "the workers outlive the daemon"
     sup.config.write_text(sup.config.read_text().replace("instances = 2", "instances = 3", 1))  # beat
     sup.start()
-    after = all_running(sup, 5)  # beat grew to 3; nothing else moved
+    after = sup.wait_all_running(5)  # beat grew to 3; nothing else moved
     assert {n: after[n]["pid"] for n in before} == {n: i["pid"] for n, i in before.items()}
     assert sup.cli("shutdown").returncode == 0
     sup.proc.wait(20)
@@ -146,7 +137,7 @@ def test_a_recorded_pid_that_is_now_another_process_is_never_touched(supervisor,
             999999, time.time(), str(sup.config), text, {"plain": {"target": 1, "generation": 1},
                                                          "beat": {"target": 1, "generation": 1}}, records)))
         sup.start()
-        status = all_running(sup, 2)
+        status = sup.wait_all_running(2)
         assert status["plain:0"]["pid"] != stranger.pid and status["beat:0"]["pid"] != impostor.pid
         assert status["plain:0"]["last_exit"]["reason"] == "lost"
         assert sup.cli("shutdown").returncode == 0
@@ -162,7 +153,7 @@ def test_a_corrupt_or_half_written_checkpoint_gives_a_warning_and_a_safe_start(s
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         sup = supervisor(config(instances=1))
-        before = all_running(sup, 2)
+        before = sup.wait_all_running(2)
         checkpointed(sup, 2)
         kill_daemon(sup)
         path = tmp_path / ".supervise" / "checkpoint.json"
@@ -172,7 +163,7 @@ def test_a_corrupt_or_half_written_checkpoint_gives_a_warning_and_a_safe_start(s
         (path.parent / "checkpoint.json.12345.tmp").write_bytes(whole[:10])  # a write that never finished
         sup.start()
         wait_until(lambda: "the checkpoint is unusable" in sup.log.read_text(), timeout=10)
-        after = all_running(sup, 2)
+        after = sup.wait_all_running(2)
         # Our workers are still found, by the endpoint and token in their environment: no duplicates.
         assert {n: i["pid"] for n, i in after.items()} == {n: i["pid"] for n, i in before.items()}
         assert "unrecorded=2" in sup.log.read_text()
@@ -197,14 +188,14 @@ def test_listen_sockets_are_taken_over_and_no_request_fails_across_a_daemon_cras
     listen = ["127.0.0.1:{port}"]
     stop_timeout = "10s"
     """)
-    before = all_running(sup, 3)
+    before = sup.wait_all_running(3)
     checkpointed(sup, 3)
     with LoadGenerator(port, clients=8) as load:
         load.wait_for(100)
         kill_daemon(sup)
         load.wait_for(100)  # the workers serve on while no daemon runs
         sup.start()
-        after = all_running(sup, 3)
+        after = sup.wait_all_running(3)
         load.wait_for(100)
     assert load.result.failed == 0, load.result.summary()
     assert {n: i["pid"] for n, i in after.items()} == {n: i["pid"] for n, i in before.items()}
@@ -217,7 +208,7 @@ def test_listen_sockets_are_taken_over_and_no_request_fails_across_a_daemon_cras
 
 def test_workers_no_app_claims_any_more_are_stopped_not_orphaned(supervisor):
     sup = supervisor(config(instances=1))
-    before = all_running(sup, 2)
+    before = sup.wait_all_running(2)
     assert sup.cli("shutdown", "--keep-workers").returncode == 0
     sup.proc.wait(10)
     # The recorded config no longer loads (say, written by an older supervise), and the
@@ -229,7 +220,7 @@ def test_workers_no_app_claims_any_more_are_stopped_not_orphaned(supervisor):
     text = sup.config.read_text()
     sup.config.write_text(text[: text.index("[apps.plain]")])
     sup.start()
-    after = all_running(sup, 1)
+    after = sup.wait_all_running(1)
     assert after["beat:0"]["pid"] == before["beat:0"]["pid"]
     plain = before["plain:0"]["pid"]
     wait_until(lambda: gone(plain), timeout=15, message="the unclaimed worker stopped")

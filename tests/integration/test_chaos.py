@@ -23,22 +23,15 @@ command = ["{python}", "{workers}/sleeper.py"]
 """
 
 
-def all_running(sup, timeout: float = 30.0) -> dict:
-    def check():
-        status = sup.status()
-        return status if all(i["state"] == "running" for i in status.values()) else None
-    return wait_until(check, timeout, interval=0.05, message="every instance running")
-
-
 def test_chaos_kills_at_random_and_every_instance_comes_back(supervisor):
     sup = supervisor(CONFIG)
-    before = all_running(sup)
+    before = sup.wait_all_running()
     result = sup.cli("chaos", "b", "--kill-rate", "10/s", "--duration", "1.5s", "--seed", "3")
     assert result.returncode == 0, result.stderr
     harms = re.findall(r"SIGKILL -> (b:\d) \(pid (\d+)\)", result.stdout)
     assert len(harms) >= 3, result.stdout  # ~15 expected; a loaded machine may do fewer
     assert f"done, {len(harms)} harms" in result.stdout
-    after = all_running(sup)
+    after = sup.wait_all_running()
     assert after["safe:0"]["pid"] == before["safe:0"]["pid"], "chaos touched only its target"
     events = [json.loads(line) for line in sup.cli("events", "--no-follow").stdout.splitlines()]
     harmed = {int(pid) for _, pid in harms}
@@ -51,7 +44,7 @@ def test_chaos_kills_at_random_and_every_instance_comes_back(supervisor):
 
 def test_sigstop_chaos_is_caught_as_hung(supervisor):
     sup = supervisor(CONFIG)
-    all_running(sup)
+    sup.wait_all_running()
     # Stopped again and again for 2.5 s, more than heartbeat_timeout (1 s) at a time.
     result = sup.cli("chaos", "b:1", "--signal", "STOP", "--kill-rate", "20/s", "--duration", "2.5s")
     assert result.returncode == 0, result.stderr
@@ -61,12 +54,12 @@ def test_sigstop_chaos_is_caught_as_hung(supervisor):
         return any(e["type"] == "state" and e["name"] == "b:1" and e.get("exit", {}).get("reason") == "hung"
                    for e in events)
     wait_until(hung, timeout=15, message="b:1 restarted as hung")
-    all_running(sup)  # and what was still stopped at the end was continued
+    sup.wait_all_running()  # and what was still stopped at the end was continued
 
 
 def test_chaos_refuses_apps_not_marked_and_bad_settings(supervisor):
     sup = supervisor(CONFIG)
-    all_running(sup)
+    sup.wait_all_running()
     refused = sup.cli("chaos", "safe", "--duration", "1s")
     assert refused.returncode == 2 and "not marked `chaos = true`" in refused.stderr
     assert sup.cli("chaos", "nope").returncode == 2
@@ -75,4 +68,4 @@ def test_chaos_refuses_apps_not_marked_and_bad_settings(supervisor):
     assert sup.cli("chaos", "b", "--duration", "-1s").returncode == 2
     forced = sup.cli("chaos", "safe", "--force", "--kill-rate", "50/s", "--duration", "0.2s")
     assert forced.returncode == 0, forced.stderr
-    all_running(sup)
+    sup.wait_all_running()

@@ -11,8 +11,7 @@ import time
 
 import psutil
 import pytest
-
-from helpers import marked_processes, wait_until, zombie_children
+from helpers import file_text, marked_processes, wait_until, zombie_children
 
 SLEEPER = """
 [apps.sleep]
@@ -52,8 +51,7 @@ def test_env_templates_cwd_and_process_group(supervisor, tmp_path):
     """)
     for index in (0, 1):
         sup.wait_state(f"dump:{index}", "running")
-        log = sup.dir / ".supervise" / "logs" / f"dump.{index}.log"
-        line = wait_until(lambda: log.exists() and log.read_text().strip(), message=f"{log} output")
+        line = file_text(sup.dir / ".supervise" / "logs" / f"dump.{index}.log")
         info = json.loads(line.splitlines()[0])
         assert info["argv"] == ["dump", str(index), str(9100 + index)]
         assert info["cwd"] == str(tmp_path / "work")
@@ -91,8 +89,8 @@ def test_backoff_schedule_and_crash_loop_failed(supervisor):
     starts = [e["time"] for e in events if e.get("name") == "crash:0" and e.get("to") == "starting"]
     exits = [e["time"] for e in events if e.get("name") == "crash:0" and "exit" in e]
     assert len(starts) == 5 and len(exits) == 5
-    gaps = [start - exit for exit, start in zip(exits, starts[1:])]
-    for gap, expected in zip(gaps, [0.0, 0.2, 0.4, 0.8]):
+    gaps = [start - ended for ended, start in zip(exits[:-1], starts[1:], strict=True)]
+    for gap, expected in zip(gaps, [0.0, 0.2, 0.4, 0.8], strict=True):
         assert expected <= gap < expected + 0.15, gaps
     # `start` closes the breaker at once: a fresh run of immediate + 3 backed-off restarts.
     assert sup.cli("start", "crash", "--timeout", "10").returncode == 0
@@ -128,7 +126,7 @@ def test_double_forked_grandchild_is_not_left_behind(supervisor, tmp_path, how):
     stop_timeout = "2s"
     """)
     sup.wait_state("forker:0", "running")
-    grandchild = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), message="grandchild pid"))
+    grandchild = int(file_text(pidfile))
     assert pid_alive(grandchild)
     if how == "stop":
         assert sup.cli("stop", "forker").returncode == 0

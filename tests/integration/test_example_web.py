@@ -1,10 +1,10 @@
 """The shipped web example behind a shared listen socket: serves, and always drains promptly."""
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from helpers import free_port

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from helpers import WORKERS, kill_marked, marked_processes, wait_until, zombie_children
+from helpers import WORKERS, file_text, kill_marked, marked_processes, wait_until, zombie_children
 
 UNSHARE = ("--pid", "--fork", "--mount-proc")
 
@@ -64,7 +63,7 @@ class Container:
         self.unshare: subprocess.Popen | None = None
         self.init: psutil.Process | None = None  # the daemon: the namespace's PID 1, by host pid
 
-    def start(self, find_init: bool = True) -> "Container":
+    def start(self, find_init: bool = True) -> Container:
         """Start unshare and find the daemon (its only child); no waiting for the daemon to answer."""
         with self.log.open("ab") as log, self.stdout.open("ab") as out:
             self.unshare = subprocess.Popen(
@@ -185,8 +184,7 @@ def test_daemon_is_pid_1_and_reaps_orphaned_zombies(container, tmp_path):
     assert box.nspid(box.init) == [box.init.pid, 1], "the daemon is not PID 1 of a child pid namespace"
     box.wait_answering()
 
-    done = json.loads(wait_until(lambda: report.exists() and report.read_text(), timeout=15,
-                                 message="the worker to make 100 orphans and see them exit"))
+    done = json.loads(file_text(report, timeout=15))  # the worker made 100 orphans and saw them exit
     assert done["orphans"] == 100
     # Inside the namespace, their parent was the daemon, as PID 1: nothing else reaps them.
     assert done["orphan_ppids"] == [1] and done["ppid"] == 1, done

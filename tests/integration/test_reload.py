@@ -12,7 +12,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from helpers import free_port, wait_until
+from helpers import Supervisor, free_port, wait_until
 from loadgen import LoadGenerator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -42,13 +42,9 @@ def start_web(supervisor, tmp_path: Path, instances: int = 4, extra: str = "", c
     return sup, port, pids
 
 
-def running_pids(sup, instances: int, timeout: float = 30.0) -> dict[str, int]:
-    def check():
-        status = sup.status("web")
-        if len(status) == instances and all(i["state"] == "running" for i in status.values()):
-            return {name: i["pid"] for name, i in status.items()}
-        return None
-    return wait_until(check, timeout, interval=0.05, message=f"{instances} web instances running")
+def running_pids(sup: Supervisor, instances: int) -> dict[str, int]:
+    """Pids by name, once `instances` web instances are all running."""
+    return {name: i["pid"] for name, i in sup.wait_all_running(instances, "web").items()}
 
 
 def rollout_of(sup) -> dict | None:

@@ -5,6 +5,13 @@ makes it longer. Checked all along: the daemon never dies, and its memory and
 file descriptors stay within a small bound. Checked at the end: every app
 converges back to its count once the chaos stops, no zombie or orphan is
 left, every exit was given a reason, and the event history has no gap.
+
+Every random choice comes from one seed, printed at the start (pytest shows
+it with a failure's captured output): the operator commands and their
+arguments, and the `supervise chaos --seed` of each chaos run (its victims
+and their timing). SUPERVISE_SOAK_SEED=N replays a run's choices. Process
+timing is the machine's, so a replay repeats the schedule, not every
+interleaving.
 """
 
 from __future__ import annotations
@@ -25,6 +32,13 @@ SOAK_SECONDS = float(os.environ.get("SUPERVISE_SOAK_SECONDS", "40"))
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REASONS = {"crashed", "exited", "hung", "memory", "start-timeout", "reload", "stopped", "lost"}
 COUNTS = {"b": 4, "w": 3, "web": 2}
+CHAOS = ((("b", "w", "web"), "4/s", "KILL"), (("b",), "1/s", "STOP"), (("w",), "1/s", "TERM"))
+
+
+def soak_seed() -> int:
+    """SUPERVISE_SOAK_SEED, to replay a run; else a fresh seed (printed by the test either way)."""
+    text = os.environ.get("SUPERVISE_SOAK_SEED", "").strip()
+    return int(text) if text else random.SystemRandom().randrange(2**31)
 
 
 def config(port: int) -> str:
@@ -59,24 +73,25 @@ def config(port: int) -> str:
     """
 
 
-
 def footprint(daemon: psutil.Process) -> tuple[int, int]:
     return daemon.memory_info().rss, daemon.num_fds()
 
 
 def test_soak_under_chaos_and_random_commands(supervisor, tmp_path):
+    seed = soak_seed()
+    print(f"\nsoak seed {seed} (replay with SUPERVISE_SOAK_SEED={seed})", flush=True)
+    rng = random.Random(seed)
     shutil.copy(EXAMPLES / "web.py", tmp_path / "web.py")
     sup = supervisor(config(free_port()))
-    rng = random.Random(int(os.environ.get("SUPERVISE_SOAK_SEED", "0")) or None)
-    wait_until(lambda: len([i for i in sup.status().values() if i["state"] == "running"]) == 9, timeout=30)
+    sup.wait_all_running(sum(COUNTS.values()))
     daemon = psutil.Process(sup.proc.pid)
     start_rss, start_fds = footprint(daemon)
     peak_rss, peak_fds = start_rss, start_fds
     chaos = [subprocess.Popen([sys.executable, "-m", "supervise", "chaos", *apps, "--kill-rate", rate, "--signal",
-                               sig, "--duration", f"{SOAK_SECONDS}s", "-c", str(sup.config)],
+                               sig, "--duration", f"{SOAK_SECONDS}s", "--seed", str(rng.randrange(2**31)),
+                               "-c", str(sup.config)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sup.env, cwd=sup.dir)
-             for apps, rate, sig in ((("b", "w", "web"), "4/s", "KILL"), (("b",), "1/s", "STOP"),
-                                     (("w",), "1/s", "TERM"))]
+             for apps, rate, sig in CHAOS]
     commands = 0
     try:
         end = time.monotonic() + SOAK_SECONDS
@@ -141,7 +156,7 @@ def test_soak_under_chaos_and_random_commands(supervisor, tmp_path):
     assert sup.proc.poll() is None and daemon.pid == sup.proc.pid, "the daemon never crashed"
     assert end_fds - start_fds <= 16, f"fds grew from {start_fds} to {end_fds}"
     assert end_rss - start_rss <= 24 * 2**20, f"RSS grew from {start_rss >> 20} MiB to {end_rss >> 20} MiB"
-    print(f"\nsoak: {SOAK_SECONDS:g}s, {sum(COUNTS.values())} instances, {harms} faults "
+    print(f"\nsoak (seed {seed}): {SOAK_SECONDS:g}s, {sum(COUNTS.values())} instances, {harms} faults "
           f"({harms / SOAK_SECONDS * 60:.0f}/min), {commands} commands, {len(exits)} exits, "
           f"converged {convergence:.2f}s after the chaos; daemon RSS {start_rss >> 20} -> {end_rss >> 20} MiB "
           f"(peak {peak_rss >> 20}), fds {start_fds} -> {end_fds} (peak {peak_fds}); "

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 
-from helpers import wait_until
+from helpers import file_text
 
 
-def receive_until(sock: socket.socket, predicate, timeout: float = 15.0) -> list[str]:
-    """Messages (one string each) until one satisfies `predicate`; fails after `timeout`."""
-    import time
+def receive_until(sock: socket.socket, predicate: Callable[[str], bool], timeout: float = 15.0) -> list[str]:
+    """Messages (one string each) until one satisfies `predicate`; fails after `timeout`.
 
+    A blocking receive with the time left, not wait_until's polling: a datagram is an event.
+    """
     seen = []
     deadline = time.monotonic() + timeout
     while True:
@@ -34,7 +37,7 @@ def test_ready_status_watchdog_and_stopping(supervisor, tmp_path):
         instances = 2
         readiness = "heartbeat"
         [apps.env]
-        command = ["{python}", "-c", "import os, time; print(sorted(k for k in os.environ if 'NOTIFY' in k or 'WATCHDOG' in k), flush=True); time.sleep(600)"]
+        command = ["{python}", "{workers}/env_names.py", "NOTIFY", "WATCHDOG"]
         """, start=False)
         sup.env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
         sup.start(wait=False)
@@ -47,9 +50,7 @@ def test_ready_status_watchdog_and_stopping(supervisor, tmp_path):
         receive_until(systemd, lambda m: m == "WATCHDOG=1\n", timeout=5)
         receive_until(systemd, lambda m: m == "WATCHDOG=1\n", timeout=5)
         # The notification variables are the daemon's: workers never see them.
-        log = sup.dir / ".supervise" / "logs" / "env.0.log"
-        wait_until(lambda: log.exists() and log.read_text().strip(), timeout=10)
-        assert log.read_text().strip() == "[]"
+        assert file_text(sup.dir / ".supervise" / "logs" / "env.0.log") == "[]"
         sup.proc.terminate()
         receive_until(systemd, lambda m: "STOPPING=1" in m)
         assert sup.proc.wait(20) == 0

@@ -1,5 +1,8 @@
 """Writes numbered lines as fast as asked: argv[1] lines per second (0: flat out)."""
-import signal, sys, time
+import signal
+import sys
+import time
+
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 rate = float(sys.argv[1])
 n = 0

@@ -1,4 +1,6 @@
 """Starts, prints, and crashes at once with exit code 3."""
-import os, sys
+import os
+import sys
+
 print(f"up {os.getpid()}, crashing", flush=True)
 sys.exit(3)

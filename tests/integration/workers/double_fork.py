@@ -1,6 +1,10 @@
 """Leaves a grandchild behind: fork, setsid, fork again; the grandchild writes
 its pid to argv[1] and sleeps, ignoring SIGTERM. The worker then sleeps."""
-import os, signal, sys, time
+import os
+import signal
+import sys
+import time
+
 pidfile = sys.argv[1]
 if os.fork() == 0:
     os.setsid()

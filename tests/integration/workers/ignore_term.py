@@ -1,5 +1,8 @@
 """Ignores SIGTERM: only SIGKILL ends it."""
-import os, signal, time
+import os
+import signal
+import time
+
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print(f"up {os.getpid()} ignoring SIGTERM", flush=True)
 while True:

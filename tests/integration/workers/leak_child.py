@@ -2,7 +2,12 @@
 
 argv[1]: megabytes the child grabs, argv[2]: seconds to wait before it does.
 """
-import json, os, signal, sys, time
+import json
+import os
+import signal
+import sys
+import time
+
 import zmq
 
 mb, after = int(sys.argv[1]), float(sys.argv[2])

@@ -1,6 +1,11 @@
 """Serves on the sockets it was handed (systemd protocol): each connection gets one
 JSON line {pid, listen_pid, names, fds} and is closed."""
-import json, os, signal, threading
+import json
+import os
+import signal
+import socket
+import threading
+
 from supervise.worker import Heartbeat
 
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -11,7 +16,7 @@ info = {"pid": os.getpid(), "listen_pid": os.environ.get("LISTEN_PID"),
 print(json.dumps(info), flush=True)
 
 
-def serve(sock):
+def serve(sock: socket.socket) -> None:
     while True:
         conn, _ = sock.accept()
         conn.sendall((json.dumps(info) + "\n").encode())

@@ -1,7 +1,9 @@
 """Appends "up NAME PID" to argv[1], then sleeps; on SIGTERM appends
 "term NAME PID NSPID-OF-PARENT" and exits 0: proof that it was asked to stop
 and stopped by itself, not killed with its pid namespace."""
-import os, signal, sys
+import os
+import signal
+import sys
 
 path = sys.argv[1]
 name = os.environ.get("SUPERVISE_NAME")
@@ -15,7 +17,7 @@ def note(line: str) -> None:
         os.close(fd)
 
 
-def on_term(*_):
+def on_term(*_: object) -> None:
     note(f"term {name} {os.getpid()} {os.getppid()}")
     sys.exit(0)
 

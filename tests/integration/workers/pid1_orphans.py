@@ -8,7 +8,11 @@ SIGCHLDs at their new parent); each reports the parent pid it now sees and
 exits. The worker waits for every exit through a pidfd (which works for a
 process that is not its child), then writes REPORT atomically, as JSON.
 """
-import json, os, select, signal, sys
+import json
+import os
+import select
+import signal
+import sys
 
 report, rounds, per_round = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -6,7 +6,12 @@ MODE: good           ready, beats with status fields; on drain: drained, exit 0 
       drained-stuck  ready, beats; on drain: says drained but never exits
       late-ready S   beats for S seconds before ready
 """
-import json, os, signal, sys, time
+import json
+import os
+import signal
+import sys
+import time
+
 import zmq
 
 # SIGTERM alone does not end it: it waits for the daemon's drain message,
@@ -22,7 +27,7 @@ sock.connect(env["SUPERVISE_HEARTBEAT"])
 interval = float(env["SUPERVISE_HEARTBEAT_INTERVAL"])
 
 
-def send(kind, **status):
+def send(kind: str, **status: int) -> None:
     msg = {"v": 1, "type": kind, "name": env["SUPERVISE_NAME"], "token": env["SUPERVISE_TOKEN"], "pid": os.getpid()}
     if status:
         msg["status"] = status
