@@ -503,8 +503,8 @@ def make_config(rng: random.Random) -> Config:
     return config(*apps)
 
 
-def run_schedule(seed: int, steps: int = 30) -> Simulation:
-    """Random faults and commands for `steps` steps, then faults stop and everything must converge."""
+def faults(seed: int, steps: int) -> Simulation:
+    """A daemon started on a random config, then `steps` random faults and commands."""
     rng = random.Random(seed)
     sim = Simulation(seed, make_config(rng))
     sim.start()
@@ -512,6 +512,12 @@ def run_schedule(seed: int, steps: int = 30) -> Simulation:
     for _ in range(steps):
         sim.advance(rng.expovariate(4.0))
         sim.random_step()
+    return sim
+
+
+def run_schedule(seed: int, steps: int = 30) -> Simulation:
+    """Random faults and commands for `steps` steps, then faults stop and everything must converge."""
+    sim = faults(seed, steps)
     settle(sim)
     return sim
 
@@ -574,13 +580,7 @@ def converged(sim: Simulation) -> bool:
 
 def run_shutdown(seed: int, steps: int = 20) -> Simulation:
     """Random faults, then a drain: every process gone and exit 0, in bounded time."""
-    rng = random.Random(seed)
-    sim = Simulation(seed, make_config(rng))
-    sim.start()
-    sim.at(SAMPLE_EVERY, sim.sample)
-    for _ in range(steps):
-        sim.advance(rng.expovariate(4.0))
-        sim.random_step()
+    sim = faults(seed, steps)
     sim.note("shutdown")
     sim.draining = True
     sim.feed(ShutdownRequested())
