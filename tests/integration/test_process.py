@@ -15,11 +15,11 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import helpers
 import psutil
 import pytest
 
@@ -39,13 +39,8 @@ T = TypeVar("T")
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = TIMEOUT) -> T:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(0.005)
-    return value
+    """The tests' wait_until, at this file's pace (5 ms: it times process exits)."""
+    return helpers.wait_until(predicate, timeout, interval=0.005)
 
 
 def alive(pid: int, create_time: float | None = None) -> bool:
