@@ -18,7 +18,7 @@ from types import MappingProxyType, SimpleNamespace
 from supervise.cli import verbs
 from supervise.cli.parser import parse
 from supervise.cli.verbs import import_daemon  # also benchmarks/foundation.py's floor of the daemon's imports
-from supervise.config.locate import BadConfig
+from supervise.config.errors import BadConfig
 from supervise.control.client import ControlError, NoDaemon
 
 __all__ = ["EXIT_FAILED", "EXIT_NO_DAEMON", "EXIT_OK", "EXIT_USAGE", "VERBS", "import_daemon", "main"]

@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from supervise.config import units as units
+from supervise.config.errors import ConfigError, Problem
 from supervise.config.lines import Key, LineIndex, key_text
-from supervise.config.locate import DEFAULT_STATE_DIR, BadConfig
+from supervise.config.locate import DEFAULT_STATE_DIR
 from supervise.config.model import (
     AppConfig,
     BackoffConfig,
@@ -31,40 +31,13 @@ from supervise.config.model import (
     Restart,
     SuperviseConfig,
 )
+from supervise.config.toml import parse_toml, read_toml
 from supervise.config.units import Invalid, did_you_mean, show
 
-__all__ = ["ConfigError", "Problem", "load", "loads", "read_toml"]
+__all__ = ["ConfigError", "Problem", "load", "loads"]  # the errors are errors.py's, here for the callers of load
 
 
 _APP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-# -- errors -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong in a config, located so an editor can jump to it."""
-
-    file: Path
-    line: int | None
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = str(self.file) if self.line is None else f"{self.file}:{self.line}"
-        return ": ".join(part for part in (where, self.key, self.message) if part)
-
-
-class ConfigError(BadConfig):
-    """Every problem of a config at once, so one edit can fix them all."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(map(str, self.problems)))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems,))
 
 
 # -- public API ---------------------------------------------------------------
@@ -81,7 +54,7 @@ def loads(text: str, path: str | os.PathLike[str]) -> Config:
     """Validate `text` as if it were the content of `path` (relative paths resolve from there):
     the config a checkpoint recorded, which the file may no longer hold."""
     file = Path(path)
-    return _validated(file, text, _toml(file, text))
+    return _validated(file, text, parse_toml(file, text))
 
 
 def _validated(file: Path, text: str, data: dict[str, Any]) -> Config:
@@ -90,53 +63,6 @@ def _validated(file: Path, text: str, data: dict[str, Any]) -> Config:
     if check.problems:
         raise ConfigError(sorted(check.problems, key=lambda problem: problem.line or 0))
     return dataclasses.replace(config, text=text)
-
-
-# -- reading ------------------------------------------------------------------
-
-
-def read_toml(file: Path) -> tuple[str, dict[str, Any]]:
-    """The text and parsed TOML of ``file``; any failure is a ConfigError."""
-
-    def fail(message: str, line: int | None = None) -> ConfigError:
-        return ConfigError([Problem(file, line, "", message)])
-
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise fail("no such file") from None
-    except IsADirectoryError:
-        raise fail("is a directory, not a config file") from None
-    except OSError as error:
-        raise fail(f"cannot read: {error.strerror}") from None
-    try:
-        text = data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as error:
-        raise fail("not UTF-8 text", data.count(b"\n", 0, error.start) + 1) from None
-    return text, _toml(file, text)
-
-
-def _toml(file: Path, text: str) -> dict[str, Any]:
-    """``tomllib.loads(text)``; any failure is a ConfigError."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        message, line = _toml_error(str(error), text)
-    except RecursionError:
-        message, line = "arrays or inline tables nested too deeply", None
-    except ValueError:  # tomllib's int() of more digits than sys.get_int_max_str_digits() (4300)
-        message, line = "an integer of more than 4300 digits", None
-    raise ConfigError([Problem(file, line, "", f"invalid TOML: {message}")])
-
-
-def _toml_error(message: str, text: str) -> tuple[str, int | None]:
-    """Split tomllib's "Invalid value (at line 3, column 7)" into message and line."""
-    message = message[:1].lower() + message[1:]
-    if match := re.search(r" \(at line (\d+), column (\d+)\)$", message):
-        return f"{message[: match.start()]} (column {match[2]})", int(match[1])
-    if message.endswith(" (at end of document)"):
-        return message.removesuffix(" (at end of document)") + " at end of file", text.count("\n") + 1
-    return message, None
 
 
 def _base_dir(file: Path) -> Path:

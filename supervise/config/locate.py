@@ -16,10 +16,6 @@ _SECTION = re.compile(r"^\s*\[\s*([^\]]*?)\s*\]\s*(#.*)?$")
 _STATE_DIR = re.compile(r'^\s*state_dir\s*=\s*"([^"\\]*)"\s*(#.*)?$')
 
 
-class BadConfig(Exception):
-    """Base of config errors, so the CLI can catch them without importing the loader."""
-
-
 def locate_state_dir(config: str | os.PathLike[str]) -> Path:
     """The state dir of the daemon started with ``config``, found cheaply.
 
@@ -43,7 +39,7 @@ def locate_state_dir(config: str | os.PathLike[str]) -> Path:
         found = _scan_state_dir(text)
         if found is not None:
             return _absolute(Path(config), found)
-    from supervise.config.loader import read_toml
+    from supervise.config.toml import read_toml
 
     file = Path(config)
     _, data = read_toml(file)
