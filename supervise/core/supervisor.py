@@ -80,10 +80,10 @@ WATCH_PATHS_SHOWN = 5
 
 class Core:
     def __init__(self, config: Config, rng: random.Random) -> None:
-        self.registry = Registry(rng)
-        self.fleet = Fleet(config, self.registry)
-        self.commands = Commands(self.fleet)
-        self.view = View(self.fleet)
+        self._registry = Registry(rng)
+        self._fleet = Fleet(config, self._registry)
+        self._commands = Commands(self._fleet)
+        self.view = View(self._fleet)
         self._deferred: list[tuple[AppGroup, Instance, Input]] = []  # adopted: what DaemonStarted feeds them
         self._said_ready = False
         self._status_line = ""
@@ -91,7 +91,7 @@ class Core:
 
     @property
     def shutting_down(self) -> bool:
-        return self.fleet.shutting_down
+        return self._fleet.shutting_down
 
     def handle(self, event: Event, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -113,16 +113,16 @@ class Core:
             case Sampled(rss=rss, processes=processes):
                 actions += self._sampled(rss, processes or {}, now)
             case CommandReceived(verb=Verb.SHUTDOWN, request_id=rid):
-                actions += [Reply(rid, True, result={"draining": self.registry.live_count()}),
+                actions += [Reply(rid, True, result={"draining": self._registry.live_count()}),
                             *self._shutdown(now)]
             case CommandReceived(verb=Verb.RELOAD, config=config, dry_run=False, cause=cause) \
                     if config is not None and cause is not Cause.CONFIG and not self.shutting_down:
                 # A service manager is told of a reload of the file while it is applied.
                 actions.append(Notify(ServiceState.RELOADING, self._summary()))
-                actions += self.commands.handle(event, now)
+                actions += self._commands.handle(event, now)
                 actions.append(Notify(ServiceState.READY, self._summary()))
             case CommandReceived():
-                actions += self.commands.handle(event, now)
+                actions += self._commands.handle(event, now)
             case FilesChanged(apps=apps, paths=paths):
                 actions += self._files_changed(apps, paths, now)
             case ShutdownRequested():
@@ -136,7 +136,7 @@ class Core:
         return actions + self._follow_through(now)
 
     def next_deadline(self) -> float | None:
-        return self.registry.timers.next()
+        return self._registry.timers.next()
 
     def beat(self, spawn_id: int, fields: Mapping[str, object] | None, now: float) -> None:
         """The hot path (thousands a second): no transition, no timer, no action.
@@ -144,7 +144,7 @@ class Core:
         Equivalent to ``handle(Beat(...))``, which returns nothing: the shell
         calls it directly to skip the event queue for the commonest message.
         """
-        inst = self.registry.by_spawn.get(spawn_id)
+        inst = self._registry.by_spawn.get(spawn_id)
         if inst is None:
             return
         inst.last_beat = inst.heard_at = now
@@ -156,27 +156,27 @@ class Core:
     def _follow_through(self, now: float) -> list[Action]:
         """What every event may have set off: dependants starting, replacements moving on,
         commands settling, and what the shell must be told."""
-        fleet = self.fleet
+        fleet = self._fleet
         actions: list[Action] = []
         if fleet.waiting or fleet.draining:
             actions += fleet.follow_dependencies(now)
         actions += fleet.advance(now)
-        actions += self.commands.settle(now)
-        if self.registry.listeners_changed:
-            self.registry.listeners_changed = False
+        actions += self._commands.settle(now)
+        if self._registry.listeners_changed:
+            self._registry.listeners_changed = False
             actions.append(ReleaseListeners(fleet.listen_addresses()))
         if self.shutting_down:
-            if not self._exited and self.registry.live_count() == 0:
+            if not self._exited and self._registry.live_count() == 0:
                 self._exited = True
-                actions += [self.registry.publish({"type": "daemon", "event": "stopped"}, durable=False), Exit(0)]
+                actions += [self._registry.publish({"type": "daemon", "event": "stopped"}, durable=False), Exit(0)]
             return actions
-        if self.registry.durable_change:
-            self.registry.durable_change = False
+        if self._registry.durable_change:
+            self._registry.durable_change = False
             actions.append(Checkpoint())
         line = self._summary()
         if line != self._status_line:
             self._status_line = line
-            census = self.registry.census
+            census = self._registry.census
             if not self._said_ready and not census[State.STARTING] and not fleet.waiting:
                 self._said_ready = True
                 actions.append(Notify(ServiceState.READY, line))
@@ -185,24 +185,24 @@ class Core:
         return actions
 
     def _summary(self) -> str:
-        return summary(self.registry.census, len(self.fleet.waiting))
+        return summary(self._registry.census, len(self._fleet.waiting))
 
     # -- feeding the state machines -------------------------------------------------
 
     def _feed_spawn(self, spawn_id: int, event: Input, now: float) -> list[Action]:
-        inst = self.registry.by_spawn.get(spawn_id)
+        inst = self._registry.by_spawn.get(spawn_id)
         if inst is None:
             return []  # an exit or beat from a process we no longer track
-        return self.fleet.groups[inst.app].feed(inst, event, now)
+        return self._fleet.groups[inst.app].feed(inst, event, now)
 
     def _sampled(self, rss: Mapping[int, int | None], processes: Mapping[int, int], now: float) -> list[Action]:
         actions: list[Action] = []
         unconfirmed = False
         for sid, value in rss.items():
-            inst = self.registry.by_spawn.get(sid)
+            inst = self._registry.by_spawn.get(sid)
             if inst is None or value is None:
                 continue
-            actions += self.fleet.groups[inst.app].feed(inst, MemorySampled(value, processes.get(sid)), now)
+            actions += self._fleet.groups[inst.app].feed(inst, MemorySampled(value, processes.get(sid)), now)
             unconfirmed |= 0 < inst.over_memory < MEMORY_HYSTERESIS
         if unconfirmed:
             actions.append(Resample(MEMORY_RECHECK))
@@ -210,23 +210,23 @@ class Core:
 
     def _deadlines(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        for key in self.registry.timers.pop_due(now):
+        for key in self._registry.timers.pop_due(now):
             if isinstance(key, RequestTimeout):
-                actions += self.commands.timed_out(key.request_id)
+                actions += self._commands.timed_out(key.request_id)
                 continue
-            group = self.fleet.groups.get(key.app)
+            group = self._fleet.groups.get(key.app)
             if group is not None and key.deadline is not None and key.deadline <= now:
                 actions += group.feed(key, TimerFired(), now)
         return actions
 
     def _files_changed(self, apps: frozenset[str], paths: tuple[str, ...], now: float) -> list[Action]:
-        live = sorted(app for app in apps if app in self.fleet.groups)
+        live = sorted(app for app in apps if app in self._fleet.groups)
         if self.shutting_down or not live:
             return []
         event = {"type": "watch", "event": "changed", "apps": live, "paths": list(paths[:WATCH_PATHS_SHOWN]),
                  "more": max(0, len(paths) - WATCH_PATHS_SHOWN)}
         reload = CommandReceived(None, Verb.RELOAD, tuple(live), cause=Cause.WATCH)
-        return [self.registry.publish(event, durable=False), *self.commands.handle(reload, now)]
+        return [self._registry.publish(event, durable=False), *self._commands.handle(reload, now)]
 
     # -- the daemon's life: start, shutdown ------------------------------------------
 
@@ -237,9 +237,9 @@ class Core:
         An app with adopted instances was started by the previous daemon: it does not
         wait for its dependencies again, it only makes up its count.
         """
-        fleet = self.fleet
+        fleet = self._fleet
         fleet.waiting = {name for name, group in fleet.groups.items() if not group.slots}
-        actions: list[Action] = [self.registry.publish({"type": "daemon", "event": "started"}, durable=False)]
+        actions: list[Action] = [self._registry.publish({"type": "daemon", "event": "started"}, durable=False)]
         for group, inst, event in self._deferred:
             actions += group.feed(inst, event, now)
         self._deferred.clear()
@@ -248,13 +248,13 @@ class Core:
         return actions
 
     def _shutdown(self, now: float) -> list[Action]:
-        fleet = self.fleet
+        fleet = self._fleet
         if fleet.shutting_down:
             return []
         fleet.shutting_down = True
         fleet.waiting.clear()
         fleet.draining = set(fleet.groups)
-        actions: list[Action] = [self.registry.publish({"type": "daemon", "event": "draining"}, durable=False),
+        actions: list[Action] = [self._registry.publish({"type": "daemon", "event": "draining"}, durable=False),
                                  EndChaos(), Notify(ServiceState.STOPPING, self._summary())]
         for group in fleet:
             actions += group.cancel_replacements("the daemon is shutting down", now, relaunch=False)
@@ -266,7 +266,7 @@ class Core:
         """Take over the instances a previous daemon left: the live ones are watched at once
         (``Adopt``), the rest wait for ``DaemonStarted``. A live one no app claims is stopped."""
         for name, record in apps.items():
-            group = self.fleet.groups.get(name)
+            group = self._fleet.groups.get(name)
             if group is not None:
                 group.target, group.generation = record.target, record.generation
                 group.latest = max(record.latest, record.generation, group.latest)
@@ -276,7 +276,7 @@ class Core:
         return actions
 
     def _adopt(self, found: Adopted, now: float) -> list[Action]:
-        group = self.fleet.groups.get(found.app)
+        group = self._fleet.groups.get(found.app)
         name = f"{found.app}:{found.index}"
         if group is None:
             return [] if found.pid is None else [StopStray(found.pid, name)]

@@ -130,6 +130,7 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
         raise SpawnError(f"invalid command or environment for {spec.name}: {exc}") from None
     finally:
         os.close(log_fd)
+    returned = time.clock_gettime(time.CLOCK_BOOTTIME)
     _disarm(proc)
     pid = proc.pid
     # No other reaper exists, so until we reap it, `pid` is our child (maybe a
@@ -140,7 +141,7 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
     # ours; the process group and token sweeps still reach it. (clone3 with
     # CLONE_INTO_CGROUP would close this, but Python cannot ask for it.)
     cgroup = cgroups.adopt(pid, spec.name) if cgroups is not None else None
-    return Child(pid=pid, pidfd=pidfd, cgroup=cgroup, create_time=_start_time(forked_after))
+    return Child(pid=pid, pidfd=pidfd, cgroup=cgroup, create_time=_start_time(pid, forked_after, returned))
 
 
 def _open_log(path: Path) -> int:
@@ -209,17 +210,27 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
-def _start_time(forked_after: float) -> float:
-    """The start time psutil will report for a child forked just after CLOCK_BOOTTIME `forked_after`.
+def _start_time(pid: int, forked_after: float, returned: float) -> float:
+    """The start time psutil reports for our child `pid`, forked between CLOCK_BOOTTIME
+    `forked_after` and `returned`.
 
-    Why not read it: right after exec a new process is mapping its libraries,
-    and reading its /proc/<pid>/stat waits for that (up to milliseconds on a
-    busy machine), once per spawn on the event loop. The kernel stamps a
-    fork with CLOCK_BOOTTIME in clock ticks; psutil adds the boot time of
-    /proc/stat. A tick that starts between our reading and the fork makes
-    ours one tick early, which `START_TOLERANCE` allows.
+    Computed, not read, when it can be: right after exec a new process is
+    mapping its libraries, and reading its /proc/<pid>/stat waits for that
+    (up to milliseconds on a busy machine), once per spawn on the event
+    loop. The kernel stamps a fork with CLOCK_BOOTTIME in clock ticks;
+    psutil adds the boot time of /proc/stat. When Popen returned within a
+    tick, the fork's tick is ours or the next: `START_TOLERANCE` allows that.
+    When it took longer (the daemon was descheduled in between: seen at
+    60 ms with 500 workers starting on 2 cores), the fork may lie anywhere
+    in that gap, and the value is read instead: computed, it would make an
+    adopting daemon take the live worker for a stranger and start another.
     """
-    return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + psutil.boot_time()
+    if returned - forked_after < 1 / _CLOCK_TICKS:
+        return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + psutil.boot_time()
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:  # gone already: its exit is reported; nothing will compare this
+        return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + psutil.boot_time()
 
 
 # -- reaping and signals --------------------------------------------------------------

@@ -15,6 +15,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -230,6 +231,18 @@ def test_spawn_computes_the_start_time_psutil_reads(procs: Procs) -> None:
     children = [procs.spawn("sleep", "30") for _ in range(40)]
     for child in children:
         assert abs(psutil.Process(child.pid).create_time() - child.create_time) < process.START_TOLERANCE
+
+
+def test_a_spawn_slower_than_a_tick_reads_its_start_time(procs: Procs) -> None:
+    # Descheduled between the clock reading and the fork (500 workers starting on 2 cores
+    # did it, by 60 ms), a computed start time would be early by that much, and an adopting
+    # daemon would take the live worker for a stranger. Past one tick, the value is read.
+    child = procs.spawn("sleep", "30")
+    real = psutil.Process(child.pid).create_time()
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert process._start_time(child.pid, now - 1.0, now) == real  # a second between: read, exact
+    computed = process._start_time(child.pid, now - 1.0, now - 1.0 + 0.001)  # within a tick: computed
+    assert abs(computed - (real - 1.0)) < process.START_TOLERANCE
 
 
 def test_spawned_child_is_never_reaped_by_subprocess(procs: Procs) -> None:
