@@ -522,6 +522,17 @@ def run_schedule(seed: int, steps: int = 30) -> Simulation:
     return sim
 
 
+def shortest_failure(seed: int, steps: int = 30) -> str:
+    """The failure of schedule `seed` cut to its shortest failing prefix (a schedule's first k
+    steps are the same whatever its length), with that history: what to read first."""
+    for k in range(steps + 1):
+        try:
+            run_schedule(seed, k)
+        except AssertionError as exc:
+            return f"the first {k} of its {steps} steps are enough to fail:\n{exc}"
+    return "no prefix fails alone: only the whole schedule does (see its last steps above)"
+
+
 def settle(sim: Simulation) -> None:
     """Faults stop; an operator starts everything once (clearing crash loops and stops); the system
     must settle at every app's count, every command answered."""

@@ -1,7 +1,7 @@
 """The core under thousands of random fault schedules (simulation.py says what is checked).
 
 SUPERVISE_SIM_SCHEDULES sets how many (default 10,000); a failing schedule
-names its seed and its last steps, and ``SUPERVISE_SIM_SEED=N`` replays
+names its seed, its last steps and its shortest failing prefix, and ``SUPERVISE_SIM_SEED=N`` replays
 that one alone. The schedules are spread over the machine's cores: they
 are independent, and pytest runs one test at a time.
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from simulation import run_schedule, run_shutdown
+from simulation import run_schedule, run_shutdown, shortest_failure
 
 SCHEDULES = int(os.environ.get("SUPERVISE_SIM_SCHEDULES", "10000"))
 ONLY = os.environ.get("SUPERVISE_SIM_SEED")
@@ -23,7 +23,11 @@ BLOCKS = 20
 
 def run_seeds(seeds: range) -> int:
     for seed in seeds:
-        run_schedule(seed)
+        try:
+            run_schedule(seed)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n\nShortest: {shortest_failure(seed)}\n"
+                                 f"Replay: SUPERVISE_SIM_SEED={seed} pytest {__file__}") from None
     return len(seeds)
 
 
