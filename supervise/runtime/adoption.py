@@ -10,14 +10,21 @@ checkpoint and /proc is done by ``find``. Nothing here kills anything.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
 
 from supervise.core import Adopted, AppRecord, Recovered, Role
 from supervise.core.instance import LastExit, State
-from supervise.runtime import checkpoint
-from supervise.runtime.checkpoint import Checkpoint, CheckpointError, InstanceRecord, Stray
+from supervise.runtime import checkpoint, process
+from supervise.runtime.checkpoint import Checkpoint, CheckpointError, InstanceRecord
+from supervise.runtime.log import Log
 from supervise.runtime.workers import Inherited
+from supervise.wire import protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,5 +118,76 @@ def find(found: Checkpoint | None, heartbeat_endpoint: str, wall: float) -> Left
     Raises CheckpointError for a record this version cannot use.
     """
     known = {r.pid for r in found.instances if r.pid is not None} if found is not None else set()
-    strays = checkpoint.find_strays(heartbeat_endpoint, known)
-    return leftovers(found, strays, checkpoint.still_running, wall)
+    strays = find_strays(heartbeat_endpoint, known)
+    return leftovers(found, strays, still_running, wall)
+
+
+def read(path: Path, heartbeat_endpoint: str, log: Log) -> tuple[Checkpoint | None, Leftovers]:
+    """The checkpoint at `path` and what it (and /proc) says is left; an unusable checkpoint is
+    logged and ignored, and the workers it names are left alone (strays are still found)."""
+    try:
+        found = checkpoint.read(path)
+        return found, find(found, heartbeat_endpoint, time.time())
+    except CheckpointError as exc:
+        log.warning("the checkpoint is unusable: starting afresh (workers it named are left alone)",
+                    path=str(path), error=str(exc))
+        return None, find(None, heartbeat_endpoint, time.time())
+
+
+# -- is it still that process? -------------------------------------------------------
+
+
+def still_running(record: InstanceRecord) -> bool:
+    """The recorded pid is alive and is the very process recorded (same start time, same token).
+
+    The token is checked where the environment is readable; where it is not
+    (another user's process), the start time alone must do.
+    """
+    if record.pid is None or record.create_time is None:
+        return False
+    if not process.same_process(record.pid, record.create_time):
+        return False
+    token = process.environ_of(record.pid).get(protocol.ENV_TOKEN)
+    return token is None or token == record.token
+
+
+@dataclass(frozen=True, slots=True)
+class Stray:
+    """A worker of this state dir that no checkpoint names (started just before the daemon died)."""
+
+    pid: int
+    create_time: float
+    app: str
+    index: int
+    token: str
+
+
+def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
+    """Session leaders whose environment carries `heartbeat_endpoint` and a token, not in `known`.
+
+    Workers are spawned as session leaders (pid == sid); a worker's own
+    children inherit its environment but not its session, so they are not
+    mistaken for workers. One pass over /proc, at startup only.
+    """
+    found: list[Stray] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid in known or pid == os.getpid() or not _is_session_leader(pid):
+            continue
+        env = process.environ_of(pid)
+        if env.get(protocol.ENV_HEARTBEAT) != heartbeat_endpoint or not env.get(protocol.ENV_TOKEN):
+            continue
+        try:
+            index = int(env.get(protocol.ENV_INSTANCE, ""))
+            create_time = psutil.Process(pid).create_time()
+        except (ValueError, psutil.Error):
+            continue
+        found.append(Stray(pid, create_time, env.get(protocol.ENV_APP, ""), index, env[protocol.ENV_TOKEN]))
+    return found
+
+
+def _is_session_leader(pid: int) -> bool:
+    stat = process.proc_stat(pid)
+    return stat is not None and stat[0] != "Z" and stat[2] == pid

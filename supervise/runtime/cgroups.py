@@ -1,7 +1,7 @@
 """Per-instance cgroup v2 leaves: the one container a process cannot fork or setsid out of.
 
 Detected, never assumed: where no writable cgroup2 hierarchy exists the
-daemon goes without, and process.kill_tree falls back to process groups and
+daemon goes without, and killing.kill_tree falls back to process groups and
 the token sweep.
 """
 

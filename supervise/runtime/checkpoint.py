@@ -23,10 +23,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import psutil
-
 from supervise.core.views import Snapshot
-from supervise.runtime import process
 from supervise.runtime.workers import WorkerTable
 
 VERSION = 1
@@ -159,62 +156,3 @@ def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
     for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a daemon killed mid-write
         stale.unlink(missing_ok=True)
-
-
-# -- is it still that process? -------------------------------------------------------
-
-
-def still_running(record: InstanceRecord) -> bool:
-    """The recorded pid is alive and is the very process recorded (same start time, same token).
-
-    The token is checked where the environment is readable; where it is not
-    (another user's process), the start time alone must do.
-    """
-    if record.pid is None or record.create_time is None:
-        return False
-    if not process.same_process(record.pid, record.create_time):
-        return False
-    token = process.environ_of(record.pid).get("SUPERVISE_TOKEN")
-    return token is None or token == record.token
-
-
-@dataclass(frozen=True, slots=True)
-class Stray:
-    """A worker of this state dir that no checkpoint names (started just before the daemon died)."""
-
-    pid: int
-    create_time: float
-    app: str
-    index: int
-    token: str
-
-
-def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
-    """Session leaders whose environment carries `heartbeat_endpoint` and a token, not in `known`.
-
-    Workers are spawned as session leaders (pid == sid); a worker's own
-    children inherit its environment but not its session, so they are not
-    mistaken for workers. One pass over /proc, at startup only.
-    """
-    found: list[Stray] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid in known or pid == os.getpid() or not _is_session_leader(pid):
-            continue
-        env = process.environ_of(pid)
-        if env.get("SUPERVISE_HEARTBEAT") != heartbeat_endpoint or not env.get("SUPERVISE_TOKEN"):
-            continue
-        try:
-            index = int(env.get("SUPERVISE_INSTANCE", ""))
-            create_time = psutil.Process(pid).create_time()
-        except (ValueError, psutil.Error):
-            continue
-        found.append(Stray(pid, create_time, env.get("SUPERVISE_APP", ""), index, env["SUPERVISE_TOKEN"]))
-    return found
-
-
-def _is_session_leader(pid: int) -> bool:
-    stat = process.proc_stat(pid)
-    return stat is not None and stat[0] != "Z" and stat[2] == pid

@@ -14,10 +14,11 @@ import asyncio
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import zmq
 
+from supervise.config.model import SuperviseConfig
 from supervise.core.actions import Reply
 from supervise.runtime import log as log_module
 from supervise.runtime.history import History
@@ -195,3 +196,17 @@ class Controls:
     def internal_errors(self) -> int:
         return sum(server.internal_errors for server in self.servers)
 
+
+
+def curve_security(settings: SuperviseConfig, ctx: zmq.Context[Any],
+                   log: log_module.Log) -> tuple[str, Callable[[zmq.Socket[Any]], Guard]]:
+    """The TCP control endpoint and how to secure it: CURVE, only the listed client keys.
+    Raises CurveError (a ValueError) for a key that cannot be used."""
+    from supervise.wire import curve  # only a daemon with a TCP endpoint pays for it
+
+    assert settings.control is not None and settings.control_key is not None
+    secret = curve.load_secret(settings.control_key)
+    clients = [curve.load_public(c) for c in settings.control_clients]
+    log.info("control endpoint", endpoint=settings.control, server_key=secret.public,
+             clients=[curve.mask(c) for c in clients])
+    return settings.control, lambda sock: curve.secure_server(sock, secret, clients, ctx)

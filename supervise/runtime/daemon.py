@@ -21,14 +21,13 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
 import zmq
 
-from supervise.config import loader
+from supervise.config.errors import ConfigError
 from supervise.config.model import Config
 from supervise.core import (
     Action,
@@ -56,10 +55,10 @@ from supervise.core import (
     Verb,
 )
 from supervise.core.events import Cause
-from supervise.runtime import adoption, checkpoint, process, sdnotify
+from supervise.runtime import adoption, checkpoint, killing, process, reloading, sdnotify
 from supervise.runtime.chaos_sessions import ChaosSessions
 from supervise.runtime.chores import Checkpointer, LogChecks, Sampling, ServiceManager
-from supervise.runtime.control_server import Controls, ControlServer, Guard
+from supervise.runtime.control_server import Controls, ControlServer, curve_security
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.history import History
 from supervise.runtime.listeners import ListenError, Listeners
@@ -155,8 +154,12 @@ class Daemon:
             servers.append(ControlServer(self.ctx, self.paths.control_socket, self.loop, self.history,
                                          self._on_request, self._status_extra, request_ids=ids, log=self.log))
             if self.config.supervise.control:
+                try:
+                    tcp = curve_security(self.config.supervise, self.ctx, self.log)
+                except ValueError as exc:  # CurveError: a key file missing or wrong
+                    raise CannotStart(f"control endpoint {self.config.supervise.control}: {exc}") from None
                 servers.append(ControlServer(self.ctx, None, self.loop, self.history, self._on_request,
-                                             self._status_extra, tcp=self._secure_tcp(), request_ids=ids,
+                                             self._status_extra, tcp=tcp, request_ids=ids,
                                              log=self.log))
             self.control = Controls(servers)
             self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, self.loop, self.dispatch,
@@ -193,7 +196,7 @@ class Daemon:
         if not self._keeping_workers:
             # Last sweep: anything still descending from us (a grandchild that
             # escaped every process group) goes now, so shutdown leaves nothing.
-            leftovers = await self.loop.run_in_executor(self._executor, process.kill_all_descendants)
+            leftovers = await self.loop.run_in_executor(self._executor, killing.kill_all_descendants)
             if leftovers:
                 self.log.warning("killed leftover descendants", count=leftovers)
             self.workers.reap()
@@ -374,24 +377,14 @@ class Daemon:
         before anything has changed.
         """
         try:
-            new = loader.load(self.config.path)
-            if new.supervise.state_dir != self.config.supervise.state_dir:
-                raise loader.ConfigError([loader.Problem(
-                    new.path, None, "supervise.state_dir",
-                    "changed; that takes a daemon restart (`supervise shutdown`, then `supervise run`)")])
-            if not dry_run:
-                for app in new.apps.values():
-                    for address in app.listen:
-                        self.listeners.bind(address)
-        except (loader.ConfigError, ListenError) as exc:
+            new = reloading.reread(self.config, self.listeners, bind=not dry_run)
+        except (ConfigError, ListenError) as exc:
             self.log.error("config reload rejected; nothing changed", error=str(exc))
             if rid is not None:
                 self.control.reply(Reply(rid, False, error=str(exc), usage=True))
             return
         if not dry_run:
-            was, now = self.config.supervise, new.supervise
-            if (was.control, was.control_key, was.control_clients) != (now.control, now.control_key,
-                                                                        now.control_clients):
+            if reloading.control_changed(self.config, new):
                 self.log.warning("[supervise] control settings changed: they apply at the next daemon start")
             self._switch_config(new)
         self.dispatch(CommandReceived(rid, Verb.RELOAD, config=new, dry_run=dry_run, cause=cause, timeout=timeout))
@@ -415,21 +408,6 @@ class Daemon:
         if not self._exit.done():
             self._exit.set_result(0)
 
-    def _secure_tcp(self) -> tuple[str, Callable[[zmq.Socket[Any]], Guard]]:
-        """The TCP control endpoint and how to secure it: CURVE, only the listed client keys."""
-        from supervise.wire import curve  # only a daemon with a TCP endpoint pays for it
-
-        settings = self.config.supervise
-        assert settings.control is not None and settings.control_key is not None
-        try:
-            secret = curve.load_secret(settings.control_key)
-            clients = [curve.load_public(c) for c in settings.control_clients]
-        except curve.CurveError as exc:
-            raise CannotStart(f"control endpoint {settings.control}: {exc}") from None
-        self.log.info("control endpoint", endpoint=settings.control, server_key=secret.public,
-                      clients=[curve.mask(c) for c in clients])
-        return settings.control, lambda sock: curve.secure_server(sock, secret, clients, self.ctx)
-
     # -- adoption -------------------------------------------------------------------------
 
     def _recover(self) -> adoption.Leftovers | None:
@@ -439,26 +417,14 @@ class Daemon:
         the core starts with the checkpoint's (so that instances match what
         runs) and the file's is applied after, as a reload would.
         """
-        endpoint = self.workers.heartbeat_endpoint
-        try:
-            found = checkpoint.read(self.paths.checkpoint)
-            leftovers = adoption.find(found, endpoint, time.time())
-        except checkpoint.CheckpointError as exc:
-            self.log.warning("the checkpoint is unusable: starting afresh (workers it named are left alone)",
-                             path=str(self.paths.checkpoint), error=str(exc))
-            found, leftovers = None, adoption.find(None, endpoint, time.time())
+        found, leftovers = adoption.read(self.paths.checkpoint, self.workers.heartbeat_endpoint, self.log)
         self._inherited = dict(leftovers.inherited)
         if not leftovers.event.instances:
             return None
-        if found is not None and found.config_text and found.config_text != self.config.text:
-            try:
-                old = loader.loads(found.config_text, found.config_path)
-            except loader.ConfigError as exc:
-                self.log.warning("the checkpoint's config no longer loads; adopting under the current one",
-                                 error=str(exc))
-            else:
-                self.core = Core(old, random.Random())
-                self._then_apply, self.config = self.config, old
+        old = reloading.recorded_config(found, self.config, self.log)
+        if old is not None:
+            self.core = Core(old, random.Random())
+            self._then_apply, self.config = self.config, old
         return leftovers
 
     def _apply_later_config(self, new: Config) -> None:

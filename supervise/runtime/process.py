@@ -1,4 +1,4 @@
-"""The OS side of supervision: spawn, reap, signal, kill a process tree, tell a process from a reused pid.
+"""The OS side of supervision: spawn, reap, signal, tell a process from a reused pid.
 
 Blocking, synchronous functions; the asyncio daemon calls them (the slow ones,
 which walk /proc, from a worker thread). The daemon is the one reaper: it
@@ -6,11 +6,7 @@ watches each worker's pidfd and calls `reap()` when one is readable or on
 SIGCHLD. Nothing else here, and no `subprocess.Popen` object, ever calls
 waitpid on a worker.
 
-A worker can hide from a kill in several ways (a new process group, a new
-session, a double fork that re-parents it away from the worker); `kill_tree`
-closes each of them: the instance's cgroup, its process group, its live
-descendants, and orphans re-parented to us (we are a child subreaper) that
-still carry the instance's `SUPERVISE_TOKEN`.
+Killing a whole process tree is killing.py's.
 """
 
 from __future__ import annotations
@@ -18,21 +14,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 import subprocess
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from supervise.runtime.cgroups import Cgroups, kill_cgroup
+from supervise.runtime.cgroups import Cgroups
 from supervise.runtime.cgroups import owner_name as cgroups_owner
 
 __all__ = [
     "START_TOLERANCE", "Cgroups", "Child", "SpawnError", "SpawnSpec", "become_subreaper", "cgroups_owner",
-    "environ_of", "kill_all_descendants", "kill_tree", "proc_stat", "reap", "same_process", "send_signal", "spawn",
+    "environ_of", "is_zombie", "proc_stat", "process_if_same", "reap", "same_process", "send_signal", "spawn",
 ]
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -49,10 +44,6 @@ to the float; a spawn's own start time is computed, not read
 (`_start_time`), and can be one tick early. One tick, and half a tick for
 rounding: 15 ms. Any wider only lets a reused pid pass for the process.
 """
-# A sweep repeats while it finds processes it has not signalled yet (one
-# forked between our listing and our kill); a bound keeps a fork bomb from
-# holding us forever (cgroup.kill is the real answer to fork bombs).
-_SWEEP_PASSES = 5
 
 
 class SpawnError(Exception):
@@ -267,176 +258,6 @@ def send_signal(pid: int, sig: int) -> bool:
     return True
 
 
-def kill_tree(child: Child, token: str | None, workers: Collection[int] = ()) -> int:
-    """SIGKILL an instance's whole process tree; returns how many processes were signalled.
-
-    Safe when everything is already gone, and never signals a reused pid. It
-    walks /proc, so call it off the event loop. `workers`: pids of live
-    workers, which the token sweep need not read (only orphans can match). `child.pidfd`, when set, must
-    stay open until this returns.
-    """
-    signalled: set[int] = set()
-    if child.cgroup is not None:
-        in_cgroup = kill_cgroup(child.cgroup)
-        if in_cgroup is not None:
-            # The cgroup holds every descendant forked after the child was moved
-            # in. One forked before that (the daemon descheduled between Popen
-            # and the move, a fast binary) is still in its process group or,
-            # if it setsid'ed and its parent exited, an orphan of ours with the
-            # token: both are cheap to reach, so the full /proc walks are skipped.
-            return len(in_cgroup | _kill_process_group(child) | _kill_token_holders(token, workers))
-    for _ in range(_SWEEP_PASSES):
-        found = (
-            _kill_leader(child)
-            | _kill_process_group(child)
-            | _kill_descendants(child)
-            | _kill_token_holders(token, workers)
-        )
-        if found <= signalled:
-            break
-        signalled |= found
-    return len(signalled)
-
-
-def kill_all_descendants() -> int:
-    """SIGKILL every live descendant of the calling process (shutdown's last sweep)."""
-    signalled: set[int] = set()
-    for _ in range(_SWEEP_PASSES):
-        found = _kill_live(_children(psutil.Process()))
-        if found <= signalled:
-            break
-        signalled |= found
-    return len(signalled)
-
-
-def _kill_leader(child: Child) -> set[int]:
-    if child.pidfd is not None:
-        signalled = _kill_by_pidfd(child.pidfd, child.pid)
-        if signalled is not None:
-            return signalled
-    leader = _process_if_same(child.pid, child.create_time)
-    return _kill_live([leader]) if leader is not None else set()
-
-
-def _kill_by_pidfd(pidfd: int, pid: int) -> set[int] | None:
-    """SIGKILL through the pidfd; None when the fd cannot be vouched for."""
-    # pidfd_send_signal reaches exactly the process the pidfd was opened on,
-    # even if its pid has been reaped and reused. But the fd is the caller's:
-    # it could be closed and its number reused meanwhile, so work on a private
-    # duplicate and first check (fdinfo "Pid:") that it refers to our pid.
-    # A reaped process shows "Pid: -1": the create_time path then finds nothing.
-    try:
-        fd = os.dup(pidfd)
-    except OSError:
-        return None
-    try:
-        if _pidfd_pid(fd) != pid:
-            return None
-        if _is_zombie(pid):
-            return set()
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
-        return {pid}
-    except OSError:  # ESRCH: exited between the check and the signal
-        return set()
-    finally:
-        os.close(fd)
-
-
-def _pidfd_pid(fd: int) -> int | None:
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as info:
-            for line in info:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _kill_process_group(child: Child) -> set[int]:
-    # A worker leads its own session, so its pgid is its pid; killpg reaches
-    # every member that did not setsid/setpgid away, even after the leader has
-    # died. The kernel does not reuse a number still in use as a pgid, so a
-    # group with members left is ours. But once the group is empty and the
-    # leader reaped, the number may belong to a new process and its group:
-    # skip when a process with that pid exists and is not our worker.
-    pgid = child.pid
-    if os.path.exists(f"/proc/{pgid}") and _process_if_same(pgid, child.create_time) is None:
-        return set()
-    members = {pid for pid in psutil.pids() if (proc_stat(pid) or ("", 0, 0))[1] == pgid}
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return set()
-    return {pid for pid in members if not _is_zombie(pid)}
-
-
-def _kill_descendants(child: Child) -> set[int]:
-    leader = _process_if_same(child.pid, child.create_time)
-    return _kill_live(_children(leader)) if leader is not None else set()
-
-
-def _kill_token_holders(token: str | None, skip: Collection[int] = ()) -> set[int]:
-    # We are a subreaper: a grandchild that double-forked or setsid'ed away
-    # from the worker becomes our child when its parent exits. Its environment
-    # (as it was at exec) still holds the token of the spawn it came from.
-    if not token:
-        return set()
-    found: set[int] = set()
-    for proc in _direct_children(skip):
-        if environ_of(proc.pid).get("SUPERVISE_TOKEN") == token:
-            found |= _kill_live([proc, *_children(proc)])
-    return found
-
-
-def _direct_children(skip: Collection[int] = ()) -> list[psutil.Process]:
-    """Our children, from /proc/self/task/*/children (one small read per thread,
-    where psutil would walk all of /proc); psutil where that file is missing."""
-    pids: set[int] = set()
-    try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as f:
-                pids.update(int(pid) for pid in f.read().split())
-    except (OSError, ValueError):
-        return _children_once(psutil.Process())
-    procs = []
-    for pid in pids.difference(skip):
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.Error:
-            continue
-    return procs
-
-
-def _children_once(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return proc.children()
-    except psutil.Error:
-        return []
-
-
-def _kill_live(procs: Iterable[psutil.Process]) -> set[int]:
-    """SIGKILL each process that is still the one listed (not exited, not reused)."""
-    signalled: set[int] = set()
-    for proc in procs:
-        try:
-            # send_signal checks that the pid still has the start time psutil
-            # saw when it listed the process, so a reused pid is left alone.
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                proc.send_signal(signal.SIGKILL)
-                signalled.add(proc.pid)
-        except psutil.Error:
-            pass
-    return signalled
-
-
-def _children(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return proc.children(recursive=True)
-    except psutil.Error:
-        return []
-
-
 # -- identifying processes ------------------------------------------------------------
 
 
@@ -446,7 +267,7 @@ def same_process(pid: int, create_time: float) -> bool:
     A pid alone can be reused by any process once its owner is reaped; the
     start time cannot (see START_TOLERANCE). A zombie has exited already.
     """
-    proc = _process_if_same(pid, create_time)
+    proc = process_if_same(pid, create_time)
     if proc is None:
         return False
     try:
@@ -455,7 +276,7 @@ def same_process(pid: int, create_time: float) -> bool:
         return False
 
 
-def _process_if_same(pid: int, create_time: float) -> psutil.Process | None:
+def process_if_same(pid: int, create_time: float) -> psutil.Process | None:
     """The process `pid` if it is the one started at `create_time` (zombie or not), else None."""
     try:
         proc = psutil.Process(pid)
@@ -500,6 +321,6 @@ def proc_stat(pid: int) -> tuple[str, int, int] | None:
         return None
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     stat = proc_stat(pid)
     return stat is not None and stat[0] == "Z"

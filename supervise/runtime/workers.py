@@ -22,7 +22,7 @@ from pathlib import Path
 
 from supervise.config.model import AppConfig
 from supervise.core import Adopt, Event, Exited, Spawn, Spawned, SpawnFailed
-from supervise.runtime import process
+from supervise.runtime import killing, process
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.listeners import environment as listen_environment
@@ -82,7 +82,7 @@ class WorkerTable:
         self._by_spawn: dict[int, Worker] = {}
 
     def __iter__(self) -> Iterator[Worker]:
-        return iter(list(self._by_pid.values()))
+        return iter(self._by_pid.values())  # callers iterate without yielding to the loop
 
     def __len__(self) -> int:
         return len(self._by_pid)
@@ -207,7 +207,7 @@ class WorkerTable:
 
     def sweep(self, worker: Worker) -> None:
         """Kill what is left of a worker's tree, off the loop (it walks /proc)."""
-        future = self.loop.run_in_executor(self.executor, process.kill_tree, worker.child, worker.token,
+        future = self.loop.run_in_executor(self.executor, killing.kill_tree, worker.child, worker.token,
                                            self.pids())
         future.add_done_callback(lambda done: self._swept(worker, done))
 

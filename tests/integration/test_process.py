@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from supervise.control import logs
+from supervise.runtime import adoption, checkpoint, killing, logfiles, process
 from supervise.runtime import cgroups as cgroups_module
-from supervise.runtime import checkpoint, logfiles, process
 from supervise.runtime.process import Cgroups, Child, SpawnError, SpawnSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -318,7 +318,7 @@ def test_kill_tree_with_cgroup_kills_double_forked_grandchild(procs: Procs, cgro
     assert {child.pid, gpid} <= procs_in_cgroup
     assert os.getsid(gpid) != child.pid  # escaped the worker's session: only the cgroup holds it
     # No token: the cgroup alone must find the grandchild.
-    assert process.kill_tree(child, None) >= 2
+    assert killing.kill_tree(child, None) >= 2
     wait_until(lambda: not alive(child.pid) and not alive(gpid))
     assert procs.wait_exit(child) == (None, signal.SIGKILL)
 
@@ -361,7 +361,7 @@ def test_cgroups_close_waits_for_killed_leaves_then_removes_owner_dir(procs: Pro
 def test_kill_tree_never_signals_a_pid_with_another_create_time(procs: Procs) -> None:
     child = procs.python(PAUSE)
     impostor = Child(pid=child.pid, pidfd=None, cgroup=None, create_time=child.create_time - 100)
-    assert process.kill_tree(impostor, "not-its-token") == 0
+    assert killing.kill_tree(impostor, "not-its-token") == 0
     assert alive(child.pid, child.create_time)
 
 
@@ -377,16 +377,16 @@ def test_kill_tree_kills_group_members_after_the_leader_died(procs: Procs, tmp_p
     member = int(wait_until(lambda: pidfile.exists() and pidfile.read_text()))
     procs.note(member)
     assert os.getpgid(member) == child.pid
-    assert process.kill_tree(child, None) == 1
+    assert killing.kill_tree(child, None) == 1
     wait_until(lambda: not alive(member))
 
 
 def test_kill_tree_when_everything_is_gone(procs: Procs, tmp_path: Path) -> None:
     child = procs.python("pass")
     procs.wait_exit(child)
-    assert process.kill_tree(child, "token") == 0  # pidfd refers to a reaped process
+    assert killing.kill_tree(child, "token") == 0  # pidfd refers to a reaped process
     gone = Child(pid=child.pid, pidfd=None, cgroup=tmp_path / "no-cgroup", create_time=child.create_time)
-    assert process.kill_tree(gone, None) == 0
+    assert killing.kill_tree(gone, None) == 0
 
 
 def test_kill_all_descendants(tmp_path: Path) -> None:
@@ -436,10 +436,10 @@ def test_a_checkpoint_record_is_trusted_only_for_the_very_process(procs: Procs) 
     wait_until(lambda: process.environ_of(child.pid))
     record = checkpoint.InstanceRecord(app="web", index=0, generation=1, role="slot", state="running", restarts=0,
                                        pid=child.pid, create_time=child.create_time, token="tok-2")
-    assert checkpoint.still_running(record)
-    assert not checkpoint.still_running(dataclasses.replace(record, token="another spawn's"))
-    assert not checkpoint.still_running(dataclasses.replace(record, create_time=child.create_time - 1))
-    assert not checkpoint.still_running(dataclasses.replace(record, create_time=None))
+    assert adoption.still_running(record)
+    assert not adoption.still_running(dataclasses.replace(record, token="another spawn's"))
+    assert not adoption.still_running(dataclasses.replace(record, create_time=child.create_time - 1))
+    assert not adoption.still_running(dataclasses.replace(record, create_time=None))
 
 
 def test_find_strays_finds_session_leaders_of_this_state_dir_only(procs: Procs, tmp_path: Path) -> None:
@@ -452,10 +452,10 @@ def test_find_strays_finds_session_leaders_of_this_state_dir_only(procs: Procs, 
     other = procs.python(PAUSE, env={**env, "SUPERVISE_HEARTBEAT": "ipc:///elsewhere/heartbeat.sock"})
     wait_until(lambda: len(psutil.Process(worker.pid).children()) == 1)
     procs.note(psutil.Process(worker.pid).children()[0].pid)
-    strays = checkpoint.find_strays(endpoint, known={other.pid})
+    strays = adoption.find_strays(endpoint, known={other.pid})
     assert [(s.pid, s.app, s.index, s.token) for s in strays] == [(worker.pid, "web", 2, "tok-3")]
     assert abs(strays[0].create_time - worker.create_time) < process.START_TOLERANCE
-    assert checkpoint.find_strays(endpoint, known={worker.pid}) == []
+    assert adoption.find_strays(endpoint, known={worker.pid}) == []
 
 
 # -- log files ------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from fakeshell import app, config
 from supervise.core import AppRecord, Core, DaemonStarted, Ready, Role, Spawn, Spawned
 from supervise.core.instance import ExitReason, LastExit, State
 from supervise.runtime import adoption, checkpoint
-from supervise.runtime.checkpoint import Checkpoint, CheckpointError, InstanceRecord, Stray
+from supervise.runtime.adoption import Stray
+from supervise.runtime.checkpoint import Checkpoint, CheckpointError, InstanceRecord
 from supervise.runtime.process import Child
 from supervise.runtime.workers import Inherited, Worker
 
