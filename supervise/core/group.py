@@ -83,19 +83,18 @@ class AppGroup:
     # -- feeding one instance -------------------------------------------------------
 
     def feed(self, inst: Instance, event: Input, now: float) -> list[Action]:
-        if inst.generation in self.abandoned:
-            self._leave_abandoned(inst, gone=isinstance(event, Died | ForkFailed))
+        if inst.generation in self.abandoned and (inst.spawn_id is None or isinstance(event, Died | ForkFailed)):
+            self._leave_abandoned(inst)  # its process is gone (or going): its next start runs what works
         asked_replacement = inst.replace_for is None
         actions = self.registry.step(inst, event, now)
         if asked_replacement and inst.replace_for is not None:
             actions += self._replace_first(inst, inst.replace_for, now)
         return actions + self._retire_if_surplus(inst)
 
-    def _leave_abandoned(self, inst: Instance, gone: bool = False) -> None:
-        """An instance of a failed rollout's generation goes back to what works once no process of
-        it runs (or is just `gone`): its next start, even the immediate one after a crash, runs that."""
-        if inst.generation in self.abandoned and (gone or inst.spawn_id is None):
-            inst.config, inst.generation = self.abandoned[inst.generation]
+    def _leave_abandoned(self, inst: Instance) -> None:
+        """An instance of a failed rollout's generation goes back to what works: its next start,
+        even the immediate one after a crash, runs that."""
+        inst.config, inst.generation = self.abandoned[inst.generation]
 
     def halt_all(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -297,7 +296,8 @@ class AppGroup:
             self.config, self.generation = r.previous, r.previous_generation
             self.abandoned[r.generation] = (r.previous, r.previous_generation)
             for inst in self.slots.values():
-                self._leave_abandoned(inst)
+                if inst.generation in self.abandoned and inst.spawn_id is None:
+                    self._leave_abandoned(inst)
         event: dict[str, object] = {"type": "rollout", "app": r.app, "event": str(state),
                                     "generation": r.generation, "replaced": r.replaced, "total": r.total}
         if error:

@@ -153,9 +153,6 @@ class Resumed:
     was: State
     age: float = 0.0  # seconds since its process was spawned
     running_for: float | None = None
-    restarts: int = 0
-    failures: int = 0
-    last_exit: LastExit | None = None
 
 
 Input = (Launch | Halt | Forked | ForkFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
@@ -351,7 +348,6 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             return _spawn(inst, ctx)  # the half-open try
 
         case State.STOPPED, Resumed(pid=pid, was=was) if inst.spawn_id is None:
-            inst.restarts, inst.failures, inst.last_exit = event.restarts, event.failures, event.last_exit
             if pid is not None:
                 return _reattach(inst, pid, event, ctx)
             if was in LIVE_STATES:  # its process died while no daemon watched

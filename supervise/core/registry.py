@@ -38,6 +38,7 @@ class Registry:
         self.census: Counter[State] = Counter()  # tracked instances per state
         self.durable_change = False  # since the last checkpoint action
         self.listeners_changed = False  # a listen address may have gone out of use
+        self.census_changed = True  # since the summary line was last made
         self._ids = itertools.count(1)
 
     def new_spawn_id(self) -> int:
@@ -46,12 +47,14 @@ class Registry:
     def track(self, inst: Instance) -> Instance:
         """Count a new instance in (it starts `stopped`)."""
         self.census[inst.state] += 1
+        self.census_changed = True
         return inst
 
     def untrack(self, inst: Instance) -> None:
         """Forget an instance that is gone for good (its process too)."""
         assert inst.spawn_id is None or inst.spawn_id not in self.by_spawn, f"{inst.name} untracked while live"
         self.census[inst.state] -= 1
+        self.census_changed = True
         self.timers.set(inst, None)
 
     def step(self, inst: Instance, event: Input, now: float) -> list[Action]:
@@ -63,11 +66,11 @@ class Registry:
                 del self.by_spawn[before_sid]
             if inst.spawn_id is not None:
                 self.by_spawn[inst.spawn_id] = inst
-        # A new exit, not one restored from a checkpoint (Resumed carries the last one it knew).
-        exited = inst.last_exit is not before_exit and inst.last_exit is not getattr(event, "last_exit", None)
+        exited = inst.last_exit is not before_exit
         if inst.state is not before or exited:
             self.census[before] -= 1
             self.census[inst.state] += 1
+            self.census_changed = True
             actions.append(self.publish(_state_event(inst, before, exited)))
         self.timers.set(inst, inst.deadline)
         return actions

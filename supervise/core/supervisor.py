@@ -87,6 +87,7 @@ class Core:
         self._deferred: list[tuple[AppGroup, Instance, Input]] = []  # adopted: what DaemonStarted feeds them
         self._said_ready = False
         self._status_line = ""
+        self._waiting_seen = -1  # how many apps waited when the summary line was last made
         self._exited = False
 
     @property
@@ -173,6 +174,9 @@ class Core:
         if self._registry.durable_change:
             self._registry.durable_change = False
             actions.append(Checkpoint())
+        if not self._registry.census_changed and len(fleet.waiting) == self._waiting_seen:
+            return actions  # the summary line cannot have changed: no need to make it again
+        self._registry.census_changed, self._waiting_seen = False, len(fleet.waiting)
         line = self._summary()
         if line != self._status_line:
             self._status_line = line
@@ -286,13 +290,14 @@ class Core:
         if not slot and found.pid is None:
             return []  # an extra instance whose process is gone: nothing to take over
         inst = group.new_instance(found.index, generation=generation)
+        # Its history, as recorded: counts and the last exit are data, not a change of state.
+        inst.restarts, inst.failures, inst.last_exit = found.restarts, found.failures, found.last_exit
         if slot:
             group.slots[found.index] = inst
         else:  # a rollout's new or old instance cut short by the daemon's death, or a duplicate: it stops
             inst.retired = True
             group.retiring.append(inst)
-        resumed = Resumed(found.pid, found.state, found.age, found.running_for, found.restarts, found.failures,
-                          found.last_exit)
+        resumed = Resumed(found.pid, found.state, found.age, found.running_for)
         if found.pid is None:
             self._deferred.append((group, inst, resumed))
             return []
