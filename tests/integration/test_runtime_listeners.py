@@ -84,7 +84,9 @@ def test_take_over_finds_the_very_socket_in_a_live_worker(kind: str, tmp_path: P
         first.bind(address)
     except ListenError as error:
         first.close()
-        pytest.skip(str(error))  # e.g. no IPv6 loopback in this container
+        if kind != "tcp6":
+            raise
+        pytest.skip(str(error))  # no IPv6 loopback in this container: only that kind can be missing
     # A worker holding the socket (at some fd), and the daemon that bound it gone:
     [fd] = first.fds((address,))
     worker = subprocess.Popen([sys.executable, "-c", PAUSE], pass_fds=(fd,))
