@@ -124,7 +124,7 @@ def decode_request(frames: list[bytes]) -> Request:
     if not isinstance(follow, bool):
         raise ProtocolError("follow must be true or false")
     rid = body.get("id")
-    if rid is not None and not isinstance(rid, (str, int, float)):
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int, float))):
         raise ProtocolError("id must be a string or a number")
     dry_run, keep = body.get("dry_run", False), body.get("keep_workers", False)
     if not isinstance(dry_run, bool) or not isinstance(keep, bool):
