@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 
 from supervise.wire import protocol
@@ -37,6 +37,8 @@ SEND_HWM = 4  # messages queued towards a connected but busy daemon; beats past 
 LINGER = 0.5  # seconds close() waits for a final ready/drained to leave
 RECONNECT_MS = 50  # how often a worker retries a daemon that is not (yet, or any more) there
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
+FENCED_EXIT = 75  # EX_TEMPFAIL: the exit status of a singleton whose fencing deadline passed
+FENCE_HOOK_TIME = 0.2  # seconds on_fenced gets before the process exits regardless
 
 
 class Heartbeat:
@@ -83,8 +85,22 @@ class Heartbeat:
     """
 
     def __init__(self, endpoint: str | None = None, name: str = "", token: str = "",
-                 interval: float = DEFAULT_INTERVAL, environ: Mapping[str, str] | None = None) -> None:
-        """Prefer ``from_env()``. ``environ`` holds the LISTEN_* variables for ``listen_sockets()``."""
+                 interval: float = DEFAULT_INTERVAL, environ: Mapping[str, str] | None = None,
+                 fencing_token: int | None = None, fencing_deadline: float | None = None,
+                 on_fenced: Callable[[], object] | None = None) -> None:
+        """Prefer ``from_env()``. ``environ`` holds the LISTEN_* variables for ``listen_sockets()``.
+
+        **Fencing (cluster singletons).** ``fencing_token`` is this placement's token
+        (``SUPERVISE_FENCING_TOKEN``): hand it to the database or lock you write to, so
+        that it refuses a stale holder. With a ``fencing_deadline``
+        (``SUPERVISE_FENCING_DEADLINE``, on the host's monotonic clock) a guard thread
+        stops the process by itself when the deadline passes unrenewed: the daemon
+        extends it each time its etcd lease is renewed, so a daemon that is paused,
+        dead or cut off from etcd cannot leave this singleton running past its lease.
+        Then ``on_fenced`` (if set) is called, given at most ``FENCE_HOOK_TIME``
+        seconds, and the process exits with status ``FENCED_EXIT`` (75) through
+        ``os._exit``: no cleanup that could outlast the lease.
+        """
         if not (math.isfinite(interval) and interval > 0):
             raise ValueError(f"supervise.worker: interval must be a positive number of seconds, got {interval!r}")
         self.active = bool(endpoint and name and token)
@@ -104,6 +120,18 @@ class Heartbeat:
         self._channel: _Channel | None = None
         self._opening = False
         self._listen: list[socket.socket] | None = None
+        self.fencing_token = fencing_token
+        self.on_fenced = on_fenced
+        self._guard: _FenceGuard | None = None
+        if fencing_deadline is not None:
+            self._guard = _FenceGuard(self, fencing_deadline)
+            if self.active:
+                self._post("beat", {})  # the daemon learns where to send the deadline's extensions
+
+    @property
+    def fencing_deadline(self) -> float | None:
+        """When this singleton stops unless the daemon extends it (monotonic seconds); None: no guard."""
+        return None if self._guard is None else self._guard.deadline
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Heartbeat:
@@ -114,6 +142,8 @@ class Heartbeat:
             token=environ.get(protocol.ENV_TOKEN, ""),
             interval=_interval(environ.get(protocol.ENV_HEARTBEAT_INTERVAL)),
             environ={k: v for k, v in environ.items() if k.startswith("LISTEN_")},
+            fencing_token=_fencing_token(environ.get(protocol.ENV_FENCING_TOKEN)),
+            fencing_deadline=_deadline(environ.get(protocol.ENV_FENCING_DEADLINE)),
         )
 
     def __repr__(self) -> str:
@@ -351,6 +381,11 @@ class _Channel:
                 continue  # not from a daemon we understand; nothing useful to do with it
             if kind == "drain":
                 self._owner.draining.set()
+            elif kind == "fence" and self._owner._guard is not None:
+                try:
+                    self._owner._guard.extend(protocol.decode_fence(frames))
+                except protocol.ProtocolError:
+                    continue
 
     def _close(self, held: list[bytes]) -> None:
         zmq = self._zmq
@@ -394,6 +429,49 @@ def _adopt(fd: int, name: str | None) -> socket.socket | None:
         return None
     os.set_inheritable(fd, False)  # like sd_listen_fds(): not leaked into the worker's own children
     return sock
+
+
+class _FenceGuard:
+    """A singleton's dead man's switch: exits the process when its deadline passes unrenewed.
+
+    Its own thread, not the I/O thread, so that nothing the worker or the
+    channel does can hold it up; it sleeps on a condition until the deadline.
+    """
+
+    def __init__(self, owner: Heartbeat, deadline: float) -> None:
+        self._owner = owner
+        self.deadline = deadline
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="supervise-fence", daemon=True).start()
+
+    def extend(self, until: float) -> None:
+        with self._cond:
+            if until > self.deadline:
+                self.deadline = until
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while (left := self.deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+        hook = self._owner.on_fenced
+        if hook is not None:
+            runner = threading.Thread(target=hook, name="supervise-on-fenced", daemon=True)
+            runner.start()
+            runner.join(FENCE_HOOK_TIME)  # the hook's budget: the lease will not wait for it
+        os._exit(FENCED_EXIT)
+
+
+def _fencing_token(text: str | None) -> int | None:
+    return int(text) if text and text.isascii() and text.isdigit() else None
+
+
+def _deadline(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _interval(text: str | None) -> float:

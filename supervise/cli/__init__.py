@@ -39,6 +39,7 @@ VERBS: Mapping[str, Callable[[SimpleNamespace], None]] = MappingProxyType({
     "events": verbs.cmd_events,
     "shutdown": verbs.cmd_shutdown,
     "chaos": verbs.cmd_chaos,
+    "cluster": verbs.cmd_cluster,
     "keygen": verbs.cmd_keygen,
 })
 """Verb name -> the function that carries it out (``parser`` defines the same verbs' arguments)."""

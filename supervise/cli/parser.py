@@ -53,6 +53,8 @@ def build_parser() -> ArgumentParser:
     p = verb("status", "show every instance")
     p.add_argument("targets", nargs="*", metavar="APP|NAME")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--cluster", action="store_true", help="every node of the cluster and where each cluster "
+                   "instance runs")
     for name, help in (("start", "start apps or instances (also clears a crash loop)"),
                        ("stop", "stop apps or instances"),
                        ("restart", "restart apps or instances")):
@@ -89,6 +91,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--duration", default="60s", help="how long: 30s, 5m (default 60s)")
     p.add_argument("--seed", type=int, help="repeat a run's choices of instance and time")
     p.add_argument("--force", action="store_true", help="also harm apps not marked chaos = true")
+    p = verb("cluster", "cluster nodes: drain one (its instances move elsewhere, then it takes no new work) "
+             "or uncordon it")
+    p.add_argument("action", choices=["drain", "uncordon"])
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--timeout", type=float, default=DEFAULT_WAIT,
+                   help=f"drain: seconds to wait until its instances have moved (default {DEFAULT_WAIT:g})")
+    p.add_argument("--no-wait", action="store_true", help="drain: return once the node is cordoned")
     p = verb("shutdown", "drain everything, then the daemon exits")
     p.add_argument("--keep-workers", action="store_true",
                    help="exit at once leaving every worker running, for the next daemon to adopt (upgrades)")
@@ -116,7 +125,7 @@ positional arguments), ``"*"`` or ``"+"``, as argparse's nargs."""
 _WAIT = {"--timeout": ("timeout", float)}
 _FAST = {
     "run": _Fast({}, {}, None),
-    "status": _Fast({"--json": "json"}, {}, "*"),
+    "status": _Fast({"--json": "json", "--cluster": "cluster"}, {}, "*"),
     "start": _Fast({}, _WAIT, "+"),
     "stop": _Fast({}, _WAIT, "+"),
     "restart": _Fast({}, _WAIT, "+"),

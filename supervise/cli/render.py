@@ -59,6 +59,28 @@ def status_table(result: JSONObject) -> str:
     return _columns(rows)
 
 
+def cluster_table(result: JSONObject) -> str:
+    """``status --cluster``: the nodes, then where each cluster instance runs."""
+    head = f"cluster {result['cluster']} (seen from {result['node']}"
+    head += ")" if result["connected"] else f", NOT connected to etcd: {result.get('error') or 'no answer'})"
+    nodes = [("NODE", "ALIVE", "ROLE", "CAPACITY", "INSTANCES", "LABELS")]
+    for n in result["nodes"]:
+        role = "leader" if n["leader"] else "cordoned" if n["cordoned"] else "-"
+        if n["leader"] and n["cordoned"]:
+            role = "leader,cordoned"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-"
+        nodes.append((n["name"] + (" *" if n.get("self") else ""), "yes" if n["alive"] else "no", role,
+                      "-" if n["capacity"] is None else str(n["capacity"]), str(n["instances"]), labels))
+    parts = [head, _columns(nodes)]
+    if result["instances"]:
+        rows = [("NAME", "NODE", "STATE", "PID", "TOKEN", "NOTE")]
+        for i in result["instances"]:
+            note = f"moving from {i['handoff_from']}" if i.get("handoff_from") else "-"
+            rows.append((i["name"], i["node"], i["state"], str(i["pid"] or "-"), str(i["token"]), note))
+        parts.append(_columns(rows))
+    return "\n\n".join(parts)
+
+
 def _columns(rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns two spaces apart; the last one is not padded (no trailing blanks)."""
     last = len(rows[0]) - 1

@@ -39,10 +39,10 @@ class Failed(Exception):
 
 def cmd_run(args: SimpleNamespace) -> None:
     """Run the daemon in the foreground until it is shut down; exits the process with its code."""
-    daemon, log = import_daemon()
     from supervise.config import loader
 
     cfg = loader.load(args.config)
+    daemon, log = import_daemon(allow_ssl=cfg.cluster is not None)  # etcd may speak TLS
     logger = log.configure(cfg.supervise.log_format, cfg.supervise.log_level)
     try:
         code = daemon.run(cfg, logger)
@@ -57,7 +57,7 @@ def cmd_run(args: SimpleNamespace) -> None:
     os._exit(code)
 
 
-def import_daemon() -> tuple[ModuleType, ModuleType]:
+def import_daemon(allow_ssl: bool = False) -> tuple[ModuleType, ModuleType]:
     """The daemon's modules (runtime.daemon, runtime.log), imported without ssl.
 
     asyncio imports ssl when it can, and keeps it (with libssl and libcrypto)
@@ -68,7 +68,8 @@ def import_daemon() -> tuple[ModuleType, ModuleType]:
     25 MiB), 29.4 against 33.4 MiB with 500 (target 40 MiB). Only in this
     process, and only if nothing has loaded ssl already.
     """
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]  # a None entry is how an import is refused
+    if not allow_ssl:
+        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]  # a None entry is how an import is refused
     from supervise.runtime import daemon, log
 
     return daemon, log
@@ -95,6 +96,9 @@ def cmd_check(args: SimpleNamespace) -> None:
 
 def cmd_status(args: SimpleNamespace) -> None:
     """Every instance (or the named ones): a table, or the daemon's JSON with --json."""
+    if getattr(args, "cluster", False):
+        _cluster_status(args)
+        return
     result = _control(args).request(protocol.Request("status", tuple(args.targets)))
     if args.json:  # what scripts call in a loop: without the table's module (about 1 ms of ~10)
         print(json.dumps(result))
@@ -102,6 +106,44 @@ def cmd_status(args: SimpleNamespace) -> None:
     from supervise.cli import render
 
     print(render.status_table(result))
+
+
+def _cluster_status(args: SimpleNamespace) -> None:
+    if args.targets:
+        raise UsageError("status --cluster shows the whole cluster: it takes no APP or NAME")
+    result = _control(args).request(protocol.Request("status", options={"cluster": True}))
+    if args.json:
+        print(json.dumps(result))
+        return
+    from supervise.cli import render
+
+    print(render.cluster_table(result))
+
+
+def cmd_cluster(args: SimpleNamespace) -> None:
+    """Drain a node (cordon it: the leader moves its instances, each new one ready before the old
+    stops) and wait until it runs no cluster instance; or uncordon it."""
+    import time
+
+    control = _control(args)
+    control.request(protocol.Request("cluster", (args.node,), options={"action": args.action}))
+    if args.action == "uncordon":
+        print(f"{args.node}: uncordoned; it takes new work")
+        return
+    if args.no_wait:
+        print(f"{args.node}: cordoned; its instances are moving")
+        return
+    deadline = time.monotonic() + args.timeout
+    while True:
+        status = control.request(protocol.Request("status", options={"cluster": True}))
+        left = [i["name"] for i in status["instances"] if args.node in (i["node"], i.get("handoff_from"))]
+        if not left:
+            print(f"{args.node}: drained and cordoned")
+            return
+        if time.monotonic() >= deadline:
+            raise Failed(f"{args.node} is cordoned but still runs {', '.join(left)} after {args.timeout:g}s "
+                         "(no other node has room, or their new instances are not ready)")
+        time.sleep(0.1)  # polling the daemon's view, not synchronizing
 
 
 def cmd_start(args: SimpleNamespace) -> None:
@@ -134,6 +176,10 @@ def cmd_scale(args: SimpleNamespace) -> None:
         raise UsageError("scale: N must be >= 0")
     req = protocol.Request("scale", (args.app,), count=args.count, timeout=args.timeout)
     result = _control(args).request(req, timeout=args.timeout + 5)
+    if result.get("cluster"):
+        print(f"{args.app}: {args.count} instances across the cluster; the leader places them "
+              "(supervise status --cluster)")
+        return
     print(render.status_table(result) if result["apps"] else f"{args.app}: scaled to {args.count}")
 
 

@@ -23,10 +23,12 @@ from supervise.config.locate import DEFAULT_STATE_DIR
 from supervise.config.model import (
     AppConfig,
     BackoffConfig,
+    ClusterConfig,
     Config,
     CrashLoopConfig,
     LogFormat,
     LogLevel,
+    Placement,
     Readiness,
     Restart,
     SuperviseConfig,
@@ -38,6 +40,10 @@ __all__ = ["ConfigError", "Problem", "load", "loads"]  # the errors are errors.p
 
 
 _APP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # cluster and node names: they are etcd key segments
+_ETCD_ENDPOINT = re.compile(r"(?:(https?)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?")
+MIN_LEASE_TTL = 2
+"""etcd refuses shorter leases (with its default timing)."""
 
 
 # -- public API ---------------------------------------------------------------
@@ -131,15 +137,17 @@ def _keys(cls: type, *skip: str) -> tuple[str, ...]:
 
 def _config(check: _Check, file: Path, data: dict[str, Any]) -> Config:
     base = _base_dir(file)
-    top = _Table(check, (), data, ("supervise", "apps"))
+    top = _Table(check, (), data, ("supervise", "apps", "cluster"))
     supervise = _supervise(top.table("supervise", _keys(SuperviseConfig)), base)
+    cluster = _cluster(top.table("cluster", _keys(ClusterConfig)), base) if "cluster" in data else None
     apps_table = top.table("apps", None, " of apps like [apps.web]")
     apps = {}
     for name, raw in apps_table.raw.items():
         if app := _app(apps_table, name, raw, base):
             apps[name] = app
     _check_dependencies(apps_table, apps)
-    return Config(path=base / file.name, supervise=supervise, apps=apps)
+    _check_placement(apps_table, apps, "cluster" in data)
+    return Config(path=base / file.name, supervise=supervise, apps=apps, cluster=cluster)
 
 
 def _supervise(table: _Table, base: Path) -> SuperviseConfig:
@@ -226,7 +234,117 @@ def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
         "port": partial(units.integer, lo=1, hi=65535),
         "chaos": units.boolean,
         "reload_surge": units.integer,
+        "placement": partial(units.choice, kind=Placement),
+        "singleton": units.boolean,
+        "constraints": _labels,
+        "spread": _label_key,
     }
+
+
+# -- cluster ------------------------------------------------------------------------
+
+
+def _cluster(table: _Table, base: Path) -> ClusterConfig | None:
+    """``[cluster]``; None (with the problems reported) when it cannot be used."""
+    path = lambda value: units.absolute(base, units.path_text(value))  # noqa: E731
+    values = table.read({
+        "etcd": _etcd_endpoints,
+        "name": _name,
+        "node": _name,
+        "lease_ttl": _lease_ttl,
+        "capacity": units.integer,
+        "labels": _labels,
+        "ca": path,
+        "cert": path,
+        "key": path,
+        "user": units.string,
+        "password": units.string,
+    })
+    if "etcd" not in table.raw:
+        table.check.report(table.path + ("etcd",),
+                           'missing; a cluster needs its etcd endpoints, like etcd = ["127.0.0.1:2379"]')
+    for key in ("ca", "cert", "key"):
+        if key in values and not values[key].is_file():
+            table.check.report(table.path + (key,), f"no such file: {values[key]}")
+    for one, other in (("cert", "key"), ("key", "cert"), ("user", "password"), ("password", "user")):
+        if one in table.raw and other not in table.raw:
+            table.check.report(table.path + (one,), f"needs {other} as well")
+    if "etcd" not in values:
+        return None
+    return ClusterConfig(**values)
+
+
+def _etcd_endpoints(value: Any) -> tuple[str, ...]:
+    endpoints = units.array_of(_etcd_endpoint, "etcd endpoints")([value] if isinstance(value, str) else value)
+    if not endpoints:
+        raise units.expected('at least one etcd endpoint, like ["127.0.0.1:2379"]', value)
+    return endpoints
+
+
+def _etcd_endpoint(value: Any) -> str:
+    text = units.string(value)
+    match = _ETCD_ENDPOINT.fullmatch(text)
+    if not match or not 0 < int(match[3]) < 65536:
+        raise units.expected('an etcd endpoint like "127.0.0.1:2379" or "https://etcd1:2379"', value)
+    return text.rstrip("/")
+
+
+def _name(value: Any) -> str:
+    text = units.string(value)
+    if not _NAME.fullmatch(text):
+        raise units.expected('a name of letters, digits, "_", "." and "-"', value)
+    return text
+
+
+def _lease_ttl(value: Any) -> int:
+    seconds = units.duration(value)
+    if seconds < MIN_LEASE_TTL or seconds != int(seconds):
+        raise units.expected(f"whole seconds, at least {MIN_LEASE_TTL} (etcd's leases count in seconds)", value)
+    return int(seconds)
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise units.expected('a table of labels like { zone = "a" }', value)
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    for key, item in value.items():
+        if not _NAME.fullmatch(key):
+            errors.append(((key,), 'label names may use only letters, digits, "_", "." and "-"'))
+        elif not isinstance(item, str) or not item:
+            errors.append(((key,), units.expected("a non-empty string", item).args[0]))
+    if errors:
+        raise Invalid.many(errors)
+    return dict(value)
+
+
+def _label_key(value: Any) -> str:
+    text = units.string(value)
+    if not _NAME.fullmatch(text):
+        raise units.expected('a label name like "zone"', value)
+    return text
+
+
+def _check_placement(apps: _Table, configs: dict[str, AppConfig], clustered: bool) -> None:
+    """Cluster keys make sense together, and only with a [cluster] to run in."""
+    for name, app in configs.items():
+        at = apps.path + (name,)
+        if app.clustered and not clustered:
+            apps.check.report(at + ("placement",),
+                              f'placement = "{app.placement}" needs a [cluster] section (the etcd to place through)')
+        if app.singleton and app.placement is not Placement.CLUSTER:
+            apps.check.report(at + ("singleton",), 'a singleton needs placement = "cluster"')
+        if app.singleton and app.instances != 1:
+            apps.check.report(at + ("instances",), "a singleton runs exactly 1 instance")
+        for key in ("constraints", "spread"):
+            if key in apps.raw[name] and not app.clustered:
+                apps.check.report(at + (key,), f'{key} places instances on nodes: it needs placement = "cluster" '
+                                               'or "every-node"')
+        for index, dependency in enumerate(app.depends_on):
+            other = configs.get(dependency)
+            if other is not None and other.clustered:
+                apps.check.report(at + ("depends_on", index),
+                                  f"{dependency} is a cluster app (its instances may run on other nodes): "
+                                  "only local apps can be waited for")
 
 
 def _check_ports(table: _Table, app: AppConfig) -> None:

@@ -13,8 +13,8 @@ from enum import StrEnum
 from pathlib import Path
 
 __all__ = [
-    "AppConfig", "BackoffConfig", "Config", "CrashLoopConfig", "LogFormat", "LogLevel", "Readiness", "Restart",
-    "SuperviseConfig",
+    "AppConfig", "BackoffConfig", "ClusterConfig", "Config", "CrashLoopConfig", "LogFormat", "LogLevel", "Placement",
+    "Readiness", "Restart", "SuperviseConfig",
 ]
 
 
@@ -22,6 +22,12 @@ class Restart(StrEnum):
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
     NEVER = "never"
+
+
+class Placement(StrEnum):
+    LOCAL = "local"  # this daemon runs `instances` of it, as without a cluster
+    CLUSTER = "cluster"  # `instances` across the cluster's nodes, placed by the leader
+    EVERY_NODE = "every-node"  # `instances` on every node that may run it
 
 
 class Readiness(StrEnum):
@@ -71,6 +77,14 @@ class AppConfig:
     port: int | None = None
     chaos: bool = False
     reload_surge: int | None = None  # new instances started at once in a rollout; None: see surge()
+    placement: Placement = Placement.LOCAL
+    singleton: bool = False  # one instance cluster-wide, fenced: never two at once
+    constraints: Mapping[str, str] = field(default_factory=dict)  # node labels it needs
+    spread: str | None = None  # a label key: spread instances evenly over its values
+
+    @property
+    def clustered(self) -> bool:
+        return self.placement is not Placement.LOCAL
 
     def surge(self) -> int:
         """How many new instances a rollout starts beside the old ones at once.
@@ -102,10 +116,34 @@ class SuperviseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``[cluster]``: how this daemon joins the others through etcd."""
+
+    etcd: tuple[str, ...]  # client endpoints, tried in turn
+    name: str = "supervise"  # the key prefix: several clusters may share one etcd
+    node: str | None = None  # this node's name; None: the host name
+    lease_ttl: int = 5  # seconds: a node silent this long is lost, its instances placed elsewhere
+    capacity: int | None = None  # cluster instances this node may run; None: no limit
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ca: Path | None = None  # TLS: CA file to verify etcd with
+    cert: Path | None = None  # TLS client certificate and key
+    key: Path | None = None
+    user: str | None = None  # etcd authentication
+    password: str | None = None
+
+    @property
+    def fence_margin(self) -> float:
+        """Seconds between this node's self-fencing and the earliest moment etcd can expire its
+        lease: time to stop its singletons (SIGKILL at half of it) with room for clock-rate drift."""
+        return max(1.0, self.lease_ttl * 0.2)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # absolute path of the file this was loaded from
     supervise: SuperviseConfig
     apps: Mapping[str, AppConfig]  # in file order
+    cluster: ClusterConfig | None = None  # None: this daemon is alone
     text: str = field(default="", compare=False, repr=False)  # as read: what a checkpoint records
 
 

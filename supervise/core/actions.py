@@ -23,6 +23,25 @@ class Spawn:
     spawn_id: int
     app: AppConfig
     index: int
+    fencing_token: int | None = None  # a cluster instance's SUPERVISE_FENCING_TOKEN
+    fencing_deadline: float | None = None  # a singleton's: monotonic time it must stop by unless extended
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendFence:
+    """Tell these singleton workers they may run until ``until`` (monotonic): the lease was renewed."""
+
+    spawn_ids: tuple[int, ...]
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleCluster:
+    """Record a cluster app's new count in etcd, for the leader to place; then reply to ``request_id``."""
+
+    request_id: object
+    app: str
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,4 +148,4 @@ class Exit:
 
 
 Action = (Spawn | Adopt | Signal | KillTree | SendDrain | StopStray | Resample | Reply | Publish | Checkpoint
-          | Notify | ReleaseListeners | EndChaos | Exit)
+          | Notify | ReleaseListeners | EndChaos | Exit | ExtendFence | ScaleCluster)

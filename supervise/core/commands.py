@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from supervise.config.model import Config
+from supervise.config.model import AppConfig, Config
 from supervise.core import rollout
-from supervise.core.actions import Action, Reply
+from supervise.core.actions import Action, Reply, ScaleCluster
 from supervise.core.events import Cause, CommandReceived, Verb
 from supervise.core.fleet import Fleet, Key
+from supervise.core.group import AppGroup
 from supervise.core.instance import ExitReason, Halt, Input, Instance, Launch, State
 from supervise.core.registry import RequestTimeout
 from supervise.core.rollout import ChangeAction, RolloutState
@@ -74,10 +75,10 @@ class Commands:
     def _start_stop(self, cmd: CommandReceived, keys: list[Key], now: float) -> list[Action]:
         groups = self.fleet.groups
         if cmd.verb is not Verb.STOP:
-            surplus = [f"{a}:{i}" for a, i in keys if i >= groups[a].target]
+            surplus = [f"{a}:{i}" for a, i in keys if not groups[a].wanted(i)]
             if surplus and len(cmd.targets) == 1 and ":" in cmd.targets[0]:
                 return [Reply(cmd.request_id, False, error=f"{surplus[0]} is being removed by a scale-down")]
-            keys = [(a, i) for a, i in keys if i < groups[a].target]
+            keys = [(a, i) for a, i in keys if groups[a].wanted(i)]
         spawn_ids = {key: groups[key[0]].slots[key[1]].spawn_id for key in keys}
         actions: list[Action] = []
         for app_name in dict.fromkeys(a for a, _ in keys):  # the operator's word wins over a rollout
@@ -97,6 +98,8 @@ class Commands:
         if group is None:
             known = ", ".join(self.fleet.groups)
             return [Reply(rid, False, error=f"no app named {cmd.targets[0]!r} (apps: {known})", usage=True)]
+        if group.config.clustered:  # the leader places the new count: the shell records it in etcd
+            return [ScaleCluster(rid, group.name, cmd.count)]
         before = set(group.slots)
         actions = group.cancel_replacements("cancelled by scale", now)
         group.target = cmd.count
@@ -116,7 +119,7 @@ class Commands:
         groups = self.fleet.groups
         by_app: dict[str, list[int]] = {}
         for name, index in keys:
-            if index < groups[name].target:
+            if groups[name].wanted(index):
                 by_app.setdefault(name, []).append(index)
             else:
                 by_app.setdefault(name, [])
@@ -171,7 +174,7 @@ class Commands:
                     assert new is not None
                     group.removed = False
                     actions += group.start_rollout((), new, Cause.CONFIG, now)
-                    group.target = new.instances
+                    group.target = _count(group, new)
                     for inst in list(group.slots.values()):  # all stopping: they come back on the new config
                         inst.config, inst.generation = new, group.generation
                         actions += group.feed(inst, Launch(), now)
@@ -182,7 +185,7 @@ class Commands:
                     actions += group.start_rollout(sorted(group.slots), new, Cause.CONFIG, now)
                     generations[change.app] = group.generation
                     if change.instances is not None:
-                        group.target = new.instances
+                        group.target = _count(group, new)
                         actions += self.fleet.converge(group, now)
                         keys |= {(change.app, i) for i in set(group.slots) - before}
                 case ChangeAction.UPDATE:
@@ -194,7 +197,7 @@ class Commands:
                         inst.config = new
                     if change.instances is not None:
                         actions += group.cancel_replacements("cancelled by a change of instances", now)
-                        group.target = new.instances
+                        group.target = _count(group, new)
                         actions += self.fleet.converge(group, now)
                         keys |= {(change.app, i) for i in set(group.slots) - before}
         if cmd.request_id is not None:
@@ -255,7 +258,7 @@ class Commands:
             return None
         if waiter.verb is Verb.SCALE and waiter.app is not None:
             group = fleet.groups.get(waiter.app)
-            if group is not None and any(i >= group.target for i in group.slots):
+            if group is not None and any(not group.wanted(i) for i in group.slots):
                 return None
         gave_up = [i for i in insts if i is not None and self._gave_up(i)]
         if gave_up:
@@ -290,3 +293,8 @@ class Commands:
                 text += f" (last exit: {inst.last_exit.describe()})"
             parts.append(text)
         return "; ".join(parts)
+
+
+def _count(group: AppGroup, new: AppConfig) -> int:
+    """The app's new local count; a cluster app's is the leader's to place (what is here stays)."""
+    return group.target if new.clustered or group.config.clustered else new.instances

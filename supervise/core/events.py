@@ -147,6 +147,7 @@ class Adopted:
     running_for: float | None = None
     role: Role = Role.SLOT
     last_exit: LastExit | None = None
+    fence: int | None = None  # a cluster instance's fencing token
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,5 +176,45 @@ class DaemonStarted:
     """The shell is ready to spawn: bring every app up, each after its dependencies."""
 
 
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """What the cluster's leader has placed on this node: a whole snapshot of every cluster app.
+
+    ``slots``: app -> {index: fencing token}; an app absent has nothing here.
+    ``held``: slots handed over to another node that keep running here (never
+    started here) until that node has them ready.
+    """
+
+    slots: Mapping[str, Mapping[int, int]]
+    held: Mapping[str, frozenset[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRenewed:
+    """etcd acknowledged this node's lease: it may keep its singletons until ``fence_at``.
+
+    ``fence_at`` is on the monotonic clock: the send time of the acknowledged
+    keep-alive + the lease TTL - the fence margin, always before etcd can
+    expire the lease. After a fence, the shell sends this only once it has
+    sent an ``Assigned`` read from etcd after the lease came back.
+    """
+
+    fence_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLost:
+    """etcd says this node's lease is gone: fence at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNews:
+    """Something happened in the cluster (a node joined or was lost, a leader was elected, slots
+    were placed or moved): published as an event of type ``cluster``."""
+
+    event: Mapping[str, object]
+
+
 Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Drained | Sampled | CommandReceived | FilesChanged
-         | ShutdownRequested | DeadlineReached | Recovered | DaemonStarted)
+         | ShutdownRequested | DeadlineReached | Recovered | DaemonStarted | Assigned | LeaseRenewed | LeaseLost
+         | ClusterNews)

@@ -12,7 +12,7 @@ yet replaced keep the old generation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from supervise.config.model import AppConfig
@@ -49,6 +49,11 @@ class AppGroup:
     removed: bool = False  # gone from the config: deleted once nothing is left
     abandoned: dict[int, tuple[AppConfig, int]] = field(default_factory=dict)  # failed generation -> what works
     leaving: set[int] = field(default_factory=set)  # slots a scale-down is taking away
+    # Cluster apps: the slots the leader placed here (index -> fencing token); None until the
+    # first snapshot arrives (what runs, adopted, keeps running). `held`: moved elsewhere, kept
+    # running here until the new node has them ready, never started here.
+    assigned: dict[int, int] | None = None
+    held: frozenset[int] = frozenset()
 
     @property
     def name(self) -> str:
@@ -71,14 +76,30 @@ class AppGroup:
 
     def up(self) -> bool:
         """Every slot is there and running: apps that depend on this one may start."""
-        return len(self.slots) >= self.target and all(i.state is State.RUNNING for i in self.slots.values())
+        return all(index in self.slots for index in self.wanted_indexes()) and all(
+            i.state is State.RUNNING for i in self.slots.values())
+
+    def wanted(self, index: int) -> bool:
+        """Slot `index` belongs here: below the count, or (a cluster app) placed or held here."""
+        if not self.config.clustered:
+            return index < self.target
+        if self.assigned is None:
+            return index in self.slots
+        return index in self.assigned or index in self.held
+
+    def wanted_indexes(self) -> Iterable[int]:
+        """The slots to start when missing (a held one is never started here)."""
+        if not self.config.clustered:
+            return range(self.target)
+        return sorted(self.assigned or ())
 
     def live(self) -> bool:
         return any(i.state in LIVE_STATES for i in self.instances())
 
     def new_instance(self, index: int, config: AppConfig | None = None, generation: int | None = None) -> Instance:
-        return self.registry.track(Instance(config or self.config, index,
-                                            self.generation if generation is None else generation))
+        inst = Instance(config or self.config, index, self.generation if generation is None else generation)
+        inst.fence = (self.assigned or {}).get(index)
+        return self.registry.track(inst)
 
     # -- feeding one instance -------------------------------------------------------
 
@@ -110,7 +131,7 @@ class AppGroup:
         A slot a scale-down was taking away comes back when a scale-up reaches it again.
         """
         actions: list[Action] = []
-        for index in range(self.target):
+        for index in self.wanted_indexes():
             if index not in self.slots:
                 self.slots[index] = self.new_instance(index)
                 actions += self.feed(self.slots[index], Launch(), now)
@@ -118,7 +139,7 @@ class AppGroup:
                 self.leaving.discard(index)
                 actions += self.feed(self.slots[index], Launch(), now)
         for index, inst in sorted(self.slots.items(), reverse=True):
-            if index < self.target:
+            if self.wanted(index):
                 continue
             self.leaving.add(index)
             if inst.state is State.STOPPED:
@@ -129,13 +150,40 @@ class AppGroup:
 
     def _retire_if_surplus(self, inst: Instance) -> list[Action]:
         """A slot above the app's count disappears once its process is gone."""
-        if inst.index >= self.target and inst.state is State.STOPPED and self.slots.get(inst.index) is inst:
+        if not self.wanted(inst.index) and inst.state is State.STOPPED and self.slots.get(inst.index) is inst:
             del self.slots[inst.index]
             self.leaving.discard(inst.index)
             self.registry.untrack(inst)
             return [self.registry.publish({"type": "removed", "name": inst.name, "app": inst.app,
                                            "index": inst.index})]
         return []
+
+    # -- cluster: what the leader placed here, fencing --------------------------------
+
+    def assign(self, slots: Mapping[int, int], held: frozenset[int], now: float) -> list[Action]:
+        """Run exactly the slots placed here (and keep the held ones): start the new, stop the
+        ones moved away. A live singleton whose slot now carries another fencing token was
+        placed anew: its process holds a stale token, so it restarts with the new one. Any
+        other instance keeps running (what runs, runs on) and takes the new token at its next start."""
+        actions: list[Action] = []
+        self.assigned, self.held, self.target = dict(slots), held, len(slots)
+        for index, token in slots.items():
+            for inst in (self.slots.get(index), self.successors.get(index)):
+                if inst is None or inst.fence == token:
+                    continue
+                stale, inst.fence = inst.fence is not None, token
+                if stale and inst.state in LIVE_STATES and self.config.singleton:
+                    actions += self.feed(inst, Halt(ExitReason.FENCED, then_start=True), now)
+        return actions + self.converge(now)
+
+    def fence(self, grace: float, now: float) -> list[Action]:
+        """This node may have lost its lease: every instance stops, killed after `grace` at most,
+        and nothing starts again until a new snapshot is applied."""
+        self.assigned, self.held, self.target = {}, frozenset(), 0
+        actions = self.cancel_replacements("fenced: this node's lease may be lost", now, relaunch=False)
+        for inst in list(self.instances()):
+            actions += self.feed(inst, Halt(ExitReason.FENCED, grace=grace), now)
+        return actions + self.converge(now)
 
     # -- replacements ------------------------------------------------------------------
 
@@ -161,7 +209,7 @@ class AppGroup:
             progressed = False
             for index, succ in list(self.successors.items()):
                 old = self.slots.get(index)
-                if index >= self.target or (self.purposes[index] is not ExitReason.RELOAD
+                if not self.wanted(index) or (self.purposes[index] is not ExitReason.RELOAD
                                             and (old is None or old.replace_for is None)):
                     # The slot is being scaled away, or the process that asked for a replacement
                     # is gone already (it crashed and was restarted): nothing left to replace.
@@ -266,7 +314,7 @@ class AppGroup:
         while len(r.active) < max(r.surge, 1) and r.pending:
             index = r.pending.pop(0)
             old = self.slots.get(index)
-            if old is None or index >= self.target or old.generation == r.generation:
+            if old is None or not self.wanted(index) or old.generation == r.generation:
                 continue  # removed by a scale, or already on the new generation
             if old.state is State.STOPPED:  # stopped by the operator: it stays stopped, on the new generation
                 old.config, old.generation = r.config, r.generation

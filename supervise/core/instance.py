@@ -43,6 +43,7 @@ class ExitReason(StrEnum):
     RELOAD = "reload"
     STOPPED = "stopped"
     LOST = "lost"
+    FENCED = "fenced"  # a cluster instance whose node lost its lease (or whose slot moved away)
 
 
 FAILURE_REASONS = frozenset(
@@ -94,10 +95,14 @@ class Launch:
 
 @dataclass(frozen=True, slots=True)
 class Halt:
-    """Take the process down gracefully, for ``reason``; ``then_start`` respawns after."""
+    """Take the process down gracefully, for ``reason``; ``then_start`` respawns after.
+
+    ``grace`` shortens ``stop_timeout`` (a fence must finish before the lease can expire).
+    """
 
     reason: ExitReason = ExitReason.STOPPED
     then_start: bool = False
+    grace: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +201,8 @@ class Instance:
     fields: Mapping[str, object] | None = None  # status fields from its last beat
     rss: int | None = None
     over_memory: int = 0  # consecutive samples over max_memory
+    fence: int | None = None  # a cluster instance's fencing token: its next spawn gets it
+    spawned_fence: int | None = None  # the token its current process was given
 
     @property
     def app(self) -> str:
@@ -216,6 +223,7 @@ class Context:
     now: float
     rng: random.Random
     new_spawn_id: Callable[[], int] = field(default_factory=_counter)  # the core's: ids are unique per core
+    fence_at: float | None = None  # a singleton started now must stop by then unless the lease is renewed
 
 
 def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
@@ -265,7 +273,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
         case State.STOPPING, Died(code=code, signal=sig):
             return _after_requested_stop(inst, LastExit(inst.stop_reason, code, sig), ctx)
 
-        case (State.STARTING | State.RUNNING), Halt(reason=reason, then_start=then_start):
+        case (State.STARTING | State.RUNNING), Halt(reason=reason, then_start=then_start, grace=grace):
             inst.state = State.STOPPING
             inst.stop_reason = reason
             inst.then_start = then_start
@@ -273,12 +281,14 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             if inst.pid is None:
                 inst.deadline = None
                 return []
-            inst.deadline = ctx.now + ctx.app.stop_timeout
+            inst.deadline = ctx.now + _grace(ctx.app.stop_timeout, grace)
             return _stop_signal(inst, ctx)
-        case State.STOPPING, Halt(reason=reason, then_start=then_start):
+        case State.STOPPING, Halt(reason=reason, then_start=then_start, grace=grace):
             if reason not in FAILURE_REASONS:  # an operator's stop, or a rollout's, overrides a health restart
                 inst.stop_reason = reason
             inst.then_start = then_start
+            if grace is not None and inst.deadline is not None and not inst.killed:
+                inst.deadline = min(inst.deadline, ctx.now + grace)
             return []
         case (State.STOPPED | State.BACKOFF | State.FAILED), Halt(reason=reason, then_start=then_start):
             inst.deadline = None
@@ -365,6 +375,10 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             raise InvalidTransition(f"{inst.name}: {type(event).__name__} in state {inst.state}")
 
 
+def _grace(stop_timeout: float, grace: float | None) -> float:
+    return stop_timeout if grace is None else min(stop_timeout, grace)
+
+
 def _stop_signal(inst: Instance, ctx: Context) -> list[Action]:
     assert inst.spawn_id is not None
     return [SendDrain(inst.spawn_id), Signal(inst.spawn_id, ctx.app.stop_signal)]
@@ -404,7 +418,8 @@ def _spawn(inst: Instance, ctx: Context) -> list[Action]:
     inst.over_memory = 0
     inst.replace_for = None
     inst.spawn_id = ctx.new_spawn_id()
-    return [Spawn(inst.spawn_id, ctx.app, inst.index)]
+    inst.spawned_fence = inst.fence
+    return [Spawn(inst.spawn_id, ctx.app, inst.index, inst.fence, ctx.fence_at if ctx.app.singleton else None)]
 
 
 def _become_running(inst: Instance, ctx: Context) -> list[Action]:

@@ -27,7 +27,12 @@ class RequestTimeout:
     request_id: object
 
 
-TimerKey = Instance | RequestTimeout
+@dataclass(frozen=True, slots=True)
+class FenceDeadline:
+    """When this node must fence unless its lease is renewed first (cluster mode)."""
+
+
+TimerKey = Instance | RequestTimeout | FenceDeadline
 
 
 class Registry:
@@ -39,6 +44,7 @@ class Registry:
         self.durable_change = False  # since the last checkpoint action
         self.listeners_changed = False  # a listen address may have gone out of use
         self.census_changed = True  # since the summary line was last made
+        self.fence_at: float | None = None  # cluster: when this node's lease may be lost (singletons stop)
         self._ids = itertools.count(1)
 
     def new_spawn_id(self) -> int:
@@ -60,7 +66,7 @@ class Registry:
     def step(self, inst: Instance, event: Input, now: float) -> list[Action]:
         """Apply `event` to `inst` through the transition function, and keep the books."""
         before, before_exit, before_sid = inst.state, inst.last_exit, inst.spawn_id
-        actions = step(inst, event, Context(inst.config, now, self.rng, self.new_spawn_id))
+        actions = step(inst, event, Context(inst.config, now, self.rng, self.new_spawn_id, self.fence_at))
         if inst.spawn_id != before_sid:
             if before_sid is not None and self.by_spawn.get(before_sid) is inst:
                 del self.by_spawn[before_sid]

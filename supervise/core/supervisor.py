@@ -21,6 +21,7 @@ from supervise.core.actions import (
     Checkpoint,
     EndChaos,
     Exit,
+    ExtendFence,
     Notify,
     ReleaseListeners,
     Reply,
@@ -32,8 +33,10 @@ from supervise.core.commands import Commands
 from supervise.core.events import (
     Adopted,
     AppRecord,
+    Assigned,
     Beat,
     Cause,
+    ClusterNews,
     CommandReceived,
     DaemonStarted,
     DeadlineReached,
@@ -41,6 +44,8 @@ from supervise.core.events import (
     Event,
     Exited,
     FilesChanged,
+    LeaseLost,
+    LeaseRenewed,
     Ready,
     Recovered,
     Role,
@@ -68,7 +73,7 @@ from supervise.core.instance import (
     State,
     TimerFired,
 )
-from supervise.core.registry import Registry, RequestTimeout
+from supervise.core.registry import FenceDeadline, Registry, RequestTimeout
 from supervise.core.views import View, summary
 
 MEMORY_RECHECK = 0.1
@@ -89,6 +94,12 @@ class Core:
         self._status_line = ""
         self._waiting_seen = -1  # how many apps waited when the summary line was last made
         self._exited = False
+        # Cluster: the last snapshot of what the leader placed here, and whether the node is
+        # fenced (no lease known good: its singletons may not run). A node starts fenced.
+        self._assigned: Assigned | None = None
+        self._fenced = True
+        self._fence_grace = config.cluster.fence_margin / 2 if config.cluster is not None else 0.0
+        self._node = config.cluster.node if config.cluster is not None else None
 
     @property
     def shutting_down(self) -> bool:
@@ -96,6 +107,10 @@ class Core:
 
     def handle(self, event: Event, now: float) -> list[Action]:
         actions: list[Action] = []
+        fence_at = self._registry.fence_at
+        if fence_at is not None and now >= fence_at:
+            # Before anything else: a daemon resumed from a pause past its lease acts on that first.
+            actions += self._fence(now, "the lease was not renewed in time")
         match event:
             case Spawned(spawn_id=sid, pid=pid):
                 actions += self._feed_spawn(sid, Forked(pid), now)
@@ -134,6 +149,14 @@ class Core:
                 actions += self._recover(apps, instances, now)
             case DaemonStarted():
                 actions += self._start(now)
+            case Assigned():
+                actions += self._apply_assignment(event, now)
+            case LeaseRenewed(fence_at=fence_at):
+                actions += self._renewed(fence_at, now)
+            case LeaseLost():
+                actions += self._fence(now, "etcd says the lease is gone")
+            case ClusterNews(event=news):
+                actions.append(self._registry.publish({"type": "cluster", **news}, durable=False))
         return actions + self._follow_through(now)
 
     def next_deadline(self) -> float | None:
@@ -218,6 +241,8 @@ class Core:
             if isinstance(key, RequestTimeout):
                 actions += self._commands.timed_out(key.request_id)
                 continue
+            if isinstance(key, FenceDeadline):
+                continue  # handle() fenced before it came here
             group = self._fleet.groups.get(key.app)
             if group is not None and key.deadline is not None and key.deadline <= now:
                 actions += group.feed(key, TimerFired(), now)
@@ -231,6 +256,58 @@ class Core:
                  "more": max(0, len(paths) - WATCH_PATHS_SHOWN)}
         reload = CommandReceived(None, Verb.RELOAD, tuple(live), cause=Cause.WATCH)
         return [self._registry.publish(event, durable=False), *self._commands.handle(reload, now)]
+
+    # -- cluster: placement and fencing ---------------------------------------------
+
+    def _cluster_groups(self, singletons: bool | None = None) -> list[AppGroup]:
+        return [g for g in self._fleet if g.config.clustered and not g.removed
+                and (singletons is None or g.config.singleton == singletons)]
+
+    def _apply_assignment(self, event: Assigned, now: float) -> list[Action]:
+        """Run what the leader placed here. A fenced node keeps its singletons stopped: it takes
+        them back only with the snapshot that comes with its lease's renewal."""
+        self._assigned = event
+        if self.shutting_down:
+            return []
+        actions: list[Action] = []
+        for group in self._cluster_groups():
+            if group.config.singleton and self._fenced:
+                continue
+            actions += group.assign(event.slots.get(group.name, {}), event.held.get(group.name, frozenset()), now)
+        return actions
+
+    def _renewed(self, fence_at: float, now: float) -> list[Action]:
+        was_fenced, self._fenced = self._fenced, False
+        self._registry.fence_at = fence_at
+        self._registry.timers.set(FenceDeadline(), fence_at)
+        actions: list[Action] = []
+        if was_fenced and self._assigned is not None and not self.shutting_down:
+            for group in self._cluster_groups(singletons=True):
+                actions += group.assign(self._assigned.slots.get(group.name, {}),
+                                        self._assigned.held.get(group.name, frozenset()), now)
+        live = tuple(inst.spawn_id for group in self._cluster_groups(singletons=True)
+                     for inst in group.instances() if inst.spawn_id is not None)
+        if live:
+            actions.append(ExtendFence(live, fence_at))
+        return actions
+
+    def _fence(self, now: float, why: str) -> list[Action]:
+        """This node may have lost its lease: its singletons stop now, killed within half the
+        fence margin, so they are gone before etcd can give the slot to another node. The
+        other cluster instances keep running (static stability) until a snapshot moves them."""
+        self._registry.fence_at = None
+        self._registry.timers.set(FenceDeadline(), None)
+        if self._fenced:
+            return []
+        self._fenced = True
+        actions: list[Action] = []
+        stopped: list[str] = []
+        for group in self._cluster_groups(singletons=True):
+            stopped += [inst.name for inst in group.instances() if inst.spawn_id is not None]
+            actions += group.fence(self._fence_grace, now)
+        event: dict[str, object] = {"type": "cluster", "event": "fenced", "node": self._node, "why": why,
+                                    "stopped": stopped}
+        return [self._registry.publish(event, durable=False), *actions]
 
     # -- the daemon's life: start, shutdown ------------------------------------------
 
@@ -292,6 +369,7 @@ class Core:
         inst = group.new_instance(found.index, generation=generation)
         # Its history, as recorded: counts and the last exit are data, not a change of state.
         inst.restarts, inst.failures, inst.last_exit = found.restarts, found.failures, found.last_exit
+        inst.fence = inst.spawned_fence = found.fence
         if slot:
             group.slots[found.index] = inst
         else:  # a rollout's new or old instance cut short by the daemon's death, or a duplicate: it stops

@@ -52,6 +52,7 @@ def instance_json(inst: Instance, now: float) -> dict[str, object]:
         "heartbeat_age": round(now - inst.heard_at, 3) if live and inst.heard_at is not None else None,
         "fields": inst.fields if live else None,
         "last_exit": inst.last_exit.as_json() if inst.last_exit else None,
+        **({"fencing_token": inst.spawned_fence} if inst.spawned_fence is not None else {}),
     }
 
 
@@ -70,6 +71,7 @@ class InstanceSnapshot:
     spawned_at: float | None
     running_since: float | None
     last_exit: LastExit | None
+    fence: int | None = None  # a cluster instance's fencing token
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ def snapshot(fleet: Fleet) -> Snapshot:
                 continue
             instances.append(InstanceSnapshot(inst.app, inst.index, inst.generation, role, inst.state, inst.spawn_id,
                                               inst.restarts, inst.failures, inst.spawned_at, inst.running_since,
-                                              inst.last_exit))
+                                              inst.last_exit, inst.spawned_fence))
     return Snapshot(apps, tuple(instances))
 
 
@@ -125,3 +127,18 @@ class View:
 
     def live_count(self) -> int:
         return self._fleet.registry.live_count()
+
+    def cluster_instances(self) -> list[ClusterInstance]:
+        """This node's cluster instances (the serving one of each slot), for its status record in etcd."""
+        return [ClusterInstance(i.name, i.app, str(i.state), i.pid, i.spawned_fence, i.restarts)
+                for g in self._fleet.groups.values() if g.config.clustered for i in g.slots.values()]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInstance:
+    name: str
+    app: str
+    state: str
+    pid: int | None
+    fence: int | None
+    restarts: int

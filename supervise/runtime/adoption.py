@@ -67,7 +67,8 @@ def adopted_from_record(record: InstanceRecord, alive: bool, wall: float) -> Ado
     return Adopted(record.app, record.index, record.generation, state, record.pid if alive else None,
                    record.restarts, record.failures, age=wall - record.spawned_at if record.spawned_at else 0.0,
                    running_for=wall - record.running_since if record.running_since else None,
-                   role=role, last_exit=last_exit)
+                   role=role, last_exit=last_exit,
+                   fence=record.fence if isinstance(record.fence, int) and not isinstance(record.fence, bool) else None)
 
 
 def adopted_from_stray(stray: Stray, wall: float) -> Adopted:

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -54,6 +54,7 @@ from supervise.core import (
     StopStray,
     Verb,
 )
+from supervise.core.actions import ExtendFence, ScaleCluster
 from supervise.core.events import Cause
 from supervise.runtime import adoption, checkpoint, killing, process, reloading, sdnotify
 from supervise.runtime.chaos_sessions import ChaosSessions
@@ -68,8 +69,12 @@ from supervise.runtime.workers import Inherited, WorkerTable
 from supervise.wire import protocol, statedir
 from supervise.wire.statedir import StatePaths
 
+if TYPE_CHECKING:
+    from supervise.runtime.clustering import ClusterLink
+
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 EARLY_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+NOT_IN_CLUSTER = "this daemon is not in a cluster: its config has no [cluster] section"
 EXIT_CRASHED = 70  # EX_SOFTWARE: the core failed; the workers run on for the next daemon to adopt
 
 
@@ -97,6 +102,7 @@ class Daemon:
         self._keeping_workers = False  # exiting and leaving the workers to the next daemon
         self._then_apply: Config | None = None  # adopted under the checkpoint's config: apply this one after
         self._inherited: dict[int, Inherited] = {}  # what adopted workers' records say beyond the core's view
+        self.cluster: ClusterLink | None = None  # with [cluster]: the agent's link to the loop
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -136,6 +142,14 @@ class Daemon:
         self.watching = Watching(loop, self.log, self.dispatch)
         self.watching.follow(self.config)
         self._run_actions(self._handle(DaemonStarted()))
+        if self.config.cluster is not None:
+            from supervise.runtime.clustering import ClusterLink  # only a cluster's daemon pays for it
+
+            self.cluster = ClusterLink(loop, self.config, lambda: self.core.view, self.dispatch, self.control.reply,
+                                       self.log)
+            self.cluster.start()
+            self.log.info("cluster mode", node=self.cluster.node, cluster=self.config.cluster.name,
+                          etcd=list(self.config.cluster.etcd))
         if self._then_apply is not None:
             self._apply_later_config(self._then_apply)
         self._drain_queue()
@@ -184,6 +198,8 @@ class Daemon:
         self.chaos = ChaosSessions(loop, self.workers, self._publish, self.control.reply)
 
     async def _close(self) -> None:
+        if self.cluster is not None:  # every cluster instance is gone (or kept): give the lease up, or let it run out
+            await self.loop.run_in_executor(None, self.cluster.close, not self._keeping_workers)
         self.chaos.end_all()
         self.watching.stop()
         self._sampling_task.cancel()
@@ -347,6 +363,14 @@ class Daemon:
                     self.log.info("closed a listen socket no app uses any more", address=address)
             case EndChaos():
                 self.chaos.end_all()
+            case ExtendFence(spawn_ids=sids, until=until):
+                for sid in sids:
+                    self.heartbeats.send_fence(sid, until)
+            case ScaleCluster():
+                if self.cluster is not None:
+                    self.cluster.scale(action)
+                else:
+                    self.control.reply(Reply(action.request_id, False, error=NOT_IN_CLUSTER))
             case Exit(code=code):
                 if not self._exit.done():
                     self._exit.set_result(code)
@@ -354,7 +378,12 @@ class Daemon:
     # -- requests and reloads ---------------------------------------------------------
 
     def _on_request(self, rid: int, req: protocol.Request) -> None:
-        if req.cmd == "chaos":
+        if req.cmd == "cluster" or (req.cmd == "status" and (req.options or {}).get("cluster")):
+            if self.cluster is None:
+                self.control.reply(Reply(rid, False, error=NOT_IN_CLUSTER, usage=True))
+            else:
+                self.cluster.request(rid, req)
+        elif req.cmd == "chaos":
             self.chaos.start(rid, req.targets, req.options or {}, self.config, self.core.view.shutting_down)
         elif req.cmd == "shutdown" and req.keep_workers:
             self._exit_keeping_workers(rid)
@@ -391,8 +420,12 @@ class Daemon:
 
     def _switch_config(self, new: Config) -> None:
         """`new` is the config from now on (the core gets it as a reload); follow its watch patterns."""
+        if self.config.cluster != new.cluster:
+            self.log.warning("[cluster] settings changed: they apply at the next daemon start")
         self.config = new
         self.watching.follow(new)
+        if self.cluster is not None:
+            self.cluster.config_changed(new)
 
     def _exit_keeping_workers(self, rid: int) -> None:
         """Exit now and leave every worker running: the next daemon adopts them from the checkpoint."""
@@ -446,11 +479,19 @@ class Daemon:
         stamped = self.history.append(event, time.time())
         log_event(self.log, event)
         self.control.push(stamped)
+        if self.cluster is not None:
+            self.cluster.noticed(event)
         return self.history.last_seq
 
     def _status_extra(self) -> dict[str, object]:
-        return {"pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
-                "control_malformed": self.control.malformed, "control_internal_errors": self.control.internal_errors}
+        extra: dict[str, object] = {
+            "pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
+            "control_malformed": self.control.malformed, "control_internal_errors": self.control.internal_errors}
+        if self.cluster is not None:
+            agent = self.cluster.agent
+            extra["cluster"] = {"name": agent.config.name, "node": agent.node, "connected": agent.connected,
+                                "error": agent.last_error}
+        return extra
 
 
 def run(config: Config, log: Log) -> int:

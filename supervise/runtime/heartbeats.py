@@ -115,6 +115,19 @@ class HeartbeatServer:
         finally:
             self._recheck()
 
+    def send_fence(self, spawn_id: int, until: float) -> bool:
+        """Extend a singleton worker's fencing deadline; False when it never spoke."""
+        route = self._routes.get(spawn_id)
+        if route is None:
+            return False
+        try:
+            self.sock.send_multipart([route, protocol.fence_message(until)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+        finally:
+            self._recheck()
+
     def _recheck(self) -> None:
         # zmq.FD is edge-triggered and a send can consume the edge: look again.
         if self._paused is None and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:

@@ -109,6 +109,10 @@ class WorkerTable:
             protocol.ENV_TOKEN: token,
             protocol.ENV_HEARTBEAT_INTERVAL: str(beat_interval(app)),
         })
+        if action.fencing_token is not None:
+            env[protocol.ENV_FENCING_TOKEN] = str(action.fencing_token)
+        if action.fencing_deadline is not None:  # the loop's clock is time.monotonic: the worker's too
+            env[protocol.ENV_FENCING_DEADLINE] = repr(action.fencing_deadline)
         fds: tuple[int, ...] = ()
         launcher: tuple[str, ...] = ()
         if app.listen:

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 
-VERBS = frozenset({"status", "start", "stop", "restart", "scale", "reload", "shutdown", "events", "chaos"})
+VERBS = frozenset({"status", "start", "stop", "restart", "scale", "reload", "shutdown", "events", "chaos",
+                   "cluster"})
 
 
 class ProtocolError(ValueError):
@@ -225,6 +226,12 @@ ENV_TOKEN = "SUPERVISE_TOKEN"
 """This spawn's secret; a heartbeat with another token is ignored (and counted)."""
 ENV_HEARTBEAT_INTERVAL = "SUPERVISE_HEARTBEAT_INTERVAL"
 """Seconds between beats, as decimal text."""
+ENV_FENCING_TOKEN = "SUPERVISE_FENCING_TOKEN"
+"""A cluster instance's fencing token, decimal: strictly increasing per slot across every placement
+(the etcd revision that placed it here), so a database or lock can refuse a stale holder."""
+ENV_FENCING_DEADLINE = "SUPERVISE_FENCING_DEADLINE"
+"""A singleton's deadline on the host's monotonic clock (CLOCK_MONOTONIC seconds, decimal): the
+worker stops by itself when it passes unrenewed (``fence`` messages extend it)."""
 
 
 # -- heartbeat channel ---------------------------------------------------------------
@@ -287,10 +294,29 @@ DRAIN = json.dumps({"v": VERSION, "type": "drain"}, separators=(",", ":")).encod
 """Daemon -> worker: finish in-flight work, then send ``drained`` (or just exit)."""
 
 
+def fence_message(until: float) -> bytes:
+    """Daemon -> singleton worker: the lease was renewed, run until ``until`` (monotonic seconds)."""
+    return json.dumps({"v": VERSION, "type": "fence", "until": until}, separators=(",", ":")).encode()
+
+
 def decode_daemon_message(frames: list[bytes]) -> str:
-    """The type of a message from the daemon to a worker (``drain``)."""
+    """The type of a message from the daemon to a worker (``drain``, ``fence``)."""
+    return _daemon_body(frames)[0]
+
+
+def decode_fence(frames: list[bytes]) -> float:
+    """The ``until`` of a ``fence`` message."""
+    kind, body = _daemon_body(frames)
+    until = body.get("until")
+    if kind != "fence" or isinstance(until, bool) or not isinstance(until, (int, float)) \
+            or not math.isfinite(until):
+        raise ProtocolError("a fence message needs a finite number until")
+    return float(until)
+
+
+def _daemon_body(frames: list[bytes]) -> tuple[str, dict[str, object]]:
     body = _object(frames, MAX_HEARTBEAT_BYTES)
     kind = body.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("message without a type")
-    return kind
+    return kind, body

@@ -2,6 +2,7 @@
 
     cli, worker           front ends: the `supervise` command, the library workers import
     control, runtime      the control client; the daemon and everything it does to the OS
+    cluster               etcd: the client of its gateway, this node's agent (lease, watch, leader)
     core                  the supervisor, sans-IO: events in, actions out
     config, wire          the config as data; what crosses a socket, and where the sockets are
 
@@ -27,9 +28,10 @@ MAY_IMPORT = {
     "wire": set(),
     "core": {"config", "wire"},
     "control": {"config", "wire"},
-    "runtime": {"core", "config", "wire"},
+    "cluster": {"core", "config", "wire"},
+    "runtime": {"cluster", "core", "config", "wire"},
     "worker": {"wire"},
-    "cli": {"control", "runtime", "core", "config", "wire"},
+    "cli": {"control", "runtime", "cluster", "core", "config", "wire"},
     "__main__": {"cli"},
 }
 """Layer -> the other layers it may import."""

@@ -1,0 +1,1 @@
+"""Cluster mode: daemons on many hosts coordinating through etcd."""

@@ -1,0 +1,185 @@
+"""What a cluster keeps in etcd: the keys under ``/supervise/<cluster>/`` and their JSON.
+
+    nodes/<node>          lease-bound   {"node", "capacity", "labels", "apps", "host", "pid"}  a live node
+    leader                lease-bound   {"node"}  whoever created it leads; its create_revision is the term
+    cordon/<node>         persistent    {"at"}    takes no new work, its slots move elsewhere
+    assign/<app>/<index>  persistent    {"node", "token"?, "from"?}  where a slot runs (placement.Assignment)
+    status/<node>         lease-bound   {"node", "instances": {"app:index": {...}}}  what a node runs
+    scale/<app>           persistent    {"instances"}  `supervise scale` of a cluster app
+
+Lease-bound keys vanish with their node: liveness is etcd's lease, nothing
+of ours. ``ClusterView`` is one node's copy of all of it, kept by the watch;
+it decodes defensively, since any client of the etcd may write there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from supervise.core.placement import Assignment, Node, Slot, SlotReport, fencing_token
+
+NO_LIMIT = 1_000_000
+"""A node's capacity when [cluster] sets none."""
+
+
+def prefix(cluster: str) -> str:
+    return f"/supervise/{cluster}/"
+
+
+def encode(value: Mapping[str, object]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def assignment_value(a: Assignment) -> bytes:
+    body: dict[str, object] = {"node": a.node}
+    if a.token is not None:
+        body["token"] = a.token
+    if a.handoff_from is not None:
+        body["from"] = a.handoff_from
+    return encode(body)
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    node: Node
+    lease: int
+    host: str = ""
+    pid: int = 0
+
+
+@dataclass(slots=True)
+class InstanceReport:
+    """One cluster instance as the node running it reported it."""
+
+    state: str
+    pid: int | None
+    token: int | None
+    ready: bool
+    active: bool
+    restarts: int = 0
+
+
+@dataclass(slots=True)
+class ClusterView:
+    """Everything under the cluster's prefix, decoded; ``revision`` is etcd's as of the last change seen."""
+
+    revision: int = 0
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    leader: str | None = None
+    term: int = 0  # create_revision of the leader key
+    leader_lease: int = 0
+    cordoned: set[str] = field(default_factory=set)
+    assignments: dict[Slot, tuple[Assignment, int]] = field(default_factory=dict)
+    status: dict[str, dict[Slot, InstanceReport]] = field(default_factory=dict)
+    scales: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0  # keys under the prefix that did not decode
+
+    def put(self, key: str, value: bytes, create_revision: int, mod_revision: int, lease: int) -> None:
+        try:
+            self._put(key.split("/"), json.loads(value), create_revision, mod_revision, lease)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self.ignored += 1
+            self.delete(key)  # a record we cannot read counts as absent
+
+    def _put(self, parts: list[str], body: dict[str, object], create_rev: int, mod_rev: int, lease: int) -> None:
+        match parts:
+            case ["nodes", name]:
+                labels = body.get("labels") or {}
+                apps = body.get("apps") or []
+                if not isinstance(labels, dict) or not isinstance(apps, list):
+                    raise ValueError(name)
+                capacity = body.get("capacity")
+                node = Node(name, NO_LIMIT if capacity is None else _int(capacity),
+                            {str(k): str(v) for k, v in labels.items()}, frozenset(str(a) for a in apps),
+                            cordoned=name in self.cordoned)
+                self.nodes[name] = NodeRecord(node, lease, str(body.get("host", "")), _int(body.get("pid", 0)))
+            case ["leader"]:
+                self.leader, self.term, self.leader_lease = str(body["node"]), create_rev, lease
+            case ["cordon", name]:
+                self.cordoned.add(name)
+                self._recordon(name)
+            case ["assign", app, index]:
+                token, source = body.get("token"), body.get("from")
+                a = Assignment(str(body["node"]), None if token is None else _int(token),
+                               None if source is None else str(source))
+                self.assignments[Slot(app, _int(index))] = (a, mod_rev)
+            case ["status", name]:
+                instances = body.get("instances") or {}
+                if not isinstance(instances, dict):
+                    raise ValueError(name)
+                self.status[name] = {_slot(n): _report(r) for n, r in instances.items()}
+            case ["scale", app]:
+                self.scales[app] = _int(body["instances"])
+            case _:
+                self.ignored += 1
+
+    def delete(self, key: str) -> None:
+        match key.split("/"):
+            case ["nodes", name]:
+                self.nodes.pop(name, None)
+            case ["leader"]:
+                self.leader, self.term, self.leader_lease = None, 0, 0
+            case ["cordon", name]:
+                self.cordoned.discard(name)
+                self._recordon(name)
+            case ["assign", app, index] if index.isdigit():
+                self.assignments.pop(Slot(app, int(index)), None)
+            case ["status", name]:
+                self.status.pop(name, None)
+            case ["scale", app]:
+                self.scales.pop(app, None)
+
+    def _recordon(self, name: str) -> None:
+        record = self.nodes.get(name)
+        if record is not None:
+            n = record.node
+            record.node = Node(n.name, n.capacity, n.labels, n.apps, cordoned=name in self.cordoned)
+
+    def live_nodes(self) -> list[Node]:
+        return [record.node for record in self.nodes.values()]
+
+    def reports(self) -> dict[str, dict[Slot, SlotReport]]:
+        """What each live node says it runs, as placement reads it."""
+        return {node: {slot: SlotReport(r.active, r.ready) for slot, r in slots.items()}
+                for node, slots in self.status.items() if node in self.nodes}
+
+    def placed_on(self, node: str) -> tuple[dict[str, dict[int, int]], dict[str, frozenset[int]]]:
+        """The slots assigned to `node` (app -> index -> fencing token) and those it holds for a handoff."""
+        slots: dict[str, dict[int, int]] = {}
+        held: dict[str, set[int]] = {}
+        for slot, (a, mod_rev) in self.assignments.items():
+            if a.node == node:
+                slots.setdefault(slot.app, {})[slot.index] = fencing_token(a, mod_rev)
+            elif a.handoff_from == node:
+                held.setdefault(slot.app, set()).add(slot.index)
+        return slots, {app: frozenset(indexes) for app, indexes in held.items()}
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(value)
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+def _slot(name: str) -> Slot:
+    app, _, index = name.rpartition(":")
+    return Slot(app, _int(index))
+
+
+def _report(raw: object) -> InstanceReport:
+    if not isinstance(raw, dict):
+        raise TypeError(raw)
+    pid, token = raw.get("pid"), raw.get("token")
+    return InstanceReport(str(raw.get("state", "")), None if pid is None else _int(pid),
+                          None if token is None else _int(token), bool(raw.get("ready")), bool(raw.get("active")),
+                          _int(raw.get("restarts", 0)))
+
+
+def report_json(r: InstanceReport) -> dict[str, object]:
+    return {"state": r.state, "pid": r.pid, "token": r.token, "ready": r.ready, "active": r.active,
+            "restarts": r.restarts}
