@@ -185,9 +185,13 @@ class Agent:
                     "token": a.token if a.token is not None else mod_rev, "handoff_from": a.handoff_from,
                     "state": report.state if report else ("lost" if a.node not in view.nodes else "pending"),
                     "pid": report.pid if report else None, "restarts": report.restarts if report else 0})
+            pending = [{"name": f"{spec.name}:{index}", "app": spec.name, "index": index}
+                       for spec in self._specs() if spec.placement == "cluster"
+                       for index in range(1 if spec.singleton else spec.instances)
+                       if Slot(spec.name, index) not in view.assignments]
             return {"cluster": self.config.name, "node": self.node, "leader": view.leader,
                     "connected": self.connected, "error": self.last_error, "revision": view.revision,
-                    "nodes": nodes, "instances": instances}
+                    "nodes": nodes, "instances": instances, "pending": pending}
 
     # -- session: the lease ------------------------------------------------------------------
 

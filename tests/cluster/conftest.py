@@ -44,3 +44,27 @@ def tcp_proxy() -> Iterator[Callable[[str, int], TcpProxy]]:
     yield make
     for proxy in made:
         proxy.close()
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[Callable[..., "Node"]]:
+    """Factory: ``make_node(name, endpoints, apps, **options)`` gives a started daemon in the cluster.
+
+    Every node is stopped (SIGTERM, then SIGKILL) and everything it left killed after the test; a
+    process left behind fails the test.
+    """
+    from nodes import Node
+
+    made: list[Node] = []
+
+    def make(name: str, endpoints: list[str], apps: str, start: bool = True, **options: object) -> Node:
+        node = Node(tmp_path / name, name, endpoints, apps, **options)  # type: ignore[arg-type]
+        made.append(node)
+        return node.start() if start else node
+
+    yield make
+    for node in made:  # resume any paused one, so that it can drain
+        if node.proc is not None and node.proc.poll() is None:
+            node.resume()
+    leaked = [pid for node in made for pid in node.cleanup()]
+    assert not leaked, f"processes left behind after the test: {leaked}"
