@@ -7,6 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from etcdtools import EtcdCluster, EtcdServer, TcpProxy  # noqa: E402
+from nodes import Node  # noqa: E402
 
 
 @pytest.fixture
@@ -47,14 +48,12 @@ def tcp_proxy() -> Iterator[Callable[[str, int], TcpProxy]]:
 
 
 @pytest.fixture
-def make_node(tmp_path: Path) -> Iterator[Callable[..., "Node"]]:
+def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Factory: ``make_node(name, endpoints, apps, **options)`` gives a started daemon in the cluster.
 
     Every node is stopped (SIGTERM, then SIGKILL) and everything it left killed after the test; a
     process left behind fails the test.
     """
-    from nodes import Node
-
     made: list[Node] = []
 
     def make(name: str, endpoints: list[str], apps: str, start: bool = True, **options: object) -> Node:
