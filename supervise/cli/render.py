@@ -78,6 +78,9 @@ def cluster_table(result: JSONObject) -> str:
             note = f"moving from {i['handoff_from']}" if i.get("handoff_from") else "-"
             rows.append((i["name"], i["node"], i["state"], str(i["pid"] or "-"), str(i["token"]), note))
         parts.append(_columns(rows))
+    if result.get("pending"):
+        parts.append("pending (no node has room, or none may run them): "
+                     + ", ".join(p["name"] for p in result["pending"]))
     return "\n\n".join(parts)
 
 

@@ -192,6 +192,14 @@ def cmd_reload(args: SimpleNamespace) -> None:
     if args.json:
         print(json.dumps(result))
         return
+    if result.get("cluster"):
+        for r in result["rollouts"]:
+            if r.get("dry_run"):
+                print(f"{r['app']}: would roll across the cluster, node by node: {', '.join(r['nodes']) or 'none'}")
+            else:
+                print(f"{r['app']}: rolled across the cluster to generation {r['generation']}, node by node: "
+                      + ", ".join(f"{o['node']} {o['state']}" for o in r["nodes"]))
+        return
     print("\n".join(render.plan_lines(result["plan"], dry_run=args.dry_run)) or "nothing to change")
     for r in result.get("rollouts", []):
         print(f"{r['app']}: rolled {r['replaced']}/{r['total']} instances to generation "

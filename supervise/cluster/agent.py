@@ -36,9 +36,18 @@ from typing import Any, Protocol
 
 from supervise.cluster import records
 from supervise.cluster.etcd import Compare, Etcd, EtcdError, LeaseNotFound, Op, Watch
-from supervise.cluster.records import ClusterView, InstanceReport
+from supervise.cluster.records import ClusterView, InstanceReport, Rolled
 from supervise.config.model import AppConfig, ClusterConfig
-from supervise.core.events import Assigned, ClusterNews, Event, LeaseLost, LeaseRenewed
+from supervise.core.events import (
+    Assigned,
+    Cause,
+    ClusterNews,
+    CommandReceived,
+    Event,
+    LeaseLost,
+    LeaseRenewed,
+    Verb,
+)
 from supervise.core.placement import AppSpec, Delete, Put, Slot, plan
 
 TXN_OPS = 100
@@ -47,6 +56,10 @@ STATUS_EVERY = 0.2
 """Seconds between two writes of this node's status record: changes in between are coalesced."""
 RETRY = 0.25
 """Seconds between tries while etcd does not answer."""
+ROLL_TIMEOUT = 600.0
+"""Seconds one node's part of a cluster-wide rollout may take."""
+ROLL = "cluster-roll"
+"""The request id of a node's part of a cluster-wide rollout is (ROLL, app, generation)."""
 
 
 class Logger(Protocol):
@@ -94,6 +107,9 @@ class Agent:
         self._report: dict[str, InstanceReport] = {}
         self._reported: dict[str, InstanceReport] | None = None
         self._report_at = 0.0
+        self._rolled: dict[str, Rolled] = {}  # this node's part in cluster-wide rollouts, by app
+        self._rolling: dict[str, int] = {}  # the generation this node is rolling now, by app
+        self._reported_rolled: dict[str, Rolled] | None = None
         self._joined = False
         self._renewed_at = 0.0
         self._need_register = False  # the node record must be written again (the apps changed)
@@ -157,6 +173,82 @@ class Agent:
 
     def scale(self, app: str, count: int) -> None:
         self.etcd.put(f"{self.prefix}scale/{app}", records.encode({"instances": count}))
+
+    # -- cluster-wide rollouts, node by node --------------------------------------------------
+
+    def request_rollout(self, app: str) -> tuple[int, tuple[str, ...]]:
+        """Ask every node running `app` to roll it, one after the other (in name order): a node
+        starts once those before it are done, so the app never loses more than one node's share."""
+        order = self.rollout_order(app)
+        with self._lock:
+            generation = self._view.rollouts.get(app, (0, ()))[0] + 1
+        self.etcd.put(f"{self.prefix}rollout/{app}", records.encode({"generation": generation,
+                                                                     "order": list(order), "by": self.node}))
+        return generation, order
+
+    def rollout_order(self, app: str) -> tuple[str, ...]:
+        """The nodes that run `app`, in the order a rollout takes them."""
+        with self._lock:
+            return tuple(sorted({a.node for slot, (a, _) in self._view.assignments.items()
+                                 if slot.app == app and a.node in self._view.nodes}))
+
+    def wait_rollout(self, app: str, generation: int, order: tuple[str, ...],
+                     timeout: float) -> list[dict[str, object]]:
+        """Each node's outcome, once every live node has rolled or one failed (which stops the rest)."""
+        deadline = self._clock() + timeout
+        with self._lock:
+            while True:
+                outcome, done = self._rollout_outcome(app, generation, order)
+                if done:
+                    return outcome
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise TimeoutError(f"{app}: cluster-wide rollout {generation} not done after {timeout:g}s: "
+                                       + ", ".join(f"{o['node']} {o['state']}" for o in outcome))
+                self._changed.wait(min(left, 1.0))
+
+    def _rollout_outcome(self, app: str, generation: int,
+                         order: tuple[str, ...]) -> tuple[list[dict[str, object]], bool]:
+        outcome: list[dict[str, object]] = []
+        done = True
+        for node in order:
+            r = self._view.rolled.get(node, {}).get(app)
+            if r is not None and r.generation >= generation:
+                outcome.append({"node": node, "state": "rolled" if r.ok else "failed", "error": r.error})
+                if not r.ok:
+                    return outcome, True  # the nodes after it do not roll
+            elif node not in self._view.nodes:
+                outcome.append({"node": node, "state": "lost", "error": None})
+            else:
+                outcome.append({"node": node, "state": "waiting", "error": None})
+                done = False
+        return outcome, done
+
+    def rolled(self, app: str, generation: int, ok: bool, error: str | None) -> None:
+        """This node's part of a rollout is over; the status record says so, and the next node goes."""
+        with self._lock:
+            self._rolled[app] = Rolled(generation, ok, error)
+            self._rolling.pop(app, None)
+            self._changed.notify_all()
+
+    def _turns(self) -> list[tuple[str, int]]:
+        """The rollouts whose turn has come on this node (the caller holds the lock)."""
+        turns = []
+        for app, (generation, order) in self._view.rollouts.items():
+            mine = self._rolled.get(app)
+            if self.node not in order or app not in self._apps or self._rolling.get(app) == generation \
+                    or (mine is not None and mine.generation >= generation):
+                continue
+            before = order[:order.index(self.node)]
+            earlier = [self._view.rolled.get(n, {}).get(app) for n in before if n in self._view.nodes]
+            if any(r is None or r.generation < generation for r in earlier):
+                continue
+            if any(not r.ok for r in earlier if r is not None):
+                self._rolled[app] = Rolled(generation, False, "not rolled: a node before it failed")
+                continue
+            self._rolling[app] = generation
+            turns.append((app, generation))
+        return turns
 
     def status(self) -> dict[str, object]:
         """``status --cluster``: every node and every cluster instance, from this node's copy."""
@@ -355,6 +447,7 @@ class Agent:
                     news.append({"event": "leader", "node": after[1]})
                 news += [{"event": "cordoned", "node": n} for n in sorted(after[2] - before[2])]
                 news += [{"event": "uncordoned", "node": n} for n in sorted(before[2] - after[2])]
+            turns = self._turns() if self._synced else []
             renewed = None
             if fresh and self._need_fresh and self._lease is not None and self._fence_at is not None:
                 self._need_fresh = False
@@ -366,13 +459,19 @@ class Agent:
             self._post(renewed)
         for item in news:
             self._post(ClusterNews(item))
+        for app, generation in turns:
+            self._post(ClusterNews({"event": "rolling", "app": app, "generation": generation, "node": self.node}))
+            self._post(CommandReceived((ROLL, app, generation), Verb.RELOAD, (app,), timeout=ROLL_TIMEOUT,
+                                       cause=Cause.RELOAD))
 
     # -- leader, and this node's status record ----------------------------------------------------
 
     def _leading(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                self._changed.wait(1.0)
+                pending = self._lease is not None and (self._report != self._reported
+                                                       or self._rolled != self._reported_rolled)
+                self._changed.wait(max(0.01, self._report_at + STATUS_EVERY - self._clock()) if pending else 1.0)
             if self._stop.is_set():
                 return
             try:
@@ -396,14 +495,16 @@ class Agent:
 
     def _write_status(self) -> None:
         with self._lock:
-            lease, report = self._lease, self._report
-            due = report != self._reported and self._clock() >= self._report_at + STATUS_EVERY
+            lease, report, rolled = self._lease, self._report, dict(self._rolled)
+            changed = report != self._reported or rolled != self._reported_rolled
+            due = changed and self._clock() >= self._report_at + STATUS_EVERY
         if lease is None or not due:
             return
-        body = {"node": self.node, "instances": {name: records.report_json(r) for name, r in sorted(report.items())}}
+        body = {"node": self.node, "instances": {name: records.report_json(r) for name, r in sorted(report.items())},
+                "rolled": {app: r.as_json() for app, r in sorted(rolled.items())}}
         self.etcd.put(f"{self.prefix}status/{self.node}", records.encode(body), lease=lease)
         with self._lock:
-            self._reported, self._report_at = report, self._clock()
+            self._reported, self._reported_rolled, self._report_at = report, rolled, self._clock()
 
     def _lead(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@
     assign/<app>/<index>  persistent    {"node", "token"?, "from"?}  where a slot runs (placement.Assignment)
     status/<node>         lease-bound   {"node", "instances": {"app:index": {...}}}  what a node runs
     scale/<app>           persistent    {"instances"}  `supervise scale` of a cluster app
+    rollout/<app>         persistent    {"generation", "order"}  `supervise reload APP`: nodes roll in this order
 
 Lease-bound keys vanish with their node: liveness is etcd's lease, nothing
 of ours. ``ClusterView`` is one node's copy of all of it, kept by the watch;
@@ -61,6 +62,18 @@ class InstanceReport:
     restarts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Rolled:
+    """A node's part in a cluster-wide rollout of one app: done (ok or not) up to ``generation``."""
+
+    generation: int
+    ok: bool
+    error: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {"generation": self.generation, "ok": self.ok, "error": self.error}
+
+
 @dataclass(slots=True)
 class ClusterView:
     """Everything under the cluster's prefix, decoded; ``revision`` is etcd's as of the last change seen."""
@@ -74,6 +87,8 @@ class ClusterView:
     assignments: dict[Slot, tuple[Assignment, int]] = field(default_factory=dict)
     status: dict[str, dict[Slot, InstanceReport]] = field(default_factory=dict)
     scales: dict[str, int] = field(default_factory=dict)
+    rollouts: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # app -> (generation, order)
+    rolled: dict[str, dict[str, Rolled]] = field(default_factory=dict)  # node -> app -> its last rollout
     ignored: int = 0  # keys under the prefix that did not decode
 
     def put(self, key: str, value: bytes, create_revision: int, mod_revision: int, lease: int) -> None:
@@ -110,8 +125,17 @@ class ClusterView:
                 if not isinstance(instances, dict):
                     raise ValueError(name)
                 self.status[name] = {_slot(n): _report(r) for n, r in instances.items()}
+                rolled = body.get("rolled") or {}
+                if not isinstance(rolled, dict):
+                    raise ValueError(name)
+                self.rolled[name] = {str(app): _rolled(r) for app, r in rolled.items()}
             case ["scale", app]:
                 self.scales[app] = _int(body["instances"])
+            case ["rollout", app]:
+                order = body.get("order") or []
+                if not isinstance(order, list):
+                    raise ValueError(app)
+                self.rollouts[app] = (_int(body["generation"]), tuple(str(n) for n in order))
             case _:
                 self.ignored += 1
 
@@ -128,8 +152,11 @@ class ClusterView:
                 self.assignments.pop(Slot(app, int(index)), None)
             case ["status", name]:
                 self.status.pop(name, None)
+                self.rolled.pop(name, None)
             case ["scale", app]:
                 self.scales.pop(app, None)
+            case ["rollout", app]:
+                self.rollouts.pop(app, None)
 
     def _recordon(self, name: str) -> None:
         record = self.nodes.get(name)
@@ -178,6 +205,13 @@ def _report(raw: object) -> InstanceReport:
     return InstanceReport(str(raw.get("state", "")), None if pid is None else _int(pid),
                           None if token is None else _int(token), bool(raw.get("ready")), bool(raw.get("active")),
                           _int(raw.get("restarts", 0)))
+
+
+def _rolled(raw: object) -> Rolled:
+    if not isinstance(raw, dict):
+        raise TypeError(raw)
+    error = raw.get("error")
+    return Rolled(_int(raw["generation"]), bool(raw.get("ok")), None if error is None else str(error))
 
 
 def report_json(r: InstanceReport) -> dict[str, object]:

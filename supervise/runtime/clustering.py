@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from supervise.cluster.agent import Agent
+from supervise.cluster.agent import ROLL, Agent
 from supervise.cluster.etcd import EtcdError
 from supervise.cluster.records import InstanceReport
 from supervise.config.model import Config
@@ -24,6 +24,10 @@ from supervise.runtime.log import Log
 from supervise.wire import protocol
 
 LIVE = frozenset({"starting", "running", "stopping"})
+
+
+class RolloutFailed(Exception):
+    pass
 
 
 class ClusterLink:
@@ -89,6 +93,41 @@ class ClusterLink:
             return
         self._call(rid, lambda: self.agent.cordon(node, action == "drain"))
 
+    def clustered(self, targets: tuple[str, ...]) -> bool:
+        """`reload` of these targets is a cluster-wide rollout: every one is a cluster app."""
+        return bool(targets) and all(t in self._apps for t in targets)
+
+    def reload(self, rid: int, req: protocol.Request) -> None:
+        """Roll cluster apps node by node across the cluster; reply once every node has (or one failed)."""
+        timeout = req.timeout or 600.0
+
+        def roll() -> dict[str, object]:
+            rollouts = []
+            for app in dict.fromkeys(req.targets):
+                if req.dry_run:
+                    rollouts.append({"app": app, "nodes": list(self.agent.rollout_order(app)), "dry_run": True})
+                    continue
+                generation, order = self.agent.request_rollout(app)
+                outcome = self.agent.wait_rollout(app, generation, order, timeout)
+                failed = [o for o in outcome if o["state"] == "failed"]
+                if failed:
+                    raise RolloutFailed(f"{app}: the rollout failed on {failed[0]['node']}: {failed[0]['error']}; "
+                                        "the nodes after it were not rolled")
+                rollouts.append({"app": app, "generation": generation, "nodes": outcome})
+            return {"cluster": True, "rollouts": rollouts}
+        self._call(rid, roll)
+
+    @staticmethod
+    def is_roll(reply: Reply) -> bool:
+        rid = reply.request_id
+        return isinstance(rid, tuple) and len(rid) == 3 and rid[0] == ROLL
+
+    def rolled(self, reply: Reply) -> None:
+        """This node's part of a cluster-wide rollout is over (the core's reply to it)."""
+        rid = reply.request_id
+        assert isinstance(rid, tuple)
+        self.agent.rolled(str(rid[1]), int(rid[2]), reply.ok, reply.error)
+
     def scale(self, action: ScaleCluster) -> None:
         def record() -> dict[str, object]:
             self.agent.scale(action.app, action.count)
@@ -106,6 +145,8 @@ class ClusterLink:
                 self._reply(Reply(rid, False, error=str(exc), usage=True))
             elif isinstance(exc, EtcdError):
                 self._reply(Reply(rid, False, error=f"etcd: {exc}"))
+            elif isinstance(exc, RolloutFailed | TimeoutError):
+                self._reply(Reply(rid, False, error=str(exc)))
             else:
                 self._log.error("cluster request failed", exc_info=exc)
                 self._reply(Reply(rid, False, error=f"internal error: {exc!r}"))

@@ -348,6 +348,8 @@ class Daemon:
                 self.workers.stop_stray(pid, name)
             case Resample(after=after):
                 self.sampling.soon(after)
+            case Reply() if self.cluster is not None and self.cluster.is_roll(action):
+                self.cluster.rolled(action)
             case Reply():
                 self.control.reply(action)
             case Publish(event=event):
@@ -383,6 +385,8 @@ class Daemon:
                 self.control.reply(Reply(rid, False, error=NOT_IN_CLUSTER, usage=True))
             else:
                 self.cluster.request(rid, req)
+        elif req.cmd == "reload" and self.cluster is not None and self.cluster.clustered(req.targets):
+            self.cluster.reload(rid, req)
         elif req.cmd == "chaos":
             self.chaos.start(rid, req.targets, req.options or {}, self.config, self.core.view.shutting_down)
         elif req.cmd == "shutdown" and req.keep_workers:

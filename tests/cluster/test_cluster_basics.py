@@ -136,3 +136,32 @@ def test_not_in_a_cluster(supervisor):
     sup = supervisor('[apps.a]\ncommand = "sleep 60"\n')
     result = sup.cli("status", "--cluster")
     assert result.returncode == 2 and "not in a cluster" in result.stderr
+
+
+def test_reload_of_a_cluster_app_rolls_node_by_node(make_node, etcd, tmp_path):
+    nodes = three(make_node, etcd, activity=tmp_path)
+    before = wait_placed(nodes, "web", 5)
+    old = {name: inst["pid"] for n in nodes for name, inst in n.running_here("web").items()}
+    dry = nodes[2].cli("reload", "web", "--dry-run")
+    assert dry.returncode == 0 and "n1, n2, n3" in dry.stdout, dry.stdout + dry.stderr
+    result = nodes[2].cli("reload", "web", "--json", "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)["rollouts"][0]
+    assert [o["node"] for o in outcome["nodes"]] == sorted(set(before.values()))
+    assert all(o["state"] == "rolled" for o in outcome["nodes"])
+    after = wait_placed(nodes, "web", 5)
+    assert after == before, "a rollout replaces in place: nothing moves"
+    new = {name: inst["pid"] for n in nodes for name, inst in n.running_here("web").items()}
+    assert all(new[name] != old[name] for name in old), "every instance runs a new process"
+    # Node by node: each node's new processes all started after the previous node's had (activity files).
+    starts: dict[str, list[float]] = {}
+    for path in tmp_path.glob("web-*.log"):
+        pid = int(path.name.split(".")[1])
+        if pid in new.values():
+            lines = path.read_text().split("\n")
+            starts.setdefault(lines[0].split()[3], []).append(float(lines[1]))
+    order = [o["node"] for o in outcome["nodes"]]
+    for first, second in zip(order, order[1:], strict=False):
+        assert max(starts[first]) < min(starts[second]), f"{second} began rolling before {first} was done"
+    events = [json.loads(line) for line in nodes[0].cli("events", "--no-follow").stdout.splitlines()]
+    assert any(e.get("type") == "cluster" and e.get("event") == "rolling" for e in events)
