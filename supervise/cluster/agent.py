@@ -56,6 +56,8 @@ STATUS_EVERY = 0.2
 """Seconds between two writes of this node's status record: changes in between are coalesced."""
 RETRY = 0.25
 """Seconds between tries while etcd does not answer."""
+WARN_EVERY = 60.0
+"""Seconds between two warnings that etcd still does not answer."""
 ROLL_TIMEOUT = 600.0
 """Seconds one node's part of a cluster-wide rollout may take."""
 ROLL = "cluster-roll"
@@ -112,10 +114,12 @@ class Agent:
         self._reported_rolled: dict[str, Rolled] | None = None
         self._joined = False
         self._renewed_at = 0.0
+        self._warned_at = -WARN_EVERY
         self._need_register = False  # the node record must be written again (the apps changed)
         self._fresh_wanted = 0  # fresh reads asked for; a read answers the ones asked before it began
         self.connected = False
         self.last_error: str | None = None
+        self.watch_error: str | None = None  # why the last watch ended (a quiet cluster's ends every idle period)
         self._threads = [threading.Thread(target=self._guarded(body), name=f"supervise-cluster-{name}", daemon=True)
                          for name, body in (("session", self._session), ("watch", self._watcher),
                                             ("leader", self._leading))]
@@ -360,8 +364,10 @@ class Agent:
         self._log.warning("cluster: lease lost; fenced, joining again", node=self.node, why=why)
 
     def _trouble(self, exc: Exception) -> None:
-        text = str(exc)
-        if self.connected or self.last_error != text:
+        """etcd did not answer the session: said once when it starts, then once a minute."""
+        text, now = str(exc), self._clock()
+        if self.connected or now >= self._warned_at + WARN_EVERY:
+            self._warned_at = now
             self._log.warning("cluster: etcd does not answer; local apps carry on", error=text)
         self.connected, self.last_error = False, text
 
@@ -413,13 +419,17 @@ class Agent:
             except EtcdError as exc:
                 # A quiet cluster ends its watch every idle period (etcd 3.4 sends no progress over
                 # the gateway): read again. Whether etcd is reachable is the session's to say.
-                if not self.connected:
-                    self._trouble(exc)
+                self.watch_error = str(exc)
                 self._stop.wait(RETRY)
 
     def _swap(self, view: ClusterView, asked: int) -> None:
         with self._lock:
             before = self._snapshot_news() if self._synced else None
+            if not self._synced:
+                # Rollouts asked before this daemon started are not its to replay: its instances
+                # are adopted as they run, or started afresh on the current config.
+                for app, (generation, _) in view.rollouts.items():
+                    self._rolled.setdefault(app, Rolled(generation, True, "asked before this daemon started"))
             self._view, self._synced = view, True
         self._after_change(before, fresh=asked == self._fresh_wanted)
 
@@ -449,7 +459,8 @@ class Agent:
                 news += [{"event": "uncordoned", "node": n} for n in sorted(before[2] - after[2])]
             turns = self._turns() if self._synced else []
             renewed = None
-            if fresh and self._need_fresh and self._lease is not None and self._fence_at is not None:
+            if fresh and self._need_fresh and self._lease is not None and self._fence_at is not None \
+                    and self._fence_at > self._clock():  # else the next renewal brings a new read
                 self._need_fresh = False
                 renewed = LeaseRenewed(self._fence_at)
             self._changed.notify_all()
@@ -479,9 +490,10 @@ class Agent:
                 if self._need_register:
                     self._reregister()
                 self._lead()
-            except EtcdError as exc:
-                self._trouble(exc)
-                self._stop.wait(RETRY)
+            except LeaseNotFound:
+                self._stop.wait(RETRY)  # the session sees it too, fences and joins again
+            except EtcdError:
+                self._stop.wait(RETRY)  # whether etcd answers at all is the session's to say
 
     def _reregister(self) -> None:
         with self._lock:

@@ -93,6 +93,8 @@ class AppConfig:
         default when instances bind their own `{port}` (two cannot share it);
         with `listen` sockets or no port, one new instance at a time.
         """
+        if self.singleton:
+            return 0  # never two at once, not even for a moment of a rollout
         if self.reload_surge is not None:
             return self.reload_surge
         return 0 if self.port is not None and not self.listen else 1

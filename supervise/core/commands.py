@@ -98,6 +98,9 @@ class Commands:
         if group is None:
             known = ", ".join(self.fleet.groups)
             return [Reply(rid, False, error=f"no app named {cmd.targets[0]!r} (apps: {known})", usage=True)]
+        if group.config.singleton:
+            return [Reply(rid, False, error=f"{group.name} is a singleton: it runs exactly one instance "
+                                            "cluster-wide", usage=True)]
         if group.config.clustered:  # the leader places the new count: the shell records it in etcd
             return [ScaleCluster(rid, group.name, cmd.count)]
         before = set(group.slots)

@@ -308,6 +308,10 @@ class AppGroup:
         progressed = False
         for index in sorted(r.active):  # surge 0: the old one has stopped, start the new one
             old = self.slots.get(index)
+            if not self.wanted(index):  # taken away meanwhile (a cluster slot placed elsewhere)
+                r.active.discard(index)
+                progressed = True
+                continue
             if index not in self.successors and (old is None or old.state not in LIVE_STATES):
                 actions += self._start_successor(index, r.config, r.generation, ExitReason.RELOAD, now)
                 progressed = True

@@ -337,7 +337,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             inst.over_memory += 1
             if inst.over_memory < MEMORY_HYSTERESIS or inst.replace_for is not None:
                 return []
-            if ctx.app.listen and inst.state is State.RUNNING and not inst.trial:
+            if ctx.app.listen and inst.state is State.RUNNING and not inst.trial and not ctx.app.singleton:
                 # Start the replacement first (the shared sockets let two serve one slot for a
                 # moment): the core sees replace_for set and starts a successor, then stops this.
                 inst.replace_for = ExitReason.MEMORY

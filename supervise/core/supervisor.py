@@ -322,6 +322,12 @@ class Core:
         fleet.waiting = {name for name, group in fleet.groups.items() if not group.slots}
         actions: list[Action] = [self._registry.publish({"type": "daemon", "event": "started"}, durable=False)]
         for group, inst, event in self._deferred:
+            if group.config.clustered and isinstance(event, Resumed) and group.slots.get(inst.index) is inst:
+                # Its process died while no daemon watched: the slot may run elsewhere by now.
+                # Only the cluster's next snapshot may start it again.
+                del group.slots[inst.index]
+                self._registry.untrack(inst)
+                continue
             actions += group.feed(inst, event, now)
         self._deferred.clear()
         for group in fleet:
