@@ -13,6 +13,7 @@ from supervise.core import Verb
 from supervise.core.events import Assigned, LeaseRenewed
 from supervise.core.instance import State
 
+
 class Shell(FakeShell):
     """Processes that exit promptly on their stop signal."""
 
