@@ -26,6 +26,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from supervise.config.model import AppConfig
+
 ENV_CONNECT, ENV_KEY, ENV_SERVER_KEY = "SUPERVISE_CONNECT", "SUPERVISE_KEY", "SUPERVISE_SERVER_KEY"
 
 
@@ -81,8 +83,13 @@ def cmd_check(args: SimpleNamespace) -> None:
     from supervise.config import loader
 
     cfg = loader.load(args.config)
-    count = sum(app.instances for app in cfg.apps.values())
-    print(f"{args.config}: ok ({len(cfg.apps)} apps, {count} instances)")
+    local = sum(app.instances for app in cfg.apps.values() if not app.clustered)
+    clustered = [app for app in cfg.apps.values() if app.clustered]
+    summary = f"{len(cfg.apps)} apps, {local} {'local ' if clustered else ''}instances"
+    if cfg.cluster is not None and clustered:
+        summary += f"; cluster {cfg.cluster.name!r} through {', '.join(cfg.cluster.etcd)}: "
+        summary += ", ".join(f"{app.name} ({_cluster_count(app)})" for app in clustered)
+    print(f"{args.config}: ok ({summary})")
     try:
         plan = Control(StatePaths(cfg.supervise.state_dir)).request(protocol.Request("reload", dry_run=True))
     except (NoDaemon, ControlError, OSError):
@@ -106,6 +113,12 @@ def cmd_status(args: SimpleNamespace) -> None:
     from supervise.cli import render
 
     print(render.status_table(result))
+
+
+def _cluster_count(app: AppConfig) -> str:
+    if app.singleton:
+        return "singleton"
+    return f"{app.instances} per node" if app.placement == "every-node" else f"{app.instances} across the cluster"
 
 
 def _cluster_status(args: SimpleNamespace) -> None:
