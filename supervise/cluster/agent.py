@@ -117,6 +117,7 @@ class Agent:
         self._warned_at = -WARN_EVERY
         self._need_register = False  # the node record must be written again (the apps changed)
         self._fresh_wanted = 0  # fresh reads asked for; a read answers the ones asked before it began
+        self._changes = 0  # bumped with every notify: the leader thread never sleeps through one
         self.connected = False
         self.last_error: str | None = None
         self.watch_error: str | None = None  # why the last watch ended (a quiet cluster's ends every idle period)
@@ -135,20 +136,20 @@ class Agent:
         with self._lock:
             self._apps = {name: app for name, app in apps.items() if app.clustered}
             self._need_register = True
-            self._changed.notify_all()
+            self._notify()
 
     def report(self, instances: Mapping[str, InstanceReport]) -> None:
         """What this node runs now; written to etcd coalesced, by the leader thread."""
         with self._lock:
             self._report = dict(instances)
-            self._changed.notify_all()
+            self._notify()
 
     def close(self, revoke: bool) -> None:
         """Stop the threads; `revoke`: give up the lease, so that the leader re-places at once
         (only once every local cluster instance is gone)."""
         self._stop.set()
         with self._lock:
-            self._changed.notify_all()
+            self._notify()
             watch, lease = self._watch, self._lease
         if watch is not None:
             watch.close()
@@ -233,7 +234,7 @@ class Agent:
         with self._lock:
             self._rolled[app] = Rolled(generation, ok, error)
             self._rolling.pop(app, None)
-            self._changed.notify_all()
+            self._notify()
 
     def _turns(self) -> list[tuple[str, int]]:
         """The rollouts whose turn has come on this node (the caller holds the lock)."""
@@ -349,7 +350,7 @@ class Agent:
             self._renewed_at = self._clock()
             self._fence_at = fence_at
             if self._need_register:
-                self._changed.notify_all()
+                self._notify()
             if self._need_fresh:
                 self._request_fresh_read()
                 return  # the watch thread posts LeaseRenewed after its read
@@ -463,7 +464,7 @@ class Agent:
                     and self._fence_at > self._clock():  # else the next renewal brings a new read
                 self._need_fresh = False
                 renewed = LeaseRenewed(self._fence_at)
-            self._changed.notify_all()
+            self._notify()
         if assigned is not None:
             self._post(assigned)
         if renewed is not None:
@@ -478,11 +479,15 @@ class Agent:
     # -- leader, and this node's status record ----------------------------------------------------
 
     def _leading(self) -> None:
+        seen = -1
         while not self._stop.is_set():
             with self._lock:
                 pending = self._lease is not None and (self._report != self._reported
                                                        or self._rolled != self._reported_rolled)
-                self._changed.wait(max(0.01, self._report_at + STATUS_EVERY - self._clock()) if pending else 1.0)
+                if self._changes == seen or pending:  # else something changed while we worked: look now
+                    self._changed.wait(max(0.01, self._report_at + STATUS_EVERY - self._clock()) if pending
+                                       else 1.0)
+                seen = self._changes
             if self._stop.is_set():
                 return
             try:
@@ -568,6 +573,11 @@ class Agent:
 
     def _slot_key(self, slot: Slot) -> str:
         return f"{self.prefix}assign/{slot.app}/{slot.index}"
+
+    def _notify(self) -> None:
+        """Wake whoever waits on a change (the caller holds the lock)."""
+        self._changes += 1
+        self._changed.notify_all()
 
     def _guarded(self, body: Callable[[], None]) -> Callable[[], None]:
         """A bug in a thread is logged and the thread starts over: the cluster side must not die silently."""

@@ -69,6 +69,7 @@ class HeartbeatServer:
         self._tokens: dict[str, tuple[int, str]] = {}  # token -> (spawn id, instance name)
         self._routes: dict[int, bytes] = {}  # spawn id -> routing id of its last valid message
         self._awaiting_ready: set[int] = set()  # adopted while starting: a beat saying ready counts
+        self._fence_pending: dict[int, float] = {}  # singleton spawn id -> an extension it could not get yet
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -96,6 +97,7 @@ class HeartbeatServer:
         self._tokens.pop(token, None)
         self._routes.pop(spawn_id, None)
         self._awaiting_ready.discard(spawn_id)
+        self._fence_pending.pop(spawn_id, None)
 
     def await_ready(self, spawn_id: int) -> None:
         """An adopted instance still `starting`: its ready message may have gone to the dead
@@ -116,9 +118,11 @@ class HeartbeatServer:
             self._recheck()
 
     def send_fence(self, spawn_id: int, until: float) -> bool:
-        """Extend a singleton worker's fencing deadline; False when it never spoke."""
+        """Extend a singleton worker's fencing deadline; one that has not spoken yet gets it with
+        its first message (else a singleton started just before a renewal would stop early)."""
         route = self._routes.get(spawn_id)
         if route is None:
+            self._fence_pending[spawn_id] = until
             return False
         try:
             self.sock.send_multipart([route, protocol.fence_message(until)], zmq.NOBLOCK)
@@ -183,6 +187,8 @@ class HeartbeatServer:
             return
         spawn_id = known[0]
         self._routes[spawn_id] = route
+        if self._fence_pending and spawn_id in self._fence_pending:
+            self.send_fence(spawn_id, self._fence_pending.pop(spawn_id))
         if msg.type == "beat":
             self.beat(spawn_id, msg.status)
             if msg.ready and self._awaiting_ready and spawn_id in self._awaiting_ready:
