@@ -175,3 +175,26 @@ def test_etcd_down_restarts_and_moves_nothing_but_fenced_singletons(make_node, e
     assert now == web, "etcd's return restarted or moved a healthy instance"
     assert all(inst["restarts"] == 0 for n in nodes for inst in n.running_here("web").values())
     assert_never_twice(tmp_path, "lock:0")
+
+
+def test_an_etcd_member_lost_changes_nothing_and_the_cluster_still_acts(make_node, etcd_cluster, tmp_path):
+    """Three etcd members, every daemon told of all three: the etcd leader's SIGKILL is a failover for the
+    clients (nothing restarts), and afterwards the cluster still re-places a lost node's instances."""
+    nodes = nodes_of(make_node, lambda _: etcd_cluster.endpoints, tmp_path)
+    wait_placed(nodes, "web", 4)
+    wait_placed(nodes, "lock", 1)
+    web = {name: (n.name, inst["pid"]) for n in nodes for name, inst in n.running_here("web").items()}
+    etcd_cluster.leader().kill()
+    wait_until(lambda: etcd_cluster.leader(), 15, message="a new etcd leader")
+    wait_until(lambda: all(n.cluster()["connected"] for n in nodes), TTL + 10, interval=0.1,
+               message="every node renewing its lease through the members left")
+    now = {name: (n.name, inst["pid"]) for n in nodes for name, inst in n.running_here("web").items()}
+    assert now == web, "an etcd member's loss restarted or moved an instance"
+    victim = next(n for n in nodes if n.running_here("web"))
+    lost = list(victim.running_here("web"))
+    victim.kill_node()
+    survivors = [n for n in nodes if n is not victim]
+    # A new etcd leader resets every lease to its full TTL (etcd-io/etcd#9395): up to about 2 x TTL.
+    wait_until(lambda: all(name in placement(survivors, "web") for name in lost), 2 * TTL + 10, interval=0.05,
+               message=f"{lost} re-placed after the etcd failover")
+    assert_never_twice(tmp_path, "lock:0")
