@@ -23,6 +23,27 @@ heartbeat_timeout; a tree over max_memory for the confirming samples is
 replaced, and one over max_processes is killed at once; every command is
 answered by its timeout; every drain ends; with faults stopped, every app
 converges to its count.
+
+Cluster (one schedule in CLUSTER_EVERY): a `[cluster]` with a "cluster" app,
+an "every-node" app and a singleton; the fake agent sends random placement
+snapshots (`Assigned`: subsets of indexes, held slots, increasing tokens),
+renews the lease every TTL/3 (some renewals are skipped, etcd goes away for a
+while: the fence deadline passes), loses the lease, publishes news; after a
+fence it sends a fresh snapshot before the renewal, as the real agent does.
+Checked: nothing of a cluster app starts before the first snapshot; a
+singleton never gets a `Spawn` while the node is fenced, and its
+`fencing_deadline` is the fence deadline; every `Spawn` of a cluster app has
+the token the last snapshot gave its index, and an index's tokens never go
+down; a live singleton runs the token of its slot; every renewal extends the
+fence of every live singleton; at a fence (deadline passed, or `LeaseLost`)
+every singleton process is told to stop at once and is gone within the grace
+and the kill; two processes of one singleton never run at once; with faults
+stopped, the node runs exactly the slots placed on it (the singleton only
+while not fenced), each with its token, and a last fence stops only the
+singleton.
+
+KNOWN_BUGS names bugs of the core the schedules step around (or do not check)
+for now; test_core_simulation.py checks that each is still there.
 """
 
 from __future__ import annotations
@@ -34,12 +55,24 @@ from pathlib import Path
 
 from fakeshell import KILL_LATENCY, FakeShell, Proc, config
 
-from supervise.config.model import AppConfig, BackoffConfig, Config, CrashLoopConfig, Readiness, Restart
+from supervise.config.model import (
+    AppConfig,
+    BackoffConfig,
+    ClusterConfig,
+    Config,
+    CrashLoopConfig,
+    Placement,
+    Readiness,
+    Restart,
+)
 from supervise.core import (
+    Action,
     CommandReceived,
     Drained,
     Event,
     Ready,
+    Recovered,
+    Reply,
     Role,
     Sampled,
     ShutdownRequested,
@@ -47,6 +80,8 @@ from supervise.core import (
     Spawned,
     Verb,
 )
+from supervise.core.actions import ExtendFence, ScaleCluster
+from supervise.core.events import Assigned, ClusterNews, LeaseLost, LeaseRenewed
 from supervise.core.instance import MEMORY_HYSTERESIS, State
 from supervise.core.policy import backoff_bounds
 from supervise.core.views import InstanceSnapshot, Snapshot
@@ -57,7 +92,29 @@ LIMIT = 1000  # max_memory of the apps that have one
 MAX_PROCESSES = 8
 EPSILON = 1e-6
 CRASH_WINDOW = 30.0
-REQUESTED_STOPS = ("stopped", "reload")  # exit reasons of stops asked for, which restart nothing by themselves
+REQUESTED_STOPS = ("stopped", "reload", "fenced")  # reasons of stops asked for, which restart nothing by themselves
+CLUSTER_EVERY = 5  # one schedule in this many runs in a cluster
+CLUSTER_APPS = ("spread", "agent", "leader")  # placement "cluster", "every-node", and a singleton
+KNOWN_BUGS = frozenset({
+    # A node starts fenced, yet adopted live singletons run on as if not: a LeaseLost before the first renewal
+    # is ignored, one that crashes is restarted (without a fence deadline), and the new daemon forgets the
+    # grace of a fence the old one was carrying out. Checked only once the new core has had a renewal.
+    "fresh-core-singletons",
+    # A singleton adopted without a recorded token (a worker found by its environment) is never restarted when
+    # its slot's token changes: `inst.fence is None` does not count as stale.
+    "stray-singleton-token",
+    # Two processes of one singleton run at once: a rollout (surge 0 for a singleton) cancelled, by a `start`
+    # say, relaunches the old one while the new one still stops; a new daemon on a stale checkpoint stops the
+    # live singleton it found as a stray while its slot starts a new one. Not checked.
+    "singleton-overlap",
+    # A new instance for a held slot (a rollout's) is spawned without a token: new_instance looks only at the
+    # slots placed here. The tokens of spawns of held slots are not checked.
+    "held-successor-token",
+    # Removing a cluster app from the config never stops its instances: the reloads never remove one.
+    "cluster-app-removal",
+    # Assigned starts a cluster app before the local apps it depends on are up: cluster apps depend on none.
+    "cluster-depends-on",
+})
 
 
 class InvariantViolated(AssertionError):
@@ -78,6 +135,10 @@ class SimProc(Proc):
     over: int = 0  # consecutive samples over max_memory delivered to the core
     memory_due: float | None = None  # by then its replacement must be under way
     kill_due: float | None = None  # over max_processes: killed by then
+    token: int | None = None  # the fencing token it was spawned with
+    may_run_until: float | None = None  # a singleton: its fencing deadline, as spawned or last extended
+    token_unknown: bool = False  # adopted without a recorded token: the core does not know it
+    fence_due: float | None = None  # a singleton alive at a fence: gone by then
 
 
 @dataclass
@@ -97,8 +158,9 @@ def is_broken(app: AppConfig) -> bool:
 
 
 class Simulation(FakeShell):
-    def __init__(self, seed: int, cfg: Config) -> None:
+    def __init__(self, seed: int, cfg: Config, known_bugs: frozenset[str] = KNOWN_BUGS) -> None:
         super().__init__(cfg, seed)
+        self.known_bugs = known_bugs
         self.faults = True
         self.spawn_fail_rate = 0.05
         self.checkpoint_rate = 0.9  # some checkpoints are lost: adoption then finds strays
@@ -117,6 +179,28 @@ class Simulation(FakeShell):
         self.tracked: dict[int, Proc] = {}  # live processes by spawn id, as of the last check
         self.stop_timeouts = {name: a.stop_timeout for name, a in cfg.apps.items()}  # the longest each app had
         self.max_restarts = {name: a.crash_loop.max_restarts for name, a in cfg.apps.items()}  # the highest
+        # Cluster: the fake agent's side (what the leader placed here, the lease) ...
+        self.cluster: ClusterConfig | None = cfg.cluster
+        self.grace = cfg.cluster.fence_margin / 2 if cfg.cluster is not None else 0.0
+        self.placed: dict[str, dict[int, int]] = {}  # the leader's snapshot for this node: app -> index -> token
+        self.held: dict[str, frozenset[int]] = {}
+        self.last_token = 0  # tokens come from etcd revisions: they only grow
+        self.etcd_down_until = 0.0  # no renewal before then
+        self.skip_renewals = 0  # a pause: that many renewals do not happen
+        self.spawned_tokens: dict[tuple[str, int], int] = {}  # the highest token each slot was spawned with
+        self.first_core = True  # no daemon restart yet: nothing was adopted
+        self.events_at_exit: int | None = None  # how many events were published when the daemon exited
+        self.adopting = False
+        self._recorded_fences: list[int | None] | None = None  # of the checkpoint being adopted
+        self._reset_core_model()
+
+    def _reset_core_model(self) -> None:
+        """... and what the current core has been told: a new core has had no snapshot and no lease."""
+        self.core_assigned = False
+        self.core_tokens: dict[tuple[str, int], int] = {}  # the last token the core was given for each slot
+        self.core_slots: dict[str, set[int]] = {}  # the slots of the last snapshot
+        self.fence_at: float | None = None  # of the last renewal; None: fenced
+        self.core_renewed = False  # this core has had a renewal: it is bound by fencing
 
     def note(self, text: str) -> None:
         self.history.append(f"{self.now:8.3f} {text}")
@@ -127,12 +211,14 @@ class Simulation(FakeShell):
         if self.maybe_waiting:  # the core has decided: its status now is what it acts on
             app = self.status().get(action.app.name, {})
             self.check("waiting_for" not in app, f"{action.app.name} spawned while it waits for its dependencies")
+        self._check_spawn(action)
         if self.faults and self.rng.random() < self.spawn_fail_rate:
             self.fail_spawn(action)
             return
         proc = SimProc(next(self._pids), action.spawn_id, action.app, action.index, self.now,
                        ignores_term=self.faults and self.rng.random() < 0.2, broken=is_broken(action.app),
-                       last_beat=self.now, heartbeat_timeout=action.app.heartbeat_timeout)
+                       last_beat=self.now, heartbeat_timeout=action.app.heartbeat_timeout,
+                       token=action.fencing_token, may_run_until=action.fencing_deadline)
         self.add(proc)
         self.feed(Spawned(action.spawn_id, proc.pid))
         if proc.broken:
@@ -281,6 +367,8 @@ class Simulation(FakeShell):
         else:  # nothing changed: only what time alone can break
             self._check_health(self.instances, self.tracked)
             self._check_replies()
+            if self.cluster is not None:
+                self._check_cluster()
 
     def check_invariants(self) -> None:
         view = self.core.view
@@ -308,6 +396,8 @@ class Simulation(FakeShell):
         self._check_surge(snapshot)
         self._check_health(instances, live)
         self._check_replies()
+        if self.cluster is not None:
+            self._check_cluster()
 
     def _check_replies(self) -> None:
         for rid in [rid for rid in self.awaiting if rid in self.replies]:
@@ -367,6 +457,210 @@ class Simulation(FakeShell):
                 self.check(self.now <= bound + EPSILON, f"{proc.name}: a stop took past stop_timeout and the kill")
         super().exit_process(proc, code, sig)
 
+    # -- cluster: what the core must do with the lease and the snapshots ------------------------
+
+    def _check_spawn(self, action: Spawn) -> None:
+        app, key = action.app, (action.app.name, action.index)
+        name = f"{app.name}:{action.index}"
+        if not app.clustered:
+            self.check(action.fencing_token is None and action.fencing_deadline is None,
+                       f"{name}, of a local app, spawned with a fencing token or deadline")
+            return
+        if self.first_core:  # no daemon restart yet, nothing adopted: only a snapshot starts anything
+            self.check(self.core_assigned, f"{name} spawned before the node's first snapshot")
+        if not app.singleton:
+            self.check(action.fencing_deadline is None, f"{name}, not a singleton, spawned with a fence deadline")
+        elif not self.core_renewed and "fresh-core-singletons" in self.known_bugs:
+            return  # an adopted one, restarted by a core that never had a lease, with the token it had
+        else:
+            self.check(not self._fenced(), f"{name}, a singleton, spawned while the node is fenced")
+            self.check(action.fencing_deadline == self.fence_at,
+                       f"{name} spawned with fencing_deadline {action.fencing_deadline}, fence at {self.fence_at}")
+        token = self.core_tokens.get(key)
+        if "held-successor-token" in self.known_bugs and action.index not in self.core_slots.get(app.name, ()):
+            token = None
+        if token is not None:  # (before the new core's first snapshot: the token its checkpoint recorded)
+            self.check(action.fencing_token == token,
+                       f"{name} spawned with token {action.fencing_token}, placed with {token}")
+            self.check(token >= self.spawned_tokens.get(key, 0),
+                       f"{name} spawned with token {token}, after a spawn with {self.spawned_tokens.get(key)}")
+            self.spawned_tokens[key] = token
+
+    def _singletons(self) -> list[SimProc]:
+        """The live singleton processes the current core watches."""
+        return [p for p in self.alive.values() if isinstance(p, SimProc) and p.app.singleton and not p.stray
+                and self.by_spawn.get(p.spawn_id) is p]
+
+    def _fenced(self) -> bool:
+        """Whether the node is fenced now; a fence deadline that has passed is noted as a fence."""
+        if self.fence_at is not None and self.now >= self.fence_at:
+            at, self.fence_at = self.fence_at, None
+            self.note(f"the fence deadline {at:.3f} has passed")
+            self._fence_obligations(at)
+        return self.fence_at is None
+
+    def _fence_obligations(self, at: float) -> None:
+        """Every singleton alive at a fence at `at`: told to stop at once, gone after the grace and the kill."""
+        due = at + self.grace + KILL_LATENCY
+        for p in self._singletons():
+            p.fence_due = due if p.fence_due is None else min(p.fence_due, due)
+
+    def _check_cluster(self) -> None:
+        fenced = self._fenced()
+        seen: set[tuple[str, int]] = set()
+        for p in self._singletons():
+            key = (p.app.name, p.index)
+            stopping = p.last_stop_signal is not None or p.killed
+            if p.fence_due is not None:
+                self.check(stopping or self.adopting, f"{p.name}, a singleton, not told to stop at the fence")
+                self.check(self.now <= p.fence_due + EPSILON,
+                           f"{p.name}, a singleton, alive past the fence's grace and the kill ({p.fence_due:.3f})")
+            if "singleton-overlap" not in self.known_bugs:
+                self.check(key not in seen, f"two processes of the singleton {p.name} at once")
+            seen.add(key)
+            if fenced or stopping or p.index not in self.core_slots.get(p.app.name, ()):
+                continue
+            if (p.token_unknown or p.token is None) and "stray-singleton-token" in self.known_bugs:
+                continue  # (one spawned without a token: by a new core before its first snapshot)
+            self.check(p.token == self.core_tokens[key],
+                       f"{p.name}, a singleton, runs token {p.token}; its slot has {self.core_tokens[key]}")
+
+    # -- cluster: the fake agent ----------------------------------------------------------------
+
+    def carry_out(self, actions: list[Action]) -> None:
+        super().carry_out(actions)
+        if self.exit_code is not None and self.events_at_exit is None:
+            self.events_at_exit = len(self.events)
+        for action in actions:
+            if isinstance(action, ScaleCluster):  # the shell records it in etcd, then replies
+                cfg = self.config.apps.get(action.app)
+                self.check(cfg is not None and cfg.clustered, f"ScaleCluster of {action.app}, not a cluster app")
+                self.replies[action.request_id] = Reply(action.request_id, True, result={
+                    "app": action.app, "instances": action.count, "cluster": True})
+
+    def feed(self, event: Event) -> list[Action]:
+        if isinstance(event, Recovered) and self._recorded_fences is not None:
+            event = self._with_tokens(event, self._recorded_fences)
+            self.adopting = True  # until DaemonStarted, which tells the adopted ones that were stopping
+            try:
+                return super().feed(event)
+            finally:
+                self.adopting = False
+        return super().feed(event)
+
+    def _with_tokens(self, event: Recovered, fences: list[int | None]) -> Recovered:
+        """As the real shell: each checkpointed instance with the token recorded; a worker no
+        checkpoint names (found by its environment) without one."""
+        found = []
+        for n, adopted in enumerate(event.instances):
+            if n < len(fences):
+                adopted = dataclasses.replace(adopted, fence=fences[n])
+            elif adopted.pid is not None:
+                proc = self.procs[adopted.pid]
+                assert isinstance(proc, SimProc)
+                proc.token_unknown = True
+            found.append(adopted)
+        return Recovered(event.apps, tuple(found))
+
+    def new_token(self) -> int:
+        self.last_token += 1
+        return self.last_token
+
+    def replan(self) -> None:
+        """The leader places slots anew: some move away (some held here a while), some get new tokens."""
+        rng = self.rng
+        placed: dict[str, dict[int, int]] = {}
+        held: dict[str, frozenset[int]] = {}
+        for name in CLUSTER_APPS:
+            cfg = self.config.apps.get(name)
+            if cfg is None:
+                continue
+            old = self.placed.get(name, {})
+            if cfg.singleton:
+                indexes = [0] if rng.random() < 0.75 else []
+            elif cfg.placement is Placement.EVERY_NODE and rng.random() < 0.7:
+                indexes = list(range(cfg.instances))
+            else:
+                indexes = [i for i in range(cfg.instances) if rng.random() < 0.6]
+            placed[name] = {i: old[i] if i in old and rng.random() < 0.8 else self.new_token() for i in indexes}
+            if self.faults and not cfg.singleton:
+                kept = frozenset(i for i in (set(old) | self.held.get(name, frozenset())) - set(indexes)
+                                 if rng.random() < 0.4)
+                if kept:
+                    held[name] = kept
+        self.placed, self.held = placed, held
+
+    def assign(self, replan: bool = True) -> None:
+        if replan:
+            self.replan()
+        slots = {name: dict(s) for name, s in self.placed.items()}
+        self.core_assigned = True
+        self.core_slots = {name: set(s) for name, s in slots.items()}
+        self.core_tokens.update({(name, i): token for name, s in slots.items() for i, token in s.items()})
+        self.note(f"assigned {slots}" + (f" held {dict(self.held)}" if self.held else ""))
+        self.feed(Assigned(slots, dict(self.held)))
+
+    def renew_tick(self) -> None:
+        """The agent's keep-alive, every TTL/3: unless etcd is away or the daemon paused."""
+        assert self.cluster is not None
+        self.at(self.now + self.cluster.lease_ttl / 3, self.renew_tick)
+        if self.now < self.etcd_down_until:
+            return
+        if self.skip_renewals > 0:
+            self.skip_renewals -= 1
+            self.note("a renewal is late")
+            return
+        self.renew()
+
+    def renew(self) -> None:
+        assert self.cluster is not None
+        if self._fenced() or not self.core_assigned:
+            # After a fence the agent reads etcd again and sends that before the renewal.
+            self.assign(replan=self.faults and self.rng.random() < 0.5)
+        fence_at = self.now + self.cluster.lease_ttl - self.cluster.fence_margin
+        self.fence_at, self.core_renewed = fence_at, True
+        self.note(f"lease renewed: fence at {fence_at:.3f}")
+        actions = self.feed(LeaseRenewed(fence_at))
+        extended = [a for a in actions if isinstance(a, ExtendFence)]
+        self.check(all(a.until == fence_at for a in extended), f"a renewal until {fence_at} extended {extended}")
+        told = {sid for a in extended for sid in a.spawn_ids}
+        for p in self._singletons():
+            if p.spawn_id in told:
+                p.may_run_until = fence_at
+            # (one spawned by this very renewal, say after a failed spawn, has the deadline already)
+            self.check(p.may_run_until == fence_at, f"a renewal did not extend the fence of {p.name} "
+                                                    f"(told {sorted(told)}, it has {p.spawn_id})")
+
+    def lease_lost(self) -> None:
+        if not self._fenced():
+            self.fence_at = None
+            self._fence_obligations(self.now)
+        elif not self.core_renewed and "fresh-core-singletons" not in self.known_bugs:
+            self._fence_obligations(self.now)  # a new daemon's adopted singletons: fenced all the same
+        self.note("lease lost")
+        self.feed(LeaseLost())
+
+    def random_cluster_step(self) -> None:
+        assert self.cluster is not None
+        roll = self.rng.random()
+        if roll < 0.5:
+            self.assign()
+        elif roll < 0.6:
+            if self.now >= self.etcd_down_until:  # etcd says so: it answers
+                self.lease_lost()
+        elif roll < 0.75:
+            self.etcd_down_until = max(self.etcd_down_until,
+                                       self.now + self.rng.uniform(0.5, 2.0 * self.cluster.lease_ttl))
+            self.note(f"etcd unreachable until {self.etcd_down_until:.3f}")
+        elif roll < 0.9:
+            self.skip_renewals = self.rng.randint(1, 3)
+            self.note(f"the daemon pauses: {self.skip_renewals} renewals late")
+        else:
+            news = {"event": "node-lost", "node": f"n{self.rng.randint(2, 5)}"}
+            before = len(self.events)
+            self.feed(ClusterNews(news))
+            self.check({"type": "cluster", **news} in self.events[before:], "cluster news not published")
+
     # -- the schedule ---------------------------------------------------------------------
 
     def random_step(self) -> None:
@@ -409,7 +703,17 @@ class Simulation(FakeShell):
         self.maybe_waiting, self.waiting = True, {}  # an app with adopted instances is started already
         self.sent = {rid: due for rid, due in self.sent.items() if rid in self.replies}  # died unanswered
         self.awaiting.clear()
+        self.first_core = False
+        if self.cluster is not None:
+            self._recorded_fences = [i.fence for i in self.checkpoint.instances] if self.checkpoint else []
+            self._reset_core_model()
+            if "fresh-core-singletons" in self.known_bugs:
+                for proc in self.live():
+                    proc.fence_due = None  # type: ignore[attr-defined]
         super().restart_daemon(cfg)
+        self._recorded_fences = None
+        if self.cluster is not None and self.now >= self.etcd_down_until:
+            self.renew()  # the new daemon's agent joins at once: a snapshot, then its lease
 
     def send(self, cmd: CommandReceived) -> None:
         self.commanded_at = self.now
@@ -445,16 +749,19 @@ class Simulation(FakeShell):
     def random_reload_config(self) -> None:
         """A changed config: new code (maybe broken), new counts, settings in place, apps added or removed."""
         apps = dict(self.config.apps)
-        name = self.rng.choice(["web", "worker", "db"])
+        name = self.rng.choice(["web", "worker", "db", *(CLUSTER_APPS if self.cluster is not None else ())])
         change = self.rng.random()
+        clustered = name in CLUSTER_APPS
         if name not in apps:
-            apps[name] = make_app(self.rng, name, deps=())
+            apps[name] = make_cluster_app(self.rng, name, self.known_bugs) if clustered else \
+                make_app(self.rng, name, deps=())
         elif change < 0.3:
             fresh = dataclasses.replace(apps[name], command=("x", f"v{self.rng.randint(2, 99)}"))
             apps[name] = broken(fresh) if self.rng.random() < 0.3 else fresh
         elif change < 0.55:
-            apps[name] = dataclasses.replace(apps[name], instances=self.rng.randint(0, 4))
-        elif change < 0.8:
+            if not apps[name].singleton:  # a singleton runs exactly 1
+                apps[name] = dataclasses.replace(apps[name], instances=self.rng.randint(0, 4))
+        elif change < 0.8 or (clustered and "cluster-app-removal" in self.known_bugs):
             apps[name] = dataclasses.replace(apps[name], stop_timeout=self.rng.choice([0.5, 2.0, 5.0]),
                                              crash_loop=dataclasses.replace(apps[name].crash_loop,
                                                                             max_restarts=self.rng.randint(2, 8)))
@@ -465,7 +772,7 @@ class Simulation(FakeShell):
         self.maybe_waiting = True  # an app added waits for its dependencies
         status = self.status()
         self.waiting.update({n: a.depends_on for n, a in apps.items() if n not in status and a.depends_on})
-        self.config = Config(self.config.path, self.config.supervise, apps)
+        self.config = dataclasses.replace(self.config, apps=apps)
         self.send(CommandReceived(("config", next(self._requests)), Verb.RELOAD, config=self.config,
                                   timeout=120.0))
 
@@ -493,41 +800,68 @@ def make_app(rng: random.Random, name: str, deps: tuple[str, ...]) -> AppConfig:
     )
 
 
-def make_config(rng: random.Random) -> Config:
-    """Two or three apps, with a random acyclic depends_on graph among them."""
+def make_cluster_app(rng: random.Random, name: str, known_bugs: frozenset[str],
+                     local: tuple[str, ...] = ()) -> AppConfig:
+    """A cluster app: `spread` (placement "cluster"), `agent` ("every-node") or `leader` (a singleton)."""
+    deps = () if "cluster-depends-on" in known_bugs else tuple(d for d in local if rng.random() < 0.3)
+    app = make_app(rng, name, deps)
+    if name == "leader":
+        return dataclasses.replace(app, placement=Placement.CLUSTER, singleton=True, instances=1)
+    if name == "agent":
+        return dataclasses.replace(app, placement=Placement.EVERY_NODE, instances=1)
+    return dataclasses.replace(app, placement=Placement.CLUSTER, instances=3)
+
+
+def clustered(seed: int) -> bool:
+    """One schedule in CLUSTER_EVERY runs in a cluster; odd and even ones (the mutants' runner drains the odd)."""
+    return seed % (2 * CLUSTER_EVERY) in (CLUSTER_EVERY, CLUSTER_EVERY + 1)
+
+
+def make_config(rng: random.Random, cluster: bool = False, known_bugs: frozenset[str] = KNOWN_BUGS) -> Config:
+    """Two or three apps, with a random acyclic depends_on graph among them (and, in a cluster, the
+    cluster apps, which no app may depend on)."""
     names = ["db", "worker", "web"][: rng.randint(2, 3)]
     apps = []
     for i, name in enumerate(names):
         deps = tuple(d for d in names[:i] if rng.random() < 0.5)
         apps.append(make_app(rng, name, deps))
-    return config(*apps)
+    if not cluster:
+        return config(*apps)
+    apps += [make_cluster_app(rng, name, known_bugs, tuple(names)) for name in CLUSTER_APPS]
+    return dataclasses.replace(config(*apps), cluster=ClusterConfig(
+        etcd=("127.0.0.1:1",), node="sim", lease_ttl=rng.choice([2, 3, 5, 10])))
 
 
-def faults(seed: int, steps: int) -> Simulation:
+def faults(seed: int, steps: int, known_bugs: frozenset[str] = KNOWN_BUGS) -> Simulation:
     """A daemon started on a random config, then `steps` random faults and commands."""
     rng = random.Random(seed)
-    sim = Simulation(seed, make_config(rng))
+    sim = Simulation(seed, make_config(rng, clustered(seed), known_bugs), known_bugs)
     sim.start()
     sim.at(SAMPLE_EVERY, sim.sample)
+    if sim.cluster is not None:
+        sim.at(rng.uniform(0.0, 1.0), sim.renew_tick)  # the agent joins: a first snapshot, then the lease
     for _ in range(steps):
         sim.advance(rng.expovariate(4.0))
-        sim.random_step()
+        if sim.cluster is not None and rng.random() < 0.3:
+            sim.random_cluster_step()
+        else:
+            sim.random_step()
     return sim
 
 
-def run_schedule(seed: int, steps: int = 30) -> Simulation:
+def run_schedule(seed: int, steps: int = 30, known_bugs: frozenset[str] = KNOWN_BUGS) -> Simulation:
     """Random faults and commands for `steps` steps, then faults stop and everything must converge."""
-    sim = faults(seed, steps)
+    sim = faults(seed, steps, known_bugs)
     settle(sim)
     return sim
 
 
-def shortest_failure(seed: int, steps: int = 30) -> str:
+def shortest_failure(seed: int, steps: int = 30, known_bugs: frozenset[str] = KNOWN_BUGS) -> str:
     """The failure of schedule `seed` cut to its shortest failing prefix (a schedule's first k
     steps are the same whatever its length), with that history: what to read first."""
     for k in range(steps + 1):
         try:
-            run_schedule(seed, k)
+            run_schedule(seed, k, known_bugs)
         except AssertionError as exc:
             return f"the first {k} of its {steps} steps are enough to fail:\n{exc}"
     return "no prefix fails alone: only the whole schedule does (see its last steps above)"
@@ -547,9 +881,13 @@ def settle(sim: Simulation) -> None:
             sim.at(sim.now, lambda p=proc: sim._beat(p))
     for name in sim.config.apps:
         sim.send(CommandReceived(("final", name), Verb.START, (name,), timeout=600.0))
+    if sim.cluster is not None:  # etcd is back for good: a last placement (no hand-over), the lease renewed
+        sim.etcd_down_until, sim.skip_renewals = 0.0, 0
+        sim.assign()  # (after the starts, which end every rollout)
+        sim.renew()
     # The operator also fixes the code (after the starts, which would cancel its rollout).
     fixed = {n: dataclasses.replace(a, command=("x", "fixed")) for n, a in sim.config.apps.items()}
-    sim.config = Config(sim.config.path, sim.config.supervise, fixed)
+    sim.config = dataclasses.replace(sim.config, apps=fixed)
     sim.send(CommandReceived(("fix",), Verb.RELOAD, config=sim.config, timeout=600.0))
     # Until settled: a crash loop's cooldown (20 s) + the longest backoff + a stop, at most.
     for _ in range(60):
@@ -574,6 +912,37 @@ def settle(sim: Simulation) -> None:
                   f"final start of {name}: {reply}")
     extra = sorted(set(status) - set(sim.config.apps))
     sim.check(not extra, f"apps removed from the config still there: {extra}")
+    if sim.cluster is not None:
+        _check_placement(sim, fenced=False)
+        if sim.rng.random() < 0.5:
+            _last_fence(sim)
+
+
+def _check_placement(sim: Simulation, fenced: bool) -> None:
+    """The node runs exactly the slots placed on it, each with its token (all were spawned after
+    the last snapshot: the fixed code rolled them); a singleton only while not fenced."""
+    status = sim.status()
+    for name, slots in sim.placed.items():
+        if name not in status:
+            continue
+        expected = {} if fenced and sim.config.apps[name].singleton else slots
+        running = {r["index"]: r.get("fencing_token") for r in status[name]["instances"]  # type: ignore[union-attr]
+                   if r["state"] == "running"}
+        sim.check(running == expected and len(status[name]["instances"]) == len(expected),  # type: ignore[arg-type]
+                  f"{name} runs {running} (of {status[name]['instances']}); placed here: {expected}")
+
+
+def _last_fence(sim: Simulation) -> None:
+    """etcd goes away for good: at the fence deadline the singleton stops, within the grace and the
+    kill; nothing else is touched."""
+    assert sim.fence_at is not None
+    sim.note("etcd goes away for good")
+    sim.etcd_down_until = float("inf")
+    others = {p.pid for p in sim.live() if not p.app.singleton}
+    sim.advance_to(sim.fence_at + sim.grace + KILL_LATENCY + EPSILON)
+    sim.check(not [p for p in sim.live() if p.app.singleton], "a singleton still alive after the last fence")
+    sim.check({p.pid for p in sim.live()} == others, "a fence touched more than singletons")
+    _check_placement(sim, fenced=True)
 
 
 def _up(app: dict[str, object]) -> bool:
@@ -589,9 +958,9 @@ def converged(sim: Simulation) -> bool:
         and "replacing" not in app for app in status.values())
 
 
-def run_shutdown(seed: int, steps: int = 20) -> Simulation:
+def run_shutdown(seed: int, steps: int = 20, known_bugs: frozenset[str] = KNOWN_BUGS) -> Simulation:
     """Random faults, then a drain: every process gone and exit 0, in bounded time."""
-    sim = faults(seed, steps)
+    sim = faults(seed, steps, known_bugs)
     sim.note("shutdown")
     sim.draining = True
     sim.feed(ShutdownRequested())
@@ -599,7 +968,8 @@ def run_shutdown(seed: int, steps: int = 20) -> Simulation:
     sim.advance(len(sim.config.apps) * (5.0 + KILL_LATENCY) + 1.0)
     sim.check(sim.exit_code == 0, "the drain did not end")
     sim.check(not sim.live(), f"processes alive after the drain: {[p.name for p in sim.live()]}")
-    sim.check(sim.events[-1] == {"type": "daemon", "event": "stopped"}, "no stopped event last")
+    before_exit = sim.events[:sim.events_at_exit]  # (a fence may follow: the daemon is gone, its timer is not)
+    sim.check(before_exit[-1:] == [{"type": "daemon", "event": "stopped"}], "no stopped event last")
     sim.check(sim.chaos_ended >= 1, "chaos was not ended when the drain began")
     return sim
 

@@ -72,6 +72,15 @@ MUTANTS = [
            "        waiter = self.waiters.pop(request_id, None)\n        if waiter is None:\n            return []",
            "        return []",
            "every command is answered by its timeout"),
+    Mutant("fence-forgets-singletons", "core/supervisor.py",
+           "            actions += group.fence(self._fence_grace, now)", "            pass",
+           "at a fence every singleton is told to stop at once and is gone within the grace and the kill"),
+    Mutant("singletons-start-fenced", "core/supervisor.py",
+           "if group.config.singleton and self._fenced:", "if False:",
+           "a singleton never gets a Spawn while the node is fenced"),
+    Mutant("spawn-drops-token", "core/instance.py",
+           "Spawn(inst.spawn_id, ctx.app, inst.index, inst.fence,", "Spawn(inst.spawn_id, ctx.app, inst.index, None,",
+           "every Spawn of a cluster app carries the token its slot was placed with"),
 ]
 
 RUNNER = """
