@@ -16,12 +16,12 @@ from supervise.core.actions import Action, Reply, ScaleCluster
 from supervise.core.events import Cause, CommandReceived, Verb
 from supervise.core.fleet import Fleet, Key
 from supervise.core.group import AppGroup
-from supervise.core.instance import ExitReason, Halt, Input, Instance, Launch, State
+from supervise.core.instance import ExitReason, Halt, Instance, Launch, State
 from supervise.core.registry import RequestTimeout
 from supervise.core.rollout import ChangeAction, RolloutState
 from supervise.core.views import status
 
-OPERATOR_INPUT: dict[Verb, Input] = {
+OPERATOR_INPUT: dict[Verb, Launch | Halt] = {
     Verb.START: Launch(manual=True),
     Verb.STOP: Halt(ExitReason.STOPPED),
     Verb.RESTART: Halt(ExitReason.STOPPED, then_start=True),
@@ -86,7 +86,7 @@ class Commands:
                                                             relaunch=cmd.verb is not Verb.STOP)
         for app_name, index in keys:
             group = groups[app_name]
-            actions += group.feed(group.slots[index], OPERATOR_INPUT[cmd.verb], now)
+            actions += group.operate(group.slots[index], OPERATOR_INPUT[cmd.verb], now)
         self._add_waiter(Waiter(cmd.request_id, cmd.verb, frozenset(keys), spawn_ids), cmd.timeout, now)
         return actions
 
@@ -282,6 +282,8 @@ class Commands:
         if inst.state is not State.STOPPED:
             return False
         group = self.fleet.groups.get(inst.app)
+        if group is not None and inst.index in group.deferred:
+            return False  # a singleton's start, waiting for its slot's other process to be gone
         rollout = group.rollout if group is not None and group.rolling else None
         return rollout is None or inst.index not in rollout.active
 

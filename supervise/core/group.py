@@ -49,6 +49,7 @@ class AppGroup:
     removed: bool = False  # gone from the config: deleted once nothing is left
     abandoned: dict[int, tuple[AppConfig, int]] = field(default_factory=dict)  # failed generation -> what works
     leaving: set[int] = field(default_factory=set)  # slots a scale-down is taking away
+    deferred: set[int] = field(default_factory=set)  # singleton slots to start once their other process is gone
     # Cluster apps: the slots the leader placed here (index -> fencing token); None until the
     # first snapshot arrives (what runs, adopted, keeps running). `held`: moved elsewhere, kept
     # running here until the new node has them ready, never started here.
@@ -72,7 +73,7 @@ class AppGroup:
     @property
     def busy(self) -> bool:
         """Anything for ``advance`` to do."""
-        return bool(self.successors or self.retiring or self.rolling or self.removed)
+        return bool(self.successors or self.retiring or self.rolling or self.removed or self.deferred)
 
     def up(self) -> bool:
         """Every slot is there and running: apps that depend on this one may start."""
@@ -81,6 +82,8 @@ class AppGroup:
 
     def wanted(self, index: int) -> bool:
         """Slot `index` belongs here: below the count, or (a cluster app) placed or held here."""
+        if self.removed:
+            return False
         if not self.config.clustered:
             return index < self.target
         if self.assigned is None:
@@ -89,6 +92,8 @@ class AppGroup:
 
     def wanted_indexes(self) -> Iterable[int]:
         """The slots to start when missing (a held one is never started here)."""
+        if self.removed:
+            return ()
         if not self.config.clustered:
             return range(self.target)
         return sorted(self.assigned or ())
@@ -99,6 +104,8 @@ class AppGroup:
     def new_instance(self, index: int, config: AppConfig | None = None, generation: int | None = None) -> Instance:
         inst = Instance(config or self.config, index, self.generation if generation is None else generation)
         inst.fence = (self.assigned or {}).get(index)
+        if inst.fence is None and index in self.slots:  # a held slot: the token it was placed here with
+            inst.fence = self.slots[index].fence
         return self.registry.track(inst)
 
     # -- feeding one instance -------------------------------------------------------
@@ -134,10 +141,10 @@ class AppGroup:
         for index in self.wanted_indexes():
             if index not in self.slots:
                 self.slots[index] = self.new_instance(index)
-                actions += self.feed(self.slots[index], Launch(), now)
+                actions += self.launch(self.slots[index], now)
             elif index in self.leaving:
                 self.leaving.discard(index)
-                actions += self.feed(self.slots[index], Launch(), now)
+                actions += self.launch(self.slots[index], now)
         for index, inst in sorted(self.slots.items(), reverse=True):
             if self.wanted(index):
                 continue
@@ -146,6 +153,37 @@ class AppGroup:
                 actions += self._retire_if_surplus(inst)
             else:  # also a stopping one, to cancel a pending restart
                 actions += self.feed(inst, Halt(ExitReason.STOPPED), now)
+        return actions
+
+    def launch(self, inst: Instance, now: float) -> list[Action]:
+        """Start `inst`; a singleton's waits until no other process of its slot lives (a rollout's
+        new one still stopping, a duplicate found at adoption): never two at once."""
+        if self.config.singleton and self._others_live(inst):
+            self.deferred.add(inst.index)
+            return []
+        return self.feed(inst, Launch(), now)
+
+    def operate(self, inst: Instance, event: Launch | Halt, now: float) -> list[Action]:
+        """An operator's start, stop or restart; a singleton's start waits for its slot's other process."""
+        starts = isinstance(event, Launch) or (event.then_start and inst.state not in LIVE_STATES)
+        if starts and self.config.singleton and self._others_live(inst):
+            self.deferred.add(inst.index)
+            return []
+        return self.feed(inst, event, now)
+
+    def _others_live(self, inst: Instance) -> bool:
+        return any(other is not inst and other.index == inst.index and other.state in LIVE_STATES
+                   for other in self.instances())
+
+    def _launch_deferred(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for index in sorted(self.deferred):
+            inst = self.slots.get(index)
+            if inst is None or not self.wanted(index):
+                self.deferred.discard(index)
+            elif not self._others_live(inst):
+                self.deferred.discard(index)
+                actions += self.feed(inst, Launch(), now)
         return actions
 
     def _retire_if_surplus(self, inst: Instance) -> list[Action]:
@@ -160,7 +198,7 @@ class AppGroup:
 
     # -- cluster: what the leader placed here, fencing --------------------------------
 
-    def assign(self, slots: Mapping[int, int], held: frozenset[int], now: float) -> list[Action]:
+    def assign(self, slots: Mapping[int, int], held: frozenset[int], now: float, start: bool = True) -> list[Action]:
         """Run exactly the slots placed here (and keep the held ones): start the new, stop the
         ones moved away. A live singleton whose slot now carries another fencing token was
         placed anew: its process holds a stale token, so it restarts with the new one. Any
@@ -174,7 +212,7 @@ class AppGroup:
                 stale, inst.fence = inst.fence is not None, token
                 if stale and inst.state in LIVE_STATES and self.config.singleton:
                     actions += self.feed(inst, Halt(ExitReason.FENCED, then_start=True), now)
-        return actions + self.converge(now)
+        return actions + self.converge(now) if start else actions
 
     def fence(self, grace: float, now: float) -> list[Action]:
         """This node may have lost its lease: every instance stops, killed after `grace` at most,
@@ -230,6 +268,8 @@ class AppGroup:
                     heir.last_exit = old.last_exit  # now with the code or signal it ended with
             if self.rolling:
                 progressed |= self._step_rollout(now, actions)
+        if self.deferred:
+            actions += self._launch_deferred(now)
         return actions
 
     def _promote(self, index: int, succ: Instance, now: float) -> list[Action]:
@@ -318,7 +358,7 @@ class AppGroup:
         while len(r.active) < max(r.surge, 1) and r.pending:
             index = r.pending.pop(0)
             old = self.slots.get(index)
-            if old is None or not self.wanted(index) or old.generation == r.generation:
+            if old is None or not self.wanted(index) or index in self.held or old.generation == r.generation:
                 continue  # removed by a scale, or already on the new generation
             if old.state is State.STOPPED:  # stopped by the operator: it stays stopped, on the new generation
                 old.config, old.generation = r.config, r.generation
@@ -367,7 +407,7 @@ class AppGroup:
                 old = self.slots.get(index)
                 if (relaunch and old is not None and old.stop_reason is ExitReason.RELOAD
                         and old.state in (State.STOPPING, State.STOPPED)):
-                    actions += self.feed(old, Launch(), now)  # surge 0: bring the old one back
+                    actions += self.launch(old, now)  # surge 0: bring the old one back
             r.active.clear()
             actions += self.end_rollout(RolloutState.CANCELLED, why, now)
         return actions

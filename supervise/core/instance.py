@@ -202,6 +202,7 @@ class Instance:
     rss: int | None = None
     over_memory: int = 0  # consecutive samples over max_memory
     fence: int | None = None  # a cluster instance's fencing token: its next spawn gets it
+    stop_by: float | None = None  # a Halt's grace as a deadline, kept for a process whose spawn is not reported yet
     spawned_fence: int | None = None  # the token its current process was given
 
     @property
@@ -255,6 +256,8 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             # Halted before the spawn was reported: deliver the stop now.
             inst.pid = pid
             inst.deadline = ctx.now + ctx.app.stop_timeout
+            if inst.stop_by is not None:
+                inst.deadline = max(ctx.now, min(inst.deadline, inst.stop_by))
             return _stop_signal(inst, ctx)
 
         case State.STARTING, ForkFailed(error=error):
@@ -278,17 +281,20 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             inst.stop_reason = reason
             inst.then_start = then_start
             inst.killed = False
+            inst.stop_by = None if grace is None else ctx.now + grace
             if inst.pid is None:
                 inst.deadline = None
                 return []
             inst.deadline = ctx.now + _grace(ctx.app.stop_timeout, grace)
             return _stop_signal(inst, ctx)
         case State.STOPPING, Halt(reason=reason, then_start=then_start, grace=grace):
-            if reason not in FAILURE_REASONS:  # an operator's stop, or a rollout's, overrides a health restart
-                inst.stop_reason = reason
+            if reason not in FAILURE_REASONS and inst.stop_reason is not ExitReason.FENCED:
+                inst.stop_reason = reason  # an operator's stop, or a rollout's, overrides a health restart
             inst.then_start = then_start
-            if grace is not None and inst.deadline is not None and not inst.killed:
-                inst.deadline = min(inst.deadline, ctx.now + grace)
+            if grace is not None:
+                inst.stop_by = ctx.now + grace if inst.stop_by is None else min(inst.stop_by, ctx.now + grace)
+                if inst.deadline is not None and not inst.killed:
+                    inst.deadline = min(inst.deadline, ctx.now + grace)
             return []
         case (State.STOPPED | State.BACKOFF | State.FAILED), Halt(reason=reason, then_start=then_start):
             inst.deadline = None
@@ -417,6 +423,7 @@ def _spawn(inst: Instance, ctx: Context) -> list[Action]:
     inst.last_beat = inst.heard_at = inst.fields = inst.rss = None
     inst.over_memory = 0
     inst.replace_for = None
+    inst.stop_by = None
     inst.spawn_id = ctx.new_spawn_id()
     inst.spawned_fence = inst.fence
     return [Spawn(inst.spawn_id, ctx.app, inst.index, inst.fence, ctx.fence_at if ctx.app.singleton else None)]

@@ -263,6 +263,10 @@ class Core:
         return [g for g in self._fleet if g.config.clustered and not g.removed
                 and (singletons is None or g.config.singleton == singletons)]
 
+    def _singleton_groups(self) -> list[AppGroup]:
+        """Every singleton app, a removed one still stopping too: fencing is about processes."""
+        return [g for g in self._fleet if g.config.singleton]
+
     def _apply_assignment(self, event: Assigned, now: float) -> list[Action]:
         """Run what the leader placed here. A fenced node keeps its singletons stopped: it takes
         them back only with the snapshot that comes with its lease's renewal."""
@@ -273,7 +277,8 @@ class Core:
         for group in self._cluster_groups():
             if group.config.singleton and self._fenced:
                 continue
-            actions += group.assign(event.slots.get(group.name, {}), event.held.get(group.name, frozenset()), now)
+            actions += group.assign(event.slots.get(group.name, {}), event.held.get(group.name, frozenset()), now,
+                                    start=group.name not in self._fleet.waiting)
         return actions
 
     def _renewed(self, fence_at: float, now: float) -> list[Action]:
@@ -284,8 +289,9 @@ class Core:
         if was_fenced and self._assigned is not None and not self.shutting_down:
             for group in self._cluster_groups(singletons=True):
                 actions += group.assign(self._assigned.slots.get(group.name, {}),
-                                        self._assigned.held.get(group.name, frozenset()), now)
-        live = tuple(inst.spawn_id for group in self._cluster_groups(singletons=True)
+                                        self._assigned.held.get(group.name, frozenset()), now,
+                                        start=group.name not in self._fleet.waiting)
+        live = tuple(inst.spawn_id for group in self._singleton_groups()
                      for inst in group.instances() if inst.spawn_id is not None)
         if live:
             actions.append(ExtendFence(live, fence_at))
@@ -302,7 +308,7 @@ class Core:
         self._fenced = True
         actions: list[Action] = []
         stopped: list[str] = []
-        for group in self._cluster_groups(singletons=True):
+        for group in self._singleton_groups():
             stopped += [inst.name for inst in group.instances() if inst.spawn_id is not None]
             actions += group.fence(self._fence_grace, now)
         event: dict[str, object] = {"type": "cluster", "event": "fenced", "node": self._node, "why": why,
@@ -332,6 +338,16 @@ class Core:
         self._deferred.clear()
         for group in fleet:
             actions += fleet.converge(group, now)
+        # A new daemon holds no lease yet: singletons it adopted stop until it does (the cluster may
+        # place them elsewhere meanwhile). The first renewal's snapshot starts them again.
+        adopted = [inst.name for group in self._singleton_groups() for inst in group.instances()
+                   if inst.spawn_id is not None]
+        if adopted:
+            for group in self._singleton_groups():
+                actions += group.fence(self._fence_grace, now)
+            actions.append(self._registry.publish({"type": "cluster", "event": "fenced", "node": self._node,
+                                                   "why": "adopted by a daemon that holds no lease yet",
+                                                   "stopped": adopted}, durable=False))
         return actions
 
     def _shutdown(self, now: float) -> list[Action]:

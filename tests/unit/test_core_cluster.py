@@ -13,7 +13,6 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 from fakeshell import KILL_LATENCY, FakeShell, app, config
 
 from supervise.config.model import AppConfig, ClusterConfig, Config, Placement, Readiness
@@ -444,25 +443,27 @@ def adopting_core(*found: Adopted) -> tuple[Core, list[Action]]:
 
 
 def test_adopted_cluster_instances_keep_their_tokens_and_run_on_when_assigned_the_same():
+    """A non-singleton runs on through a daemon restart; a singleton stops until the new daemon holds a
+    lease (the cluster may have placed it elsewhere meanwhile), then comes back with its slot's token."""
     core, actions = adopting_core(Adopted("spread", 0, 1, State.RUNNING, 501, fence=7),
                                   Adopted("leader", 0, 1, State.RUNNING, 502, fence=3))
     adopts = {a.app.name: a.spawn_id for a in actions if isinstance(a, Adopt)}
     assert set(adopts) == {"spread", "leader"}
-    out = core.handle(assigned(spread={0: 7}, leader={0: 3}), 1.0)
+    assert [a.spawn_id for a in actions if isinstance(a, Signal)] == [adopts["leader"]]
+    out = core.handle(Exited(adopts["leader"], None, None, lost=True), 0.5)
+    out += core.handle(assigned(spread={0: 7}, leader={0: 3}), 1.0)
     out += core.handle(LeaseRenewed(5.0), 1.0)
-    assert not [a for a in out if isinstance(a, Spawn | Signal | KillTree)]
-    assert ExtendFence((adopts["leader"],), 5.0) in out
-    tokens = {i["name"]: i["fencing_token"] for a in core.view.status(1.0)["apps"] for i in a["instances"]}  # type: ignore[index, union-attr]
-    assert tokens == {"spread:0": 7, "leader:0": 3}
-    assert [(c.name, c.fence) for c in core.view.cluster_instances()] == [("leader:0", 3), ("spread:0", 7)]
+    assert not [a for a in out if isinstance(a, Signal | KillTree)]
+    assert [(a.app.name, a.fencing_token) for a in out if isinstance(a, Spawn)] == [("leader", 3)]
 
 
 def test_an_adopted_singleton_placed_with_a_new_token_restarts_with_it():
     core, actions = adopting_core(Adopted("leader", 0, 1, State.RUNNING, 502, fence=3))
     [adopt] = [a for a in actions if isinstance(a, Adopt)]
+    assert Signal(adopt.spawn_id, leader().stop_signal) in actions  # no lease yet: it stops
     out = core.handle(assigned(leader={0: 4}), 1.0)
     out += core.handle(LeaseRenewed(5.0), 1.0)
-    assert [a for a in out if isinstance(a, Signal)] == [Signal(adopt.spawn_id, leader().stop_signal)]
+    assert not [a for a in out if isinstance(a, Spawn)], "not beside the old one, still stopping"
     out = core.handle(Exited(adopt.spawn_id, None, None, lost=True), 1.5)
     [spawn] = [a for a in out if isinstance(a, Spawn)]
     assert (spawn.fencing_token, spawn.fencing_deadline) == (4, 5.0)
@@ -480,8 +481,6 @@ def test_an_adopted_cluster_instance_runs_on_until_the_first_assigned_then_follo
 # -- bugs found: each fails until the core is fixed --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a new instance for a held slot (a rollout's successor) is spawned "
-                                       "with fencing_token None: new_instance takes tokens only from `assigned`")
 def test_a_new_instance_for_a_held_slot_carries_its_token():
     shell = running(spread(), fence_at=None, spread={0: 1, 1: 2})
     shell.feed(assigned(held={"spread": {0}}, spread={1: 2}))
@@ -490,18 +489,16 @@ def test_a_new_instance_for_a_held_slot_carries_its_token():
     assert shell.spawns[mark:] and all(s.fencing_token is not None for s in shell.spawns[mark:])
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a singleton adopted without a recorded token (a worker found by "
-                                       "its environment) is never restarted for its slot's token: None is not stale")
 def test_an_adopted_singleton_whose_token_is_unknown_restarts_with_the_token_of_its_slot():
     core, actions = adopting_core(Adopted("leader", 0, 1, State.RUNNING, 502, fence=None))
     [adopt] = [a for a in actions if isinstance(a, Adopt)]
+    assert Signal(adopt.spawn_id, leader().stop_signal) in actions
+    core.handle(Exited(adopt.spawn_id, None, None, lost=True), 0.5)
     out = core.handle(assigned(leader={0: 4}), 1.0)
     out += core.handle(LeaseRenewed(5.0), 1.0)
-    assert [a for a in out if isinstance(a, Signal)] == [Signal(adopt.spawn_id, leader().stop_signal)]
+    assert [a.fencing_token for a in out if isinstance(a, Spawn)] == [4]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a Halt's grace is forgotten when the pid is not known yet; "
-                                       "Forked in STOPPING re-arms the full stop_timeout")
 def test_a_singleton_fenced_before_its_spawn_is_reported_is_killed_within_the_grace():
     core = Core(cluster_config(leader(stop_timeout=10.0)), random.Random(0))
     core.handle(DaemonStarted(), 0.0)
@@ -513,18 +510,15 @@ def test_a_singleton_fenced_before_its_spawn_is_reported_is_killed_within_the_gr
     assert core.next_deadline() is not None and core.next_deadline() <= 4.0 + GRACE  # but killed at 14.01
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a node starts fenced, so an adopted live singleton is never "
-                                       "fenced: LeaseLost is ignored and a snapshot moving it away is skipped")
 def test_an_adopted_singleton_is_stopped_when_the_lease_is_lost_before_any_renewal():
     core, actions = adopting_core(Adopted("leader", 0, 1, State.RUNNING, 502, fence=3))
     [adopt] = [a for a in actions if isinstance(a, Adopt)]
+    assert Signal(adopt.spawn_id, leader().stop_signal) in actions  # at once: no lease is held yet
     out = core.handle(LeaseLost(), 1.0)
-    out += core.handle(assigned(leader={}), 1.0)  # the leader moved it elsewhere
-    assert [a for a in out if isinstance(a, Signal)] == [Signal(adopt.spawn_id, leader().stop_signal)]
+    out += core.handle(assigned(leader={}), 1.0)
+    assert not [a for a in out if isinstance(a, Spawn)]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: an adopted singleton that crashes on a fenced node (no lease "
-                                       "renewed yet) is restarted, with fencing_deadline None")
 def test_a_fenced_node_never_restarts_an_adopted_singleton():
     core, actions = adopting_core(Adopted("leader", 0, 1, State.RUNNING, 502, fence=3))
     [adopt] = [a for a in actions if isinstance(a, Adopt)]
@@ -533,8 +527,6 @@ def test_a_fenced_node_never_restarts_an_adopted_singleton():
     assert [a for a in out if isinstance(a, Spawn)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: removing a cluster app from the config never stops its "
-                                       "instances (wanted() follows the last Assigned; removed groups get none)")
 def test_removing_a_cluster_app_from_the_config_stops_it():
     shell = running(spread(), app("web"), fence_at=None, spread={0: 1, 1: 2})
     shell.command("reload", config=cluster_config(app("web")))
@@ -543,8 +535,6 @@ def test_removing_a_cluster_app_from_the_config_stops_it():
     assert "spread" not in shell.status()
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Assigned converges a cluster app directly (AppGroup.assign), "
-                                       "skipping the wait for the local apps it depends on")
 def test_a_cluster_app_waits_for_its_dependencies_even_when_assigned():
     shell = ClusterShell(cluster_config(app("db", readiness=Readiness.HEARTBEAT), spread(depends_on=("db",))))
     shell.start()
@@ -553,8 +543,6 @@ def test_a_cluster_app_waits_for_its_dependencies_even_when_assigned():
     assert shell.spawned("spread") == []  # spawned while its status says it waits for db
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: at surge 0, a rollout cancelled (here by `start`) relaunches the "
-                                       "old singleton while the dropped new one is still stopping: two run at once")
 def test_a_cancelled_rollout_never_runs_two_instances_of_a_singleton():
     shell = running(leader(reload_surge=0), fence_at=100.0, leader={0: 1})
     old = shell.sid("leader:0")
@@ -565,9 +553,6 @@ def test_a_cancelled_rollout_never_runs_two_instances_of_a_singleton():
     assert len(shell.live()) <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: after a restart on a stale checkpoint, a live singleton found "
-                                       "as a stray is retired and stopped while its slot starts a new process at "
-                                       "once: two run at once (converge does not wait for retiring instances)")
 def test_a_new_daemon_never_runs_a_singleton_beside_the_one_it_found_running():
     core = Core(cluster_config(leader()), random.Random(0))
     # The checkpoint predates the last spawn: it names the slot without a process; the live worker is a stray.
@@ -581,8 +566,6 @@ def test_a_new_daemon_never_runs_a_singleton_beside_the_one_it_found_running():
     assert [(a.index, a.fencing_token) for a in out if isinstance(a, Spawn)] == [(0, 4)]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: AppGroup.fence's converge feeds Halt(STOPPED) after "
-                                       "Halt(FENCED), which overrides the stop reason")
 def test_a_fenced_singleton_exits_as_fenced():
     shell = running(leader(), fence_at=100.0, leader={0: 1})
     shell.feed(LeaseLost())

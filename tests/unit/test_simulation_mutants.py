@@ -73,7 +73,9 @@ MUTANTS = [
            "        return []",
            "every command is answered by its timeout"),
     Mutant("fence-forgets-singletons", "core/supervisor.py",
-           "            actions += group.fence(self._fence_grace, now)", "            pass",
+           "stopped += [inst.name for inst in group.instances() if inst.spawn_id is not None]\n"
+           "            actions += group.fence(self._fence_grace, now)",
+           "stopped += [inst.name for inst in group.instances() if inst.spawn_id is not None]",
            "at a fence every singleton is told to stop at once and is gone within the grace and the kill"),
     Mutant("singletons-start-fenced", "core/supervisor.py",
            "if group.config.singleton and self._fenced:", "if False:",
