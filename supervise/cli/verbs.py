@@ -90,6 +90,10 @@ def cmd_check(args: SimpleNamespace) -> None:
         summary += f"; cluster {cfg.cluster.name!r} through {', '.join(cfg.cluster.etcd)}: "
         summary += ", ".join(f"{app.name} ({_cluster_count(app)})" for app in clustered)
     print(f"{args.config}: ok ({summary})")
+    from supervise.runtime.limits import check_fds  # warnings only: the config is fine
+
+    for warning in check_fds(cfg):
+        print(warning, file=sys.stderr)
     try:
         plan = Control(StatePaths(cfg.supervise.state_dir)).request(protocol.Request("reload", dry_run=True))
     except (NoDaemon, ControlError, OSError):

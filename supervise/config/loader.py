@@ -21,6 +21,7 @@ from supervise.config.errors import ConfigError, Problem
 from supervise.config.lines import Key, LineIndex, key_text
 from supervise.config.locate import DEFAULT_STATE_DIR
 from supervise.config.model import (
+    RLIMIT_KEYS,
     AppConfig,
     BackoffConfig,
     ClusterConfig,
@@ -238,7 +239,37 @@ def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
         "singleton": units.boolean,
         "constraints": _labels,
         "spread": _label_key,
+        "rlimits": _rlimits,
     }
+
+
+def _rlimits(value: Any) -> dict[str, int | None]:
+    """``rlimits = { nofile = 65536, core = 0, nproc = "unlimited" }``: None stands for unlimited.
+
+    A value above the daemon's hard limit is no config error (the daemon may run with another
+    one): it is clamped to that hard limit at spawn, with a warning, and `supervise check` warns.
+    """
+    if not isinstance(value, dict):
+        raise units.expected("a table like { nofile = 65536, core = 0 }", value)
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    limits: dict[str, int | None] = {}
+    for key, item in value.items():
+        if key not in RLIMIT_KEYS:
+            errors.append(((key,), f"unknown limit{did_you_mean(key, RLIMIT_KEYS)}; "
+                                   f"supervise sets {', '.join(RLIMIT_KEYS)}"))
+        elif item == "unlimited" and key == "nofile":
+            errors.append(((key,), 'nofile cannot be "unlimited" (the kernel caps it at fs.nr_open): '
+                                   "give a number, like 65536"))
+        elif item == "unlimited":
+            limits[key] = None
+        elif units.is_int(item) and item >= 0:
+            limits[key] = item
+        else:
+            what = "an integer >= 0" if key == "nofile" else 'an integer >= 0 or "unlimited"'
+            errors.append(((key,), units.expected(what, item).args[0]))
+    if errors:
+        raise Invalid.many(errors)
+    return limits
 
 
 # -- cluster ------------------------------------------------------------------------

@@ -14,8 +14,12 @@ from pathlib import Path
 
 __all__ = [
     "AppConfig", "BackoffConfig", "ClusterConfig", "Config", "CrashLoopConfig", "LogFormat", "LogLevel", "Placement",
-    "Readiness", "Restart", "SuperviseConfig",
+    "Readiness", "Restart", "SuperviseConfig", "RLIMIT_KEYS",
 ]
+
+RLIMIT_KEYS = ("nofile", "core", "nproc")
+"""The keys of an app's ``rlimits`` table: RLIMIT_NOFILE (descriptors), RLIMIT_CORE (bytes),
+RLIMIT_NPROC (processes and threads of the user)."""
 
 
 class Restart(StrEnum):
@@ -81,6 +85,9 @@ class AppConfig:
     singleton: bool = False  # one instance cluster-wide, fenced: never two at once
     constraints: Mapping[str, str] = field(default_factory=dict)  # node labels it needs
     spread: str | None = None  # a label key: spread instances evenly over its values
+    # Resource limits of each instance, by RLIMIT_KEYS name: a number, or None for unlimited. An
+    # absent key is inherited from the daemon, except nofile: the soft limit the daemon started with.
+    rlimits: Mapping[str, int | None] = field(default_factory=dict)
 
     @property
     def clustered(self) -> bool:

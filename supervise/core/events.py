@@ -177,6 +177,14 @@ class DaemonStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class Stalled:
+    """The daemon's loop ran ``seconds`` late (a pause, a swap storm, a blocked disk): judge liveness
+    afresh. Comes before the DeadlineReached that found the lateness."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Assigned:
     """What the cluster's leader has placed on this node: a whole snapshot of every cluster app.
 
@@ -217,4 +225,4 @@ class ClusterNews:
 
 Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Drained | Sampled | CommandReceived | FilesChanged
          | ShutdownRequested | DeadlineReached | Recovered | DaemonStarted | Assigned | LeaseRenewed | LeaseLost
-         | ClusterNews)
+         | ClusterNews | Stalled)

@@ -160,8 +160,16 @@ class Resumed:
     running_for: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Unheard:
+    """The daemon's own loop stood still for ``seconds``: what a worker said meanwhile waits unread, so
+    its silence proves nothing. Liveness is judged afresh from now; a start gets the time back."""
+
+    seconds: float
+
+
 Input = (Launch | Halt | Forked | ForkFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
-         | Resumed)
+         | Resumed | Unheard)
 
 MEMORY_HYSTERESIS = 3
 """Consecutive samples over max_memory before a restart: a brief spike does not kill."""
@@ -304,6 +312,19 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             inst.state = State.STOPPED
             return []
 
+        case State.RUNNING, Unheard():
+            inst.last_beat = ctx.now  # a full heartbeat_timeout from the moment the loop runs again
+            timeout = ctx.app.heartbeat_timeout
+            if timeout is not None and inst.deadline is not None:
+                inst.deadline = max(inst.deadline, ctx.now + timeout)
+            return []
+        case State.STARTING, Unheard(seconds=seconds):
+            if inst.deadline is not None:  # a ready message may wait unread: the stall does not count
+                inst.deadline += seconds
+            return []
+        case _, Unheard():
+            return []  # stops, backoffs and cooldowns are not judged on what a worker said
+
         case State.STARTING, TimerFired() if inst.trial and ctx.app.readiness is Readiness.NONE:
             return _become_running(inst, ctx)  # stayed up through TRIAL_SETTLE
         case State.STARTING, TimerFired():
@@ -312,7 +333,8 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
         case State.RUNNING, TimerFired() if ctx.app.heartbeat_timeout is not None:
             # Beats only move last_beat; the deadline is re-armed lazily here, so
             # a beat costs no timer work and the check still fires on time.
-            due = (inst.last_beat or inst.running_since or ctx.now) + ctx.app.heartbeat_timeout
+            heard = inst.last_beat if inst.last_beat is not None else inst.running_since  # 0.0 is a time too
+            due = (heard if heard is not None else ctx.now) + ctx.app.heartbeat_timeout
             if ctx.now < due:
                 inst.deadline = due
                 return []

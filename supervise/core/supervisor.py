@@ -53,6 +53,7 @@ from supervise.core.events import (
     ShutdownRequested,
     Spawned,
     SpawnFailed,
+    Stalled,
     Verb,
 )
 from supervise.core.fleet import Fleet
@@ -72,6 +73,7 @@ from supervise.core.instance import (
     Resumed,
     State,
     TimerFired,
+    Unheard,
 )
 from supervise.core.registry import FenceDeadline, Registry, RequestTimeout
 from supervise.core.views import View, summary
@@ -155,6 +157,8 @@ class Core:
                 actions += self._renewed(fence_at, now)
             case LeaseLost():
                 actions += self._fence(now, "etcd says the lease is gone")
+            case Stalled(seconds=seconds):
+                actions += self._stalled(seconds, now)
             case ClusterNews(event=news):
                 actions.append(self._registry.publish({"type": "cluster", **news}, durable=False))
         return actions + self._follow_through(now)
@@ -256,6 +260,16 @@ class Core:
                  "more": max(0, len(paths) - WATCH_PATHS_SHOWN)}
         reload = CommandReceived(None, Verb.RELOAD, tuple(live), cause=Cause.WATCH)
         return [self._registry.publish(event, durable=False), *self._commands.handle(reload, now)]
+
+    def _stalled(self, seconds: float, now: float) -> list[Action]:
+        """The loop stood still: nobody is hung for silence it could not hear. (A fence is not
+        liveness: it still fires, and first.)"""
+        actions: list[Action] = [self._registry.publish({"type": "daemon", "event": "stalled",
+                                                         "seconds": round(seconds, 3)}, durable=False)]
+        for group in list(self._fleet):
+            for inst in list(group.instances()):
+                actions += group.feed(inst, Unheard(seconds), now)
+        return actions
 
     # -- cluster: placement and fencing ---------------------------------------------
 

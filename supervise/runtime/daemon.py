@@ -55,7 +55,7 @@ from supervise.core import (
     Verb,
 )
 from supervise.core.actions import ExtendFence, ScaleCluster
-from supervise.core.events import Cause
+from supervise.core.events import Cause, Stalled
 from supervise.runtime import adoption, checkpoint, killing, process, reloading, sdnotify
 from supervise.runtime.chaos_sessions import ChaosSessions
 from supervise.runtime.chores import Checkpointer, LogChecks, Sampling, ServiceManager
@@ -75,6 +75,9 @@ if TYPE_CHECKING:
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 EARLY_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 NOT_IN_CLUSTER = "this daemon is not in a cluster: its config has no [cluster] section"
+STALL_MARGIN = 0.5
+"""Seconds a deadline may fire late before the daemon counts it as a stall of its own loop: above a
+loaded machine's scheduling jitter, below any sensible heartbeat_timeout."""
 EXIT_CRASHED = 70  # EX_SOFTWARE: the core failed; the workers run on for the next daemon to adopt
 
 
@@ -111,6 +114,7 @@ class Daemon:
         self._exit: asyncio.Future[int] = loop.create_future()
         loop.set_exception_handler(self._loop_error)
         subreaper = process.become_subreaper()
+        process.raise_nofile(self.log)  # workers get the soft limit the daemon started with
         self._open_sockets()
         self.listeners = Listeners()
         self.workers = WorkerTable(loop, self.paths, self.listeners, self.heartbeats, self._executor, self.dispatch,
@@ -317,10 +321,17 @@ class Daemon:
             self._timer.cancel()
             self._timer = None
         if deadline is not None and not self._exit.done():
-            self._timer = self.loop.call_at(deadline, self._on_deadline)
+            self._timer = self.loop.call_at(deadline, self._on_deadline, deadline)
 
-    def _on_deadline(self) -> None:
+    def _on_deadline(self, due: float) -> None:
+        """A deadline came; one that came more than STALL_MARGIN late means the loop stood still (a
+        SIGSTOP, a VM pause, swap): the core hears of the stall first, so that it judges liveness
+        afresh instead of declaring hung every worker whose beats wait unread on the socket."""
         self._timer = None
+        late = self.loop.time() - due
+        if late > STALL_MARGIN:
+            self.log.warning("the daemon's loop stood still; liveness is judged afresh", seconds=round(late, 3))
+            self.dispatch(Stalled(late))
         self.dispatch(DeadlineReached())
 
     def _run_actions(self, actions: list[Action]) -> None:

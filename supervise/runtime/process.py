@@ -22,12 +22,15 @@ from pathlib import Path
 
 import psutil
 
+from supervise.runtime import limits
 from supervise.runtime.cgroups import Cgroups
 from supervise.runtime.cgroups import owner_name as cgroups_owner
+from supervise.runtime.limits import raise_nofile
 
 __all__ = [
     "START_TOLERANCE", "Cgroups", "Child", "SpawnError", "SpawnSpec", "become_subreaper", "cgroups_owner",
-    "environ_of", "is_zombie", "proc_stat", "process_if_same", "reap", "same_process", "send_signal", "spawn",
+    "environ_of", "is_zombie", "proc_stat", "process_if_same", "raise_nofile", "reap", "same_process", "send_signal",
+    "spawn",
 ]
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -61,6 +64,7 @@ class SpawnSpec:
     name: str  # "web:0"; names the instance's cgroup
     pass_fds: tuple[int, ...] = ()
     launcher: tuple[str, ...] = ()  # run argv through this (it execs argv); e.g. to set LISTEN_PID
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (resource, soft, hard) to set before argv runs: limits.for_child
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,9 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
         raise SpawnError(f"cwd does not exist: {spec.cwd}")
     if not spec.cwd.is_dir():
         raise SpawnError(f"cwd is not a directory: {spec.cwd}")
-    if spec.launcher and _resolve(spec.argv[0], spec.cwd, spec.env.get("PATH", os.defpath)) is None:
+    # Limits last: the listen launcher moves passed fds down to 3, 4, ... before a lower nofile applies.
+    launcher = spec.launcher + limits.launcher(spec.rlimits)
+    if launcher and _resolve(spec.argv[0], spec.cwd, spec.env.get("PATH", os.defpath)) is None:
         # Through a launcher a missing command would only show as its exit 127: say it here.
         raise SpawnError(_explain_spawn_failure(spec, FileNotFoundError(errno.ENOENT, "not found")))
     log_fd = _open_log(spec.log_path)
@@ -110,7 +116,7 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
         # keeps spawning fast however big the daemon gets. Output goes to a file,
         # not a pipe, so a worker never blocks on (or dies with) the daemon.
         proc = subprocess.Popen(
-            spec.launcher + spec.argv, cwd=spec.cwd, env=dict(spec.env),
+            launcher + spec.argv, cwd=spec.cwd, env=dict(spec.env),
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
             close_fds=True, pass_fds=spec.pass_fds,
             start_new_session=True,  # own session and process group: pgid == pid
@@ -146,7 +152,8 @@ def _open_log(path: Path) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             return os.open(path, flags, LOG_FILE_MODE)
     except OSError as exc:
-        raise SpawnError(f"cannot open log file {path}: {exc.strerror}") from None
+        what = f"cannot open log file {path}: {exc.strerror}"
+        raise SpawnError(limits.describe_out_of_fds(exc, what) or what) from None
 
 
 def _disarm(proc: subprocess.Popen[bytes]) -> None:
@@ -161,6 +168,10 @@ def _disarm(proc: subprocess.Popen[bytes]) -> None:
 
 def _explain_spawn_failure(spec: SpawnSpec, exc: OSError) -> str:
     command = spec.argv[0]
+    # Popen's pipe in the daemon, or a copy of the daemon's table in the child before exec: the daemon's fault.
+    out_of_fds = limits.describe_out_of_fds(exc, f"cannot start {command!r}: {exc.strerror}")
+    if out_of_fds is not None:
+        return out_of_fds
     if exc.filename is not None and os.fsdecode(exc.filename) == os.fsdecode(spec.cwd):
         return f"cannot enter cwd {spec.cwd}: {exc.strerror}"
     path_var = spec.env.get("PATH", os.defpath)

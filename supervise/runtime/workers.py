@@ -22,7 +22,7 @@ from pathlib import Path
 
 from supervise.config.model import AppConfig
 from supervise.core import Adopt, Event, Exited, Spawn, Spawned, SpawnFailed
-from supervise.runtime import killing, process
+from supervise.runtime import killing, limits, process
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.listeners import environment as listen_environment
@@ -80,6 +80,7 @@ class WorkerTable:
         self.cgroups: process.Cgroups | None = None
         self._by_pid: dict[int, Worker] = {}
         self._by_spawn: dict[int, Worker] = {}
+        self._rlimit_warned: dict[str, list[str]] = {}  # app -> the clamped limits logged, once per change
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(self._by_pid.values())  # callers iterate without yielding to the loop
@@ -126,8 +127,13 @@ class WorkerTable:
             launcher = self.listeners.launcher(fds)
             env.update(listen_environment(app.listen))
         log_path = self.paths.log_file(app.name, index)
+        rlimits, clamped = limits.for_child(app.rlimits)
+        if clamped and self._rlimit_warned.get(app.name) != clamped:
+            self._rlimit_warned[app.name] = clamped
+            for warning in clamped:
+                self.log.warning("an rlimit of the app is clamped", app=app.name, warning=warning)
         spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, log_path=log_path, name=name,
-                                 pass_fds=fds, launcher=launcher)
+                                 pass_fds=fds, launcher=launcher, rlimits=rlimits)
         try:
             child = process.spawn(spec, self.cgroups)
         except process.SpawnError as exc:
