@@ -36,6 +36,8 @@ class Leftovers:
     inherited: Mapping[int, Inherited]
     lost: tuple[str, ...]  # instances whose recorded process is gone
     strays: int  # live workers no checkpoint named
+    dead_tokens: tuple[str, ...] = ()  # of the lost: what their leftovers carry in their environment
+    dead_cgroups: tuple[str, ...] = ()  # of the lost: their cgroups, where they had one
 
 
 def unclaimed_strays(strays: Iterable[Stray], known_tokens: set[str]) -> list[Stray]:
@@ -97,10 +99,12 @@ def leftovers(found: Checkpoint | None, strays: Iterable[Stray], alive: Callable
     instances: list[Adopted] = []
     inherited: dict[int, Inherited] = {}
     lost: list[str] = []
+    dead: list[InstanceRecord] = []
     for record in records:
         live = record.pid is not None and alive(record)
         if record.pid is not None and not live:
             lost.append(f"{record.app}:{record.index}")
+            dead.append(record)
         instances.append(adopted_from_record(record, live, wall))
         if live and record.pid is not None:
             inherited[record.pid] = Inherited(record.token, record.create_time, record.log_path, record.cgroup,
@@ -110,7 +114,11 @@ def leftovers(found: Checkpoint | None, strays: Iterable[Stray], alive: Callable
         instances.append(adopted_from_stray(stray, wall))
         inherited[stray.pid] = Inherited(stray.token, stray.create_time)
     apps = app_records(found.apps) if found is not None else {}
-    return Leftovers(Recovered(apps, tuple(instances)), inherited, tuple(lost), len(chosen))
+    live_tokens = {stray.token for stray in chosen} | {i.token for i in inherited.values() if i.token}
+    live_cgroups = {i.cgroup for i in inherited.values()}
+    return Leftovers(Recovered(apps, tuple(instances)), inherited, tuple(lost), len(chosen),
+                     tuple(r.token for r in dead if r.token and r.token not in live_tokens),
+                     tuple(r.cgroup for r in dead if r.cgroup and r.cgroup not in live_cgroups))
 
 
 def find(found: Checkpoint | None, heartbeat_endpoint: str, wall: float) -> Leftovers:

@@ -105,6 +105,7 @@ class Daemon:
         self._keeping_workers = False  # exiting and leaving the workers to the next daemon
         self._then_apply: Config | None = None  # adopted under the checkpoint's config: apply this one after
         self._inherited: dict[int, Inherited] = {}  # what adopted workers' records say beyond the core's view
+        self._adopted_tokens: set[str] = set()  # their children are not ours: the last sweep looks for these
         self.cluster: ClusterLink | None = None  # with [cluster]: the agent's link to the loop
 
     # -- lifecycle --------------------------------------------------------------------
@@ -219,6 +220,11 @@ class Daemon:
             leftovers = await self.loop.run_in_executor(self._executor, killing.kill_all_descendants)
             if leftovers:
                 self.log.warning("killed leftover descendants", count=leftovers)
+            if self._adopted_tokens:  # an adopted worker's children went to init, not to us, when it exited
+                strays = await self.loop.run_in_executor(self._executor, killing.kill_leftovers,
+                                                         self._adopted_tokens, ())
+                if strays:
+                    self.log.warning("killed what adopted workers left behind", pids=sorted(strays))
             self.workers.reap()
         self.workers.close()
         self.heartbeats.close()
@@ -467,6 +473,13 @@ class Daemon:
         """
         found, leftovers = adoption.read(self.paths.checkpoint, self.workers.heartbeat_endpoint, self.log)
         self._inherited = dict(leftovers.inherited)
+        self._adopted_tokens = {i.token for i in leftovers.inherited.values() if i.token}
+        if leftovers.dead_tokens or leftovers.dead_cgroups:
+            # What a worker that died while no daemon ran left behind (a forked child, re-parented
+            # away from us) goes before its slot is restarted: no old code serving beside the new.
+            swept = killing.kill_leftovers(leftovers.dead_tokens, leftovers.dead_cgroups)
+            if swept:
+                self.log.warning("killed what dead workers left behind", pids=sorted(swept))
         if not leftovers.event.instances:
             return None
         old = reloading.recorded_config(found, self.config, self.log)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Collection, Iterable
+from pathlib import Path
 
 import psutil
 
@@ -28,15 +29,18 @@ __all__ = ["kill_all_descendants", "kill_tree"]
 _SWEEP_PASSES = 5
 
 
-def kill_tree(child: Child, token: str | None, workers: Collection[int] = ()) -> int:
+def kill_tree(child: Child, token: str | None, workers: Collection[int] = (), anywhere: bool = False) -> int:
     """SIGKILL an instance's whole process tree; returns how many processes were signalled.
 
     Safe when everything is already gone, and never signals a reused pid. It
     walks /proc, so call it off the event loop. `workers`: pids of live
     workers, which the token sweep need not read (only orphans can match). `child.pidfd`, when set, must
-    stay open until this returns.
+    stay open until this returns. `anywhere`: look for the token in all of /proc, not only among our
+    children (an adopted worker's: its children are not re-parented to us).
     """
     signalled: set[int] = set()
+    if anywhere and token:
+        signalled |= kill_leftovers((token,), ())
     if child.cgroup is not None:
         in_cgroup = kill_cgroup(child.cgroup)
         if in_cgroup is not None:
@@ -45,7 +49,7 @@ def kill_tree(child: Child, token: str | None, workers: Collection[int] = ()) ->
             # and the move, a fast binary) is still in its process group or,
             # if it setsid'ed and its parent exited, an orphan of ours with the
             # token: both are cheap to reach, so the full /proc walks are skipped.
-            return len(in_cgroup | _kill_process_group(child) | _kill_token_holders(token, workers))
+            return len(signalled | in_cgroup | _kill_process_group(child) | _kill_token_holders(token, workers))
     for _ in range(_SWEEP_PASSES):
         found = (
             _kill_leader(child)
@@ -196,3 +200,30 @@ def _children(proc: psutil.Process) -> list[psutil.Process]:
         return proc.children(recursive=True)
     except psutil.Error:
         return []
+
+
+def kill_leftovers(tokens: Collection[str], cgroups: Iterable[str]) -> set[int]:
+    """Everything that instances whose main process died while no daemon ran left behind: their
+    cgroups, and every process carrying one of their tokens (a forked child re-parented away from
+    us, to init, is nobody's child here: only its environment still names its spawn).
+
+    One pass over /proc, at start only, before the slots are restarted.
+    """
+    killed: set[int] = set()
+    for path in cgroups:
+        killed |= kill_cgroup(Path(path)) or set()
+    wanted = set(tokens)
+    if not wanted:
+        return killed
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        if environ_of(int(entry.name)).get(protocol.ENV_TOKEN) in wanted:
+            try:
+                proc = psutil.Process(int(entry.name))
+            except psutil.Error:
+                continue
+            killed |= _kill_live([proc, *_children(proc)])
+    return killed
+

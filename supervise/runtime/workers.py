@@ -218,7 +218,7 @@ class WorkerTable:
     def sweep(self, worker: Worker) -> None:
         """Kill what is left of a worker's tree, off the loop (it walks /proc)."""
         future = self.loop.run_in_executor(self.executor, killing.kill_tree, worker.child, worker.token,
-                                           self.pids())
+                                           self.pids(), worker.adopted)
         future.add_done_callback(lambda done: self._swept(worker, done))
 
     def _swept(self, worker: Worker, done: asyncio.Future[int]) -> None:
@@ -254,7 +254,9 @@ class WorkerTable:
         del self._by_spawn[worker.spawn_id]
         self._forget_pidfd(worker)
         self.heartbeats.unregister(worker.token, worker.spawn_id)
-        if not self.draining():
+        if worker.adopted:  # its children went to init, where the shutdown's last sweep does not look
+            self.sweep(worker)
+        elif not self.draining():
             self.loop.call_later(SWEEP_DELAY, self.sweep, worker)
 
     def _forget_pidfd(self, worker: Worker) -> None:
