@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from textwrap import dedent
-
 import pytest
+from test_config import in_tmp, load_text, problems  # noqa: F401  (in_tmp: an autouse fixture)
 
-from supervise.config.loader import ConfigError, load
 from supervise.config.model import Placement
 
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def load_text(text: str):
-    path = Path("supervise.toml")
-    path.write_text(dedent(text).lstrip("\n"))
-    return load(path)
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load_text(text)
-    return [str(problem) for problem in caught.value.problems]
-
-
-def test_a_full_cluster_config(in_tmp: Path) -> None:
-    (in_tmp / "ca.pem").write_text("x")
-    (in_tmp / "c.pem").write_text("x")
-    (in_tmp / "k.pem").write_text("x")
+def test_a_full_cluster_config(tmp_path) -> None:  # the cwd: in_tmp moved there
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
     config = load_text("""
         [cluster]
         etcd = ["127.0.0.1:2379", "https://etcd2:2379/"]
@@ -68,7 +47,7 @@ def test_a_full_cluster_config(in_tmp: Path) -> None:
     assert cluster.etcd == ("127.0.0.1:2379", "https://etcd2:2379")
     assert (cluster.name, cluster.node, cluster.lease_ttl, cluster.capacity) == ("prod", "host-1", 10, 8)
     assert cluster.labels == {"zone": "a", "disk": "ssd"}
-    assert cluster.ca == in_tmp / "ca.pem" and cluster.user == "root"
+    assert cluster.ca == tmp_path / "ca.pem" and cluster.user == "root"
     assert cluster.fence_margin == 2.0
     web, lock, agent = config.apps["web"], config.apps["lock"], config.apps["agent"]
     assert web.placement is Placement.CLUSTER and web.spread == "zone" and web.constraints == {"disk": "ssd"}

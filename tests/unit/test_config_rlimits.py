@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from textwrap import dedent
-
 import pytest
+from test_config import in_tmp, load_text, problems  # noqa: F401  (in_tmp: an autouse fixture)
 
-from supervise.config.loader import ConfigError, load
 from supervise.config.model import RLIMIT_KEYS
 
 APP = '[apps.web]\ncommand = "run"\n'  # the tested key goes on line 3
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test runs in its own directory, so errors read ``supervise.toml:N:``."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def load_text(text: str):
-    path = Path("supervise.toml")
-    path.write_text(dedent(text).lstrip("\n"))
-    return load(path)
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load_text(text)
-    return [str(problem) for problem in caught.value.problems]
 
 
 def test_absent_means_inherited():
