@@ -120,7 +120,6 @@ class Agent:
         self._changes = 0  # bumped with every notify: the leader thread never sleeps through one
         self.connected = False
         self.last_error: str | None = None
-        self.watch_error: str | None = None  # why the last watch ended (a quiet cluster's ends every idle period)
         self._threads = [threading.Thread(target=self._guarded(body), name=f"supervise-cluster-{name}", daemon=True)
                          for name, body in (("session", self._session), ("watch", self._watcher),
                                             ("leader", self._leading))]
@@ -203,7 +202,7 @@ class Agent:
         deadline = self._clock() + timeout
         with self._lock:
             while True:
-                outcome, done = self._rollout_outcome(app, generation, order)
+                outcome, done = self._view.rollout_outcome(app, generation, order)
                 if done:
                     return outcome
                 left = deadline - self._clock()
@@ -211,23 +210,6 @@ class Agent:
                     raise TimeoutError(f"{app}: cluster-wide rollout {generation} not done after {timeout:g}s: "
                                        + ", ".join(f"{o['node']} {o['state']}" for o in outcome))
                 self._changed.wait(min(left, 1.0))
-
-    def _rollout_outcome(self, app: str, generation: int,
-                         order: tuple[str, ...]) -> tuple[list[dict[str, object]], bool]:
-        outcome: list[dict[str, object]] = []
-        done = True
-        for node in order:
-            r = self._view.rolled.get(node, {}).get(app)
-            if r is not None and r.generation >= generation:
-                outcome.append({"node": node, "state": "rolled" if r.ok else "failed", "error": r.error})
-                if not r.ok:
-                    return outcome, True  # the nodes after it do not roll
-            elif node not in self._view.nodes:
-                outcome.append({"node": node, "state": "lost", "error": None})
-            else:
-                outcome.append({"node": node, "state": "waiting", "error": None})
-                done = False
-        return outcome, done
 
     def rolled(self, app: str, generation: int, ok: bool, error: str | None) -> None:
         """This node's part of a rollout is over; the status record says so, and the next node goes."""
@@ -244,11 +226,10 @@ class Agent:
             if self.node not in order or app not in self._apps or self._rolling.get(app) == generation \
                     or (mine is not None and mine.generation >= generation):
                 continue
-            before = order[:order.index(self.node)]
-            earlier = [self._view.rolled.get(n, {}).get(app) for n in before if n in self._view.nodes]
-            if any(r is None or r.generation < generation for r in earlier):
+            earlier, done = self._view.rollout_outcome(app, generation, order[:order.index(self.node)])
+            if not done:
                 continue
-            if any(not r.ok for r in earlier if r is not None):
+            if earlier and earlier[-1]["state"] == "failed":
                 self._rolled[app] = Rolled(generation, False, "not rolled: a node before it failed")
                 continue
             self._rolling[app] = generation
@@ -258,37 +239,9 @@ class Agent:
     def status(self) -> dict[str, object]:
         """``status --cluster``: every node and every cluster instance, from this node's copy."""
         with self._lock:
-            view = self._view
-            counts: dict[str, int] = {}
-            for a, _ in view.assignments.values():
-                counts[a.node] = counts.get(a.node, 0) + 1
-            names = sorted(set(view.nodes) | set(counts) | view.cordoned)
-            nodes = []
-            for name in names:
-                record = view.nodes.get(name)
-                nodes.append({
-                    "name": name, "alive": record is not None, "leader": name == view.leader,
-                    "cordoned": name in view.cordoned,
-                    "capacity": None if record is None or record.node.capacity >= records.NO_LIMIT
-                    else record.node.capacity,
-                    "labels": dict(record.node.labels) if record else {},
-                    "apps": sorted(record.node.apps) if record else [], "instances": counts.get(name, 0),
-                    "host": record.host if record else None, "self": name == self.node})
-            instances = []
-            for slot, (a, mod_rev) in sorted(view.assignments.items()):
-                report = view.status.get(a.node, {}).get(slot)
-                instances.append({
-                    "name": f"{slot.app}:{slot.index}", "app": slot.app, "index": slot.index, "node": a.node,
-                    "token": a.token if a.token is not None else mod_rev, "handoff_from": a.handoff_from,
-                    "state": report.state if report else ("lost" if a.node not in view.nodes else "pending"),
-                    "pid": report.pid if report else None, "restarts": report.restarts if report else 0})
-            pending = [{"name": f"{spec.name}:{index}", "app": spec.name, "index": index}
-                       for spec in self._specs() if spec.placement == "cluster"
-                       for index in range(1 if spec.singleton else spec.instances)
-                       if Slot(spec.name, index) not in view.assignments]
-            return {"cluster": self.config.name, "node": self.node, "leader": view.leader,
-                    "connected": self.connected, "error": self.last_error, "revision": view.revision,
-                    "nodes": nodes, "instances": instances, "pending": pending}
+            seen = self._view.as_status(self.node, self._specs())
+        return {"cluster": self.config.name, "node": self.node, "connected": self.connected,
+                "error": self.last_error, **seen}
 
     # -- session: the lease ------------------------------------------------------------------
 
@@ -417,10 +370,9 @@ class Agent:
                     if self._rerange.is_set():
                         break
                 watch.close()
-            except EtcdError as exc:
+            except EtcdError:
                 # A quiet cluster ends its watch every idle period (etcd 3.4 sends no progress over
                 # the gateway): read again. Whether etcd is reachable is the session's to say.
-                self.watch_error = str(exc)
                 self._stop.wait(RETRY)
 
     def _swap(self, view: ClusterView, asked: int) -> None:

@@ -16,10 +16,11 @@ it decodes defensively, since any client of the etcd may write there.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from supervise.core.placement import Assignment, Node, Slot, SlotReport, fencing_token
+from supervise.core.placement import AppSpec, Assignment, Node, Slot, SlotReport, fencing_token, per_app
 
 NO_LIMIT = 1_000_000
 """A node's capacity when [cluster] sets none."""
@@ -166,6 +167,54 @@ class ClusterView:
 
     def live_nodes(self) -> list[Node]:
         return [record.node for record in self.nodes.values()]
+
+    def as_status(self, me: str, specs: Iterable[AppSpec]) -> dict[str, object]:
+        """What ``status --cluster`` shows of this copy: the nodes (a dead one while slots still name
+        it), where each slot runs with what its node reports, and the slots no node has (`specs`:
+        the apps as the leader would place them)."""
+        counts = Counter(a.node for a, _ in self.assignments.values())
+        nodes = []
+        for name in sorted(set(self.nodes) | set(counts) | self.cordoned):
+            record = self.nodes.get(name)
+            node = record.node if record else None
+            nodes.append({
+                "name": name, "alive": record is not None, "leader": name == self.leader,
+                "cordoned": name in self.cordoned,
+                "capacity": None if node is None or node.capacity >= NO_LIMIT else node.capacity,
+                "labels": dict(node.labels) if node else {}, "apps": sorted(node.apps) if node else [],
+                "instances": counts[name], "host": record.host if record else None, "self": name == me})
+        instances = []
+        for slot, (a, mod_rev) in sorted(self.assignments.items()):
+            report = self.status.get(a.node, {}).get(slot)
+            instances.append({
+                "name": f"{slot.app}:{slot.index}", "app": slot.app, "index": slot.index, "node": a.node,
+                "token": fencing_token(a, mod_rev), "handoff_from": a.handoff_from,
+                "state": report.state if report else ("lost" if a.node not in self.nodes else "pending"),
+                "pid": report.pid if report else None, "restarts": report.restarts if report else 0})
+        pending = [{"name": f"{spec.name}:{index}", "app": spec.name, "index": index}
+                   for spec in specs if spec.placement == "cluster" for index in range(per_app(spec))
+                   if Slot(spec.name, index) not in self.assignments]
+        return {"leader": self.leader, "revision": self.revision, "nodes": nodes, "instances": instances,
+                "pending": pending}
+
+    def rollout_outcome(self, app: str, generation: int,
+                        order: tuple[str, ...]) -> tuple[list[dict[str, object]], bool]:
+        """Each node's part in rollout `generation` of `app`, in `order`; done once every live node has
+        rolled, or one failed (the nodes after it never roll)."""
+        outcome: list[dict[str, object]] = []
+        done = True
+        for node in order:
+            r = self.rolled.get(node, {}).get(app)
+            if r is not None and r.generation >= generation:
+                outcome.append({"node": node, "state": "rolled" if r.ok else "failed", "error": r.error})
+                if not r.ok:
+                    return outcome, True
+            elif node not in self.nodes:
+                outcome.append({"node": node, "state": "lost", "error": None})
+            else:
+                outcome.append({"node": node, "state": "waiting", "error": None})
+                done = False
+        return outcome, done
 
     def reports(self) -> dict[str, dict[Slot, SlotReport]]:
         """What each live node says it runs, as placement reads it."""

@@ -111,3 +111,15 @@ def wait_placed(nodes: Sequence[Node], app: str, count: int, timeout: float = 20
     """Wait until `count` instances of `app` run across the live nodes; returns where."""
     return wait_until(lambda: (p := placement(nodes, app)) and len(p) == count and p, timeout, interval=0.05,
                       message=f"{count} instances of {app} running across the cluster")
+
+
+def activity(directory: Path, name: str) -> list[tuple[int, float, float, int, str]]:
+    """Each process of instance `name` as (token, first tick, last tick, pid, node), in order of start."""
+    runs = []
+    for path in directory.glob(f"{name.replace(':', '-')}.*.log"):
+        lines = path.read_text().split("\n")
+        ticks = [float(x) for x in lines[1:] if x.strip()]
+        if ticks:
+            head = lines[0].split()
+            runs.append((int(head[1]), ticks[0], ticks[-1], int(path.name.split(".")[1]), head[3]))
+    return sorted(runs, key=lambda run: run[1])

@@ -6,7 +6,7 @@ import json
 
 from etcdtools import free_port
 from helpers import wait_until
-from nodes import placement, wait_placed
+from nodes import activity, placement, wait_placed
 
 WEB = """
 [apps.web]
@@ -98,6 +98,7 @@ def test_drain_moves_every_instance_ready_first_then_uncordon(make_node, etcd, t
     nodes = three(make_node, etcd, activity=tmp_path)
     wait_placed(nodes, "web", 5)
     victim = next(n for n in nodes if n.running_here("web"))
+    moved = sorted(victim.running_here("web"))
     drained = victim.cli("cluster", "drain", victim.name, "--timeout", "30")
     assert drained.returncode == 0, drained.stderr
     where = wait_placed(nodes, "web", 5)
@@ -107,9 +108,13 @@ def test_drain_moves_every_instance_ready_first_then_uncordon(make_node, etcd, t
     events = victim.cli("events", "--no-follow")
     kinds = [json.loads(line) for line in events.stdout.splitlines()]
     assert any(e.get("type") == "cluster" and e.get("event") == "cordoned" for e in kinds)
-    # The handoff was readiness-gated: every moved instance was never missing (at most one moment
-    # with both). Checked from the activity files: for each slot, the new process started before
-    # the old one's last tick.
+    # The handoff was readiness-gated: no moved instance was ever missing. From the workers' own
+    # activity ticks: each slot's new process, elsewhere, ran before the old one's last tick.
+    for name in moved:
+        runs = activity(tmp_path, name)
+        old = [r for r in runs if r[4] == victim.name][-1]
+        new = [r for r in runs if r[4] != victim.name and r[1] > old[1]][0]
+        assert new[1] < old[2], f"{name}: the old process stopped before its replacement ran"
     undrain = victim.cli("cluster", "uncordon", victim.name)
     assert undrain.returncode == 0, undrain.stderr
     wait_until(lambda: not next(n for n in victim.cluster()["nodes"] if n["name"] == victim.name)["cordoned"], 10)

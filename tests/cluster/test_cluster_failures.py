@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from helpers import wait_until
-from nodes import placement, wait_placed
+from nodes import activity, placement, wait_placed
 
 TTL = 3
 
@@ -32,18 +32,6 @@ singleton = true
 readiness = "heartbeat"
 stop_timeout = "5s"
 """
-
-
-def activity(directory: Path, name: str) -> list[tuple[int, float, float, int, str]]:
-    """Each process of instance `name` as (token, first tick, last tick, pid, node), in order of start."""
-    runs = []
-    for path in directory.glob(f"{name.replace(':', '-')}.*.log"):
-        lines = path.read_text().split("\n")
-        ticks = [float(x) for x in lines[1:] if x.strip()]
-        if ticks:
-            head = lines[0].split()
-            runs.append((int(head[1]), ticks[0], ticks[-1], int(path.name.split(".")[1]), head[3]))
-    return sorted(runs, key=lambda run: run[1])
 
 
 def assert_never_twice(directory: Path, name: str) -> list[tuple[int, float, float, int, str]]:

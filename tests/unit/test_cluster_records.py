@@ -56,3 +56,40 @@ def test_garbage_under_the_prefix_counts_as_absent() -> None:
     assert view.ignored == 11
     assert view.assignments == {} and view.nodes == {} and view.scales == {} and view.leader is None
     assert view.status == {} and view.rollouts == {}
+
+
+def test_a_rollout_goes_node_by_node_and_stops_at_a_failure() -> None:
+    view = ClusterView()
+    for name in ("a", "b", "c"):
+        put(view, f"nodes/{name}", {"node": name, "apps": ["web"]})
+    order = ("a", "b", "c")
+    outcome, done = view.rollout_outcome("web", 2, order)
+    assert not done and [o["state"] for o in outcome] == ["waiting"] * 3
+    put(view, "status/a", {"node": "a", "instances": {}, "rolled": {"web": {"generation": 2, "ok": True}}})
+    view.delete("nodes/b")  # lost meanwhile: skipped, not waited for
+    outcome, done = view.rollout_outcome("web", 2, order)
+    assert [o["state"] for o in outcome] == ["rolled", "lost", "waiting"] and not done
+    put(view, "status/c", {"node": "c", "instances": {}, "rolled": {"web": {"generation": 2, "ok": False,
+                                                                            "error": "not ready"}}})
+    assert view.rollout_outcome("web", 2, order) == (
+        [{"node": "a", "state": "rolled", "error": None}, {"node": "b", "state": "lost", "error": None},
+         {"node": "c", "state": "failed", "error": "not ready"}], True)
+    put(view, "status/a", {"node": "a", "instances": {}, "rolled": {"web": {"generation": 2, "ok": False}}})
+    outcome, done = view.rollout_outcome("web", 2, order)
+    assert done and len(outcome) == 1, "the nodes after a failure never roll"
+
+
+def test_the_status_of_a_view() -> None:
+    from supervise.core.placement import AppSpec
+
+    view = ClusterView()
+    put(view, "nodes/a", {"node": "a", "capacity": 2, "labels": {"zone": "x"}, "apps": ["web"]})
+    put(view, "leader", {"node": "a"}, create=3)
+    view.put("assign/web/0", assignment_value(Assignment("a")), 9, 9, 0)
+    view.put("assign/web/1", assignment_value(Assignment("gone")), 10, 10, 0)
+    seen = view.as_status("a", [AppSpec("web", 3, "cluster")])
+    assert [(n["name"], n["alive"], n["leader"], n["instances"], n["self"]) for n in seen["nodes"]] == [
+        ("a", True, True, 1, True), ("gone", False, False, 1, False)]
+    assert [(i["name"], i["node"], i["token"], i["state"]) for i in seen["instances"]] == [
+        ("web:0", "a", 9, "pending"), ("web:1", "gone", 10, "lost")]
+    assert seen["pending"] == [{"name": "web:2", "app": "web", "index": 2}]
