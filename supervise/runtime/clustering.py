@@ -50,6 +50,12 @@ class ClusterLink:
     def node(self) -> str:
         return self.agent.node
 
+    def summary(self) -> dict[str, object]:
+        """``status --json``'s ``daemon.cluster``: which cluster, as which node, and whether etcd answers."""
+        agent = self.agent
+        return {"name": agent.config.name, "node": agent.node, "connected": agent.connected,
+                "error": agent.last_error}
+
     def start(self) -> None:
         self.agent.start()
 

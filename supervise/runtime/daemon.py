@@ -516,9 +516,7 @@ class Daemon:
             "pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
             "control_malformed": self.control.malformed, "control_internal_errors": self.control.internal_errors}
         if self.cluster is not None:
-            agent = self.cluster.agent
-            extra["cluster"] = {"name": agent.config.name, "node": agent.node, "connected": agent.connected,
-                                "error": agent.last_error}
+            extra["cluster"] = self.cluster.summary()
         return extra
 
 
