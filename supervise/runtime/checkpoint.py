@@ -132,6 +132,9 @@ def write(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a disk that is full stays no fuller for our trying
+        raise
     finally:
         os.close(fd)
     os.replace(tmp, path)

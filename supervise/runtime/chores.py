@@ -40,6 +40,9 @@ of MB a second, and a file may only grow that much between two checks."""
 CHECKPOINT_INTERVAL = 0.25
 """Seconds between checkpoints at most: a crash storm is written a few times a second, not per event."""
 
+CHECKPOINT_RETRY = 1.0
+"""Seconds before a checkpoint that could not be written is tried again."""
+
 STATUS_INTERVAL = 1.0
 """Seconds between two STATUS= lines to the service manager at most."""
 
@@ -90,6 +93,8 @@ class LogChecks:
     def check(self) -> None:
         big = []
         for worker in self.workers:
+            if self.workers.outputs.get(worker.spawn_id) is not None:
+                continue
             try:
                 if os.stat(worker.log_path).st_size >= worker.app.log_max_size:
                     big.append((worker.log_path, worker.app.log_max_size, worker.app.log_backups))
@@ -165,9 +170,11 @@ class Checkpointer:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: Path, view: View, workers: WorkerTable,
-                 config: Callable[[], Config], executor: Executor, log: Log) -> None:
+                 config: Callable[[], Config], executor: Executor, log: Log,
+                 publish: Callable[[dict[str, object]], object]) -> None:
         self.loop, self.path, self.view, self.workers = loop, path, view, workers
-        self.config, self.executor, self.log = config, executor, log
+        self.config, self.executor, self.log, self.publish = config, executor, log, publish
+        self.failing: str | None = None  # why the last write failed; None once one succeeds
         self._timer: asyncio.TimerHandle | None = None
         self._last = -CHECKPOINT_INTERVAL
         self.stopped = False  # the daemon is exiting: nothing more is written
@@ -187,11 +194,26 @@ class Checkpointer:
         self.loop.run_in_executor(self.executor, self._store, self.encode())
 
     def _store(self, data: bytes) -> None:
+        """In the worker thread; what came of it goes back to the loop."""
         try:
             checkpoint.write(self.path, data)
         except OSError as exc:
+            self.loop.call_soon_threadsafe(self._stored, exc.strerror or str(exc))
+        else:
+            self.loop.call_soon_threadsafe(self._stored, None)
+
+    def _stored(self, error: str | None) -> None:
+        """A failing checkpoint is said once, in status and as an event, and so is its recovery:
+        until then a daemon restart would adopt workers from an old record, or none."""
+        if error is not None and self.failing is None:
             self.log.warning("cannot write the checkpoint; a daemon restart would not adopt the workers",
-                             error=exc.strerror or str(exc))
+                             error=error)
+            self.publish({"type": "checkpoint", "event": "failing", "error": error, "path": str(self.path)})
+        elif error is None and self.failing is not None:
+            self.publish({"type": "checkpoint", "event": "recovered", "error": self.failing, "path": str(self.path)})
+        self.failing = error
+        if error is not None:  # written again when space returns, not only at the next change
+            self.loop.call_later(CHECKPOINT_RETRY, self.soon)
 
     def write_now(self) -> None:
         """On the loop, at once: the daemon is about to exit and leave its workers to the next one."""

@@ -53,7 +53,8 @@ class ControlServer:
     """
 
     def __init__(self, ctx: zmq.Context, path: Path | None, loop: asyncio.AbstractEventLoop, history: History,
-                 submit: Callable[[int, protocol.Request], None], status_extra: Callable[[], dict[str, object]],
+                 submit: Callable[[int, protocol.Request], None],
+                 finish_status: Callable[[dict[str, object]], dict[str, object]],
                  tcp: tuple[str, Callable[[zmq.Socket], Guard]] | None = None,
                  request_ids: Iterator[int] | None = None, log: log_module.Log | None = None) -> None:
         if (path is None) == (tcp is None):
@@ -62,7 +63,7 @@ class ControlServer:
         self.path = path
         self.history = history
         self.submit = submit
-        self.status_extra = status_extra
+        self.finish_status = finish_status  # the shell adds what only it knows to the core's status
         self.malformed = 0  # requests that are not valid control messages: the client's fault
         self.internal_errors = 0  # requests whose handling raised: our bug
         self._bug = log_module.BugLog(log if log is not None else log_module.default(),
@@ -92,7 +93,7 @@ class ControlServer:
             return
         result = reply.result
         if pending.cmd == "status" and reply.ok and isinstance(result, dict):
-            result = {**result, "daemon": self.status_extra()}
+            result = self.finish_status(result)
         self._send(pending.envelope, protocol.encode_reply(reply.ok, result, reply.error, reply.usage,
                                                            id=pending.client_id))
 

@@ -64,6 +64,7 @@ from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.history import History
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.log import Log, log_event
+from supervise.runtime.output import Outputs
 from supervise.runtime.watching import Watching
 from supervise.runtime.workers import Inherited, WorkerTable
 from supervise.wire import protocol, statedir
@@ -118,8 +119,9 @@ class Daemon:
         process.raise_nofile(self.log)  # workers get the soft limit the daemon started with
         self._open_sockets()
         self.listeners = Listeners()
+        self.outputs = Outputs(loop, self._publish)
         self.workers = WorkerTable(loop, self.paths, self.listeners, self.heartbeats, self._executor, self.dispatch,
-                                   self.log, self._base_env, lambda: self.core.view.shutting_down)
+                                   self.log, self._base_env, lambda: self.core.view.shutting_down, self.outputs)
         self._dispatching = True  # what the start sets off reports back through the queue, after it
         leftovers = self._recover()
         self._start_chores()
@@ -171,14 +173,14 @@ class Daemon:
         try:
             ids = itertools.count(1)
             servers.append(ControlServer(self.ctx, self.paths.control_socket, self.loop, self.history,
-                                         self._on_request, self._status_extra, request_ids=ids, log=self.log))
+                                         self._on_request, self._finish_status, request_ids=ids, log=self.log))
             if self.config.supervise.control:
                 try:
                     tcp = curve_security(self.config.supervise, self.ctx, self.log)
                 except ValueError as exc:  # CurveError: a key file missing or wrong
                     raise CannotStart(f"control endpoint {self.config.supervise.control}: {exc}") from None
                 servers.append(ControlServer(self.ctx, None, self.loop, self.history, self._on_request,
-                                             self._status_extra, tcp=tcp, request_ids=ids,
+                                             self._finish_status, tcp=tcp, request_ids=ids,
                                              log=self.log))
             self.control = Controls(servers)
             self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, self.loop, self.dispatch,
@@ -199,7 +201,7 @@ class Daemon:
         self.log_checks = LogChecks(loop, self.workers, self._executor, self.log)
         self.service = ServiceManager(loop, self._notifier) if self._notifier is not None else None
         self.checkpointer = Checkpointer(loop, self.paths.checkpoint, self.core.view, self.workers,
-                                         lambda: self.config, self._executor, self.log)
+                                         lambda: self.config, self._executor, self.log, self._publish)
         self.chaos = ChaosSessions(loop, self.workers, self._publish, self.control.reply)
 
     async def _close(self) -> None:
@@ -227,6 +229,7 @@ class Daemon:
                     self.log.warning("killed what adopted workers left behind", pids=sorted(strays))
             self.workers.reap()
         self.workers.close()
+        self.outputs.close_all()  # workers kept for the next daemon hold their pipes' read ends themselves
         self.heartbeats.close()
         self.listeners.close(unlink=not self._keeping_workers)
         self.control.close()
@@ -511,10 +514,23 @@ class Daemon:
             self.cluster.noticed(event)
         return self.history.last_seq
 
+    def _finish_status(self, result: dict[str, object]) -> dict[str, object]:
+        """The core's `status` reply, with what only the shell knows: each live instance's
+        dropped output lines, and the ``daemon`` section."""
+        apps: Any = result.get("apps") or ()
+        for app in apps:
+            for row in (*app.get("instances", ()), *app.get("replacing", ())):
+                worker = self.workers.by_pid(row["pid"]) if row.get("pid") else None
+                out = self.outputs.get(worker.spawn_id) if worker is not None else None
+                row["log_dropped"] = out.dropped_lines if out is not None else None
+        return {**result, "daemon": self._status_extra()}
+
     def _status_extra(self) -> dict[str, object]:
         extra: dict[str, object] = {
             "pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
             "control_malformed": self.control.malformed, "control_internal_errors": self.control.internal_errors}
+        failing = self.checkpointer.failing
+        extra["checkpoint"] = {"ok": failing is None, "error": failing}
         if self.cluster is not None:
             extra["cluster"] = self.cluster.summary()
         return extra

@@ -49,10 +49,11 @@ RESOURCES: Mapping[str, int] = {
 BASE_FDS = 64
 """Descriptors the daemon holds whatever it runs (measured: 16 with one app, no listen, no
 cluster: its sockets, zmq's, the event loop's, the state dir's lock), with room for more
-(a TCP control endpoint, etcd, watches) and for the transient ones: a spawn's log file and
-/dev/null and pipe, the /proc files the sampler reads."""
-FDS_PER_INSTANCE = 2
-"""Per running instance: its pidfd, and the heartbeat connection of a worker using supervise.worker."""
+(a TCP control endpoint, etcd, watches) and for the transient ones: a spawn's output pipe,
+/dev/null and Popen's pipe, the /proc files the sampler reads."""
+FDS_PER_INSTANCE = 4
+"""Per running instance: its pidfd, the heartbeat connection of a worker using supervise.worker,
+the read end of its output pipe and its log file (output.py)."""
 FDS_PER_LISTEN = 2
 """Per ``listen`` address: the bound socket and the daemon's copy handed to workers."""
 

@@ -1,8 +1,10 @@
 """Per-instance log files: size-based rotation.
 
-A worker writes straight into its log file through an O_APPEND descriptor
-it inherited at spawn, so the daemon can neither reopen that descriptor
-nor ask the worker to; rotation therefore copies and truncates in place.
+The daemon writes each log itself (output.py) and rotates it by renaming:
+`shift`. A worker adopted from a daemon of an older version still writes
+straight into its log file through a descriptor it inherited, which the
+daemon can neither reopen nor ask the worker to; that one is rotated by
+copying and truncating in place: `rotate_if_needed`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["in_progress", "rotate_if_needed"]
+__all__ = ["in_progress", "rotate_if_needed", "shift"]
 
 COPY_CHUNK = 1 << 20
 BACKUP_MODE = 0o640
@@ -51,6 +53,19 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
             os.replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
     os.replace(fresh, _backup(path, 1))
     return True
+
+
+def shift(path: Path, backups: int) -> None:
+    """Move `path` to `path.1`, `path.1` to `path.2`, ..., dropping the oldest beyond `backups`;
+    with no backups, just remove it. The caller then opens `path` afresh."""
+    if backups <= 0:
+        path.unlink(missing_ok=True)
+        return
+    for index in range(backups - 1, 0, -1):
+        older = _backup(path, index)
+        if older.exists():
+            os.replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
+    os.replace(path, _backup(path, 1))
 
 
 def in_progress(path: Path) -> Path:

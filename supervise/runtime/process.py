@@ -60,7 +60,7 @@ class SpawnSpec:
     argv: tuple[str, ...]
     cwd: Path
     env: Mapping[str, str]
-    log_path: Path
+    output: Path | int  # stdout and stderr: a file appended to, or a descriptor (the daemon's pipe)
     name: str  # "web:0"; names the instance's cgroup
     pass_fds: tuple[int, ...] = ()
     launcher: tuple[str, ...] = ()  # run argv through this (it execs argv); e.g. to set LISTEN_PID
@@ -94,7 +94,7 @@ def become_subreaper() -> bool:
 
 
 def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
-    """Start a worker in its own session, output appended to `spec.log_path`.
+    """Start a worker in its own session, its output to `spec.output`.
 
     Raises SpawnError saying what to fix when it cannot be started.
     """
@@ -109,12 +109,12 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
     if launcher and _resolve(spec.argv[0], spec.cwd, spec.env.get("PATH", os.defpath)) is None:
         # Through a launcher a missing command would only show as its exit 127: say it here.
         raise SpawnError(_explain_spawn_failure(spec, FileNotFoundError(errno.ENOENT, "not found")))
-    log_fd = _open_log(spec.log_path)
+    owned = isinstance(spec.output, Path)
+    log_fd = _open_log(spec.output) if isinstance(spec.output, Path) else spec.output
     forked_after = time.clock_gettime(time.CLOCK_BOOTTIME)
     try:
         # Popen, not fork+exec by hand: without preexec_fn it uses vfork, which
-        # keeps spawning fast however big the daemon gets. Output goes to a file,
-        # not a pipe, so a worker never blocks on (or dies with) the daemon.
+        # keeps spawning fast however big the daemon gets.
         proc = subprocess.Popen(
             launcher + spec.argv, cwd=spec.cwd, env=dict(spec.env),
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
@@ -126,7 +126,8 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
     except ValueError as exc:  # a NUL byte in argv or env, a bad pass_fds entry
         raise SpawnError(f"invalid command or environment for {spec.name}: {exc}") from None
     finally:
-        os.close(log_fd)
+        if owned:
+            os.close(log_fd)
     returned = time.clock_gettime(time.CLOCK_BOOTTIME)
     _disarm(proc)
     pid = proc.pid

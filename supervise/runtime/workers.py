@@ -22,7 +22,7 @@ from pathlib import Path
 
 from supervise.config.model import AppConfig
 from supervise.core import Adopt, Event, Exited, Spawn, Spawned, SpawnFailed
-from supervise.runtime import killing, limits, process
+from supervise.runtime import killing, limits, output, process
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.listeners import environment as listen_environment
@@ -67,8 +67,10 @@ class Inherited:
 class WorkerTable:
     def __init__(self, loop: asyncio.AbstractEventLoop, paths: StatePaths, listeners: Listeners,
                  heartbeats: HeartbeatServer, executor: Executor, report: Callable[[Event], None],
-                 log: Log, base_env: Mapping[str, str], draining: Callable[[], bool]) -> None:
+                 log: Log, base_env: Mapping[str, str], draining: Callable[[], bool],
+                 outputs: output.Outputs) -> None:
         self.loop = loop
+        self.outputs = outputs
         self.paths = paths
         self.listeners = listeners
         self.heartbeats = heartbeats
@@ -90,6 +92,9 @@ class WorkerTable:
 
     def get(self, spawn_id: int) -> Worker | None:
         return self._by_spawn.get(spawn_id)
+
+    def by_pid(self, pid: int) -> Worker | None:
+        return self._by_pid.get(pid)
 
     def pids(self) -> frozenset[int]:
         return frozenset(self._by_pid)
@@ -132,13 +137,25 @@ class WorkerTable:
             self._rlimit_warned[app.name] = clamped
             for warning in clamped:
                 self.log.warning("an rlimit of the app is clamped", app=app.name, warning=warning)
-        spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, log_path=log_path, name=name,
-                                 pass_fds=fds, launcher=launcher, rlimits=rlimits)
+        try:
+            # Above the listen sockets' targets (3, 4, ...): the launcher's moves cannot overwrite it.
+            read_fd, write_fd = output.Outputs.pipe(above=2 + len(fds))
+        except OSError as exc:
+            what = f"cannot make an output pipe: {exc.strerror}"
+            self._spawn_failed(action, limits.describe_out_of_fds(exc, what) or what)
+            return
+        # The worker holds a read end too (read_fd, passed): its pipe outlives a dead daemon.
+        spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, output=write_fd, name=name,
+                                 pass_fds=(*fds, read_fd), launcher=launcher, rlimits=rlimits)
         try:
             child = process.spawn(spec, self.cgroups)
         except process.SpawnError as exc:
+            os.close(read_fd)
             self._spawn_failed(action, str(exc))
             return
+        finally:
+            os.close(write_fd)
+        self.outputs.attach(action.spawn_id, name, app.name, read_fd, log_path, (app.log_max_size, app.log_backups))
         worker = Worker(action.spawn_id, name, app, dataclasses.replace(child, pidfd=None), token, child.pidfd,
                         str(log_path))
         self._add(worker)
@@ -169,6 +186,9 @@ class WorkerTable:
         worker = Worker(action.spawn_id, name, action.app, child, inherited.token or "", pidfd, log_path,
                         adopted=True)
         self._add(worker)
+        # Before anything else: its writes wait on a full pipe while no daemon reads it.
+        self.outputs.reattach(action.spawn_id, name, action.app.name, action.pid, Path(log_path),
+                              (action.app.log_max_size, action.app.log_backups))
         if inherited.token:
             self.heartbeats.register(inherited.token, action.spawn_id, name)
             self.heartbeats.await_ready(action.spawn_id)  # harmless for a running one: Ready is then a no-op
@@ -253,6 +273,7 @@ class WorkerTable:
         del self._by_pid[worker.child.pid]
         del self._by_spawn[worker.spawn_id]
         self._forget_pidfd(worker)
+        self.outputs.close(worker.spawn_id)  # its last words are in the log before its exit is reported
         self.heartbeats.unregister(worker.token, worker.spawn_id)
         if worker.adopted:  # its children went to init, where the shutdown's last sweep does not look
             self.sweep(worker)

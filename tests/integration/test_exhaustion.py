@@ -7,6 +7,7 @@ reported, never fatal to the daemon or to a neighbour.
 
 from __future__ import annotations
 
+import json
 import os
 
 import psutil
@@ -81,14 +82,12 @@ def test_an_output_flood_is_rotated_and_bounded(supervisor):
     assert sup.status()["calm:0"]["pid"] == calm and sup.cli("status").returncode == 0
 
 
-def test_a_log_file_that_cannot_be_opened_or_written_is_reported(supervisor, tmp_path):
+def test_a_log_file_that_cannot_be_opened_or_written_fails_no_worker_and_is_reported(supervisor, tmp_path):
     sup = supervisor(NEIGHBOUR + """
     [apps.nolog]
     command = ["{python}", "{workers}/sleeper.py"]
-    backoff = { initial = "200ms", max = "1s" }
     [apps.full]
     command = ["{python}", "{workers}/sleeper.py"]
-    backoff = { initial = "200ms", max = "1s" }
     """, start=False)
     logs = tmp_path / ".supervise" / "logs"
     logs.mkdir(parents=True)
@@ -97,10 +96,15 @@ def test_a_log_file_that_cannot_be_opened_or_written_is_reported(supervisor, tmp
     (logs / "full.0.log").symlink_to("/dev/full")  # opens, but every write fails: a full disk
     sup.start()
     calm = calm_pid(sup)
-    error = wait_until(lambda: (sup.status()["nolog:0"]["last_exit"] or {}).get("error"), timeout=15,
-                       message="the spawn failure reported")
-    assert "nolog.0.log" in error, error
-    full = wait_until(lambda: sup.status()["full:0"]["restarts"] >= 1 and sup.status()["full:0"], timeout=15,
-                      message="the worker that cannot write its output, restarted")
-    assert full["last_exit"]["reason"] == "crashed"
-    assert sup.status()["calm:0"]["pid"] == calm and sup.proc.poll() is None
+
+    def dropping() -> dict[str, str]:
+        found = sup.cli("events", "--no-follow").stdout.splitlines()
+        return {e["name"]: e["error"] for e in map(json.loads, found)
+                if e.get("type") == "output" and e.get("event") == "dropping"}
+    errors = wait_until(lambda: (found := dropping()).keys() >= {"nolog:0", "full:0"} and found, timeout=15,
+                        message="both workers' output reported as dropped")
+    assert "nolog.0.log" in errors["nolog:0"] and "Is a directory" in errors["nolog:0"], errors
+    assert "No space left on device" in errors["full:0"], errors
+    status = wait_until(lambda: (s := sup.status()) and s["full:0"]["log_dropped"] == 1
+                        and s["nolog:0"]["log_dropped"] == 1 and s, timeout=10, message="one line dropped each")
+    assert all(status[name]["state"] == "running" and status[name]["restarts"] == 0 for name in ("nolog:0", "full:0"))

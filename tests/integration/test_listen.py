@@ -117,7 +117,7 @@ def test_python_launcher_where_there_is_no_bash(tmp_path):
         code = ("import os; "
                 "print(os.getpid(), os.environ['LISTEN_PID'], os.environ['LISTEN_FDS'], os.get_inheritable(3))")
         spec = process.SpawnSpec(argv=(sys.executable, "-c", code), cwd=tmp_path,
-                                 env={**os.environ, **environment((address,))}, log_path=tmp_path / "out.log",
+                                 env={**os.environ, **environment((address,))}, output=tmp_path / "out.log",
                                  name="t:0", pass_fds=fds, launcher=listeners.launcher(fds))
         child = process.spawn(spec)
         _, status = os.waitpid(child.pid, 0)

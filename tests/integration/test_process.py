@@ -68,7 +68,7 @@ class Procs:
               cgroups: Cgroups | None = None, name: str = "test:0", log: Path | None = None,
               pass_fds: tuple[int, ...] = ()) -> Child:
         spec = SpawnSpec(argv=argv, cwd=cwd or self.tmp, env=env if env is not None else dict(os.environ),
-                         log_path=log or self.tmp / "logs" / "test.log", name=name, pass_fds=pass_fds)
+                         output=log or self.tmp / "logs" / "test.log", name=name, pass_fds=pass_fds)
         child = process.spawn(spec, cgroups)
         self.children.append(child)
         self.note(child.pid, child.create_time)

@@ -126,7 +126,7 @@ SPAWN_OUT_OF_FDS = textwrap.dedent("""
     from pathlib import Path
     from supervise.runtime import process
     spec = process.SpawnSpec(argv=("sleep", "60"), cwd=Path("."), env=dict(os.environ),
-                             log_path=Path(sys.argv[1]), name="t:0")
+                             output=Path(sys.argv[1]), name="t:0")
     room = int(sys.argv[2])  # descriptors left free: 0 fails at the log file, 1 at Popen's
     in_use = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor is closed again
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + room, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
@@ -164,7 +164,7 @@ def test_check_warns_when_the_instances_cannot_fit_the_hard_limit(tmp_path):
         assert tight.returncode == 0, tight
         assert "ok (2 apps, 201 instances)" in tight.stdout
         lines = tight.stderr.splitlines()
-        assert any("about 466 file descriptors" in line and "hard limit 300" in line for line in lines), lines
+        assert any("about 868 file descriptors" in line and "hard limit 300" in line for line in lines), lines
         assert any("apps.wide.rlimits.nofile = 4096 is above the hard limit 300" in line for line in lines), lines
     finally:
         assert not kill_marked(sup.marker)

@@ -1,0 +1,270 @@
+"""Worker output: a pipe per instance, read by the daemon, written to the instance's log file.
+
+A worker that inherited its log file wrote it itself, so a full disk made its
+own `print` fail with ENOSPC and crash it: the supervisor turned a full disk
+into a crash loop. Through a pipe the worker's writes never fail for want of
+space; the daemon writes the log file and, when it cannot, drops the lines,
+counts them and says so (an ``output``/``dropping`` event, ``log_dropped``
+in ``status --json``), and writes again as soon as space returns
+(``output``/``resumed``).
+
+The pipe must outlive the daemon, or a crashed daemon would break every
+worker's stdout (EPIPE, SIGPIPE). So the worker holds a read end of its own
+pipe too, as an extra descriptor it never reads: while no daemon runs, its
+writes fill the pipe's buffer (64 KiB) and then wait; the next daemon opens
+the pipe again through ``/proc/<pid>/fd/1`` (any process may open a pipe it
+can see there) and the worker goes on. That descriptor sits above fd
+``3 + len(listen sockets)``, where the listen launcher cannot overwrite it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervise.runtime import logfiles
+
+__all__ = ["READ_CHUNK", "Output", "Outputs", "log_fd_for"]
+
+READ_CHUNK = 1 << 16
+"""Bytes read per read(): a pipe's whole default buffer."""
+
+MAX_READS_PER_WAKE = 16
+"""Reads per readable callback at most: a flooding worker cannot hold the loop for long."""
+
+REOPEN_EVERY = 1.0
+"""Seconds between attempts to open a log file that could not be opened."""
+
+LOG_FILE_MODE = 0o640
+
+
+@dataclass(slots=True)
+class Output:
+    """One instance's output: the daemon's read end of its pipe and the log file it goes to."""
+
+    name: str
+    app: str
+    read_fd: int
+    log_path: Path
+    max_size: int = 0  # rotate the log at this size (0: never)
+    backups: int = 0  # rotated copies kept
+    log_fd: int | None = None
+    size: int = 0  # of the log file, as we wrote it
+    dropped_lines: int = 0
+    dropped_bytes: int = 0
+    failing: str | None = None  # the error while lines are dropped; None while they are written
+    _dropped_since: int = 0  # lines dropped in the current failing stretch
+    _retry_open_at: float = 0.0
+    _partial: bool = False  # the last byte read (written or dropped) did not end a line
+    _file_partial: bool = False  # the last byte written to the log did not end a line
+
+
+def log_fd_for(path: Path) -> int:
+    """The log file opened for appending (created with its directory if need be)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, LOG_FILE_MODE)
+    except FileNotFoundError:  # the first spawn, or the logs dir was removed meanwhile
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, LOG_FILE_MODE)
+
+
+class Outputs:
+    """Every instance's output pipe, keyed by spawn id; on the loop's thread only."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, publish: Callable[[dict[str, object]], object]) -> None:
+        self.loop = loop
+        self.publish = publish
+        self._by_spawn: dict[int, Output] = {}
+
+    def get(self, spawn_id: int) -> Output | None:
+        return self._by_spawn.get(spawn_id)
+
+    # -- opening -----------------------------------------------------------------------
+
+    @staticmethod
+    def pipe(above: int) -> tuple[int, int]:
+        """A new pipe for a worker: (read end, write end), both close-on-exec, the read end
+        numbered above `above` so that moving passed sockets to 3, 4, ... cannot overwrite it."""
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        if read_fd <= above:
+            moved = fcntl.fcntl(read_fd, fcntl.F_DUPFD_CLOEXEC, above + 1)
+            os.close(read_fd)
+            read_fd = moved
+        return read_fd, write_fd
+
+    def attach(self, spawn_id: int, name: str, app: str, read_fd: int, log_path: Path,
+               rotate: tuple[int, int] = (0, 0)) -> Output:
+        """Start reading `read_fd` (ours: it is closed with the output) into `log_path`, rotated
+        at `rotate` = (max size, backups)."""
+        os.set_blocking(read_fd, False)
+        out = Output(name, app, read_fd, log_path, *rotate)
+        self._open_log(out)
+        self._by_spawn[spawn_id] = out
+        self.loop.add_reader(read_fd, self._readable, spawn_id)
+        return out
+
+    def reattach(self, spawn_id: int, name: str, app: str, pid: int, log_path: Path,
+                 rotate: tuple[int, int] = (0, 0)) -> Output | None:
+        """A previous daemon's worker: open its output pipe again through /proc. None when its
+        stdout is not a pipe (a worker of a daemon that wrote files: it still does) or is gone."""
+        read_fd = reopen_pipe(pid)
+        if read_fd is None:
+            return None
+        return self.attach(spawn_id, name, app, read_fd, log_path, rotate)
+
+    def _open_log(self, out: Output) -> None:
+        try:
+            out.log_fd = log_fd_for(out.log_path)
+            out.size = os.fstat(out.log_fd).st_size
+        except OSError as exc:
+            out.log_fd = None
+            out._retry_open_at = self.loop.time() + REOPEN_EVERY
+            self._failing(out, f"cannot open {out.log_path}: {exc.strerror or exc}")
+
+    # -- reading, writing ----------------------------------------------------------------
+
+    def _readable(self, spawn_id: int) -> None:
+        out = self._by_spawn.get(spawn_id)
+        if out is None:
+            return
+        for _ in range(MAX_READS_PER_WAKE):
+            try:
+                data = os.read(out.read_fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:  # every writer is gone (a worker that closed its stdout keeps running)
+                self.close(spawn_id)
+                return
+            self._write(out, data)
+            if len(data) < READ_CHUNK:
+                return
+
+    def _write(self, out: Output, data: bytes) -> None:
+        if out.log_fd is None and self.loop.time() >= out._retry_open_at:
+            self._open_log(out)
+        if out.log_fd is None:
+            self._drop(out, data)
+            return
+        if out.failing is not None:
+            # Resume at a line boundary: the rest of a line whose start was dropped goes too.
+            if out._partial:
+                cut = data.find(b"\n") + 1
+                self._drop(out, data[:cut] if cut else data)
+                if not cut:
+                    return
+                data = data[cut:]
+            # The log itself says how much is missing, where it is missing.
+            notice = f"[supervise: {out._dropped_since} lines of output dropped: {out.failing}]\n"
+            if not self._append(out, (b"\n" if out._file_partial else b"") + notice.encode(), ours=True):
+                self._drop(out, data)
+                return
+            self._resumed(out)
+        self._append(out, data)
+
+    def _append(self, out: Output, data: bytes, ours: bool = False) -> bool:
+        """Write all of `data` to the log; on failure drop what was not written (counted unless it
+        is `ours`), say so, and return False."""
+        assert out.log_fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(out.log_fd, view):]
+        except OSError as exc:
+            written = len(data) - len(view)
+            if written:
+                out._file_partial = data[written - 1] != 0x0A
+            if not ours:
+                self._drop(out, bytes(view))
+            self._failing(out, exc.strerror or str(exc))
+            if exc.errno == errno.EBADF:
+                out.log_fd = None
+            return False
+        if data:
+            out._file_partial = data[-1] != 0x0A
+            if not ours:
+                out._partial = out._file_partial
+            out.size += len(data)
+            if 0 < out.max_size <= out.size:
+                self._rotate(out)
+        return True
+
+    def _rotate(self, out: Output) -> None:
+        """Rename the log aside and start a new one: we hold the only descriptor that writes
+        it, so nothing is copied and no line is lost (copytruncate lost what came meanwhile)."""
+        assert out.log_fd is not None
+        try:
+            logfiles.shift(out.log_path, out.backups)
+        except OSError as exc:
+            self.publish({"type": "output", "event": "rotation-failed", "name": out.name, "app": out.app,
+                          "error": exc.strerror or str(exc), "path": str(out.log_path)})
+            out.max_size *= 2  # not again at every write: at twice the size, unless it works then
+            return
+        os.close(out.log_fd)
+        self._open_log(out)
+
+    @staticmethod
+    def _drop(out: Output, data: bytes) -> None:
+        lines = data.count(b"\n")
+        out.dropped_lines += lines
+        out._dropped_since += lines
+        out.dropped_bytes += len(data)
+        if data:
+            out._partial = not data.endswith(b"\n")
+
+    def _failing(self, out: Output, error: str) -> None:
+        if out.failing is None:
+            out.failing = error
+            self.publish({"type": "output", "event": "dropping", "name": out.name, "app": out.app,
+                          "error": error, "path": str(out.log_path)})
+
+    def _resumed(self, out: Output) -> None:
+        self.publish({"type": "output", "event": "resumed", "name": out.name, "app": out.app,
+                      "dropped_lines": out._dropped_since, "error": out.failing, "path": str(out.log_path)})
+        out.failing = None
+        out._dropped_since = 0
+
+    # -- closing -----------------------------------------------------------------------
+
+    def close(self, spawn_id: int) -> None:
+        """Write what the pipe still holds (a dying worker's last words), then let it go."""
+        out = self._by_spawn.pop(spawn_id, None)
+        if out is None:
+            return
+        self.loop.remove_reader(out.read_fd)
+        try:
+            while data := os.read(out.read_fd, READ_CHUNK):
+                self._write(out, data)
+        except OSError:  # BlockingIOError: nothing more for now; any writer left is being swept
+            pass
+        os.close(out.read_fd)
+        if out.log_fd is not None:
+            os.close(out.log_fd)
+
+    def close_all(self) -> None:
+        for spawn_id in list(self._by_spawn):
+            self.close(spawn_id)
+
+
+def reopen_pipe(pid: int) -> int | None:
+    """A new read end, non-blocking, of the pipe `pid` writes its output to; None if there is none.
+
+    Opening ``/proc/<pid>/fd/N`` of a pipe opens the pipe itself, like a FIFO, for
+    anyone allowed to see it (no ptrace rights needed, unlike pidfd_getfd).
+    """
+    for fd in (1, 2):  # the worker's own copy of the read end need not be found: its stdout is the pipe
+        link = f"/proc/{pid}/fd/{fd}"
+        try:
+            if not os.readlink(link).startswith("pipe:"):
+                continue
+            return os.open(link, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+    return None
