@@ -52,13 +52,34 @@ class Sampling:
 
     Apps with max_memory or max_processes are sampled every MEMORY_INTERVAL
     (or sooner when the core asks to confirm a reading); the rest only every
-    DISPLAY_INTERVAL, for `status`: their RSS decides nothing.
+    DISPLAY_INTERVAL, for `status`: their memory decides nothing. That
+    display pass is also the exact one: it reads every tree's PSS, where the
+    quick passes read it only for trees that may have grown near their limit
+    (see sampler).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, workers: WorkerTable, executor: Executor,
                  report: Callable[[Event], None]) -> None:
         self.loop, self.workers, self.executor, self.report = loop, workers, executor, report
         self._now = asyncio.Event()
+        self._sampler = sampler.Sampler()
+        self._expected: sampler.Measure | None = None
+
+    @property
+    def measure(self) -> str:
+        """How trees' memory is counted ("cgroup", "pss" or "rss-sum"), for `status --json`.
+
+        The least faithful measure the last pass needed for any tree: "rss-sum"
+        means some shared pages are counted more than once. Before a pass has
+        measured anything, the one this machine should give (worked out once,
+        on first use: the daemon finds its cgroups after creating this).
+        """
+        if self._sampler.measure is not None:
+            return str(self._sampler.measure)
+        if self._expected is None:
+            cgroups = self.workers.cgroups
+            self._expected = sampler.expected_measure(cgroups.root if cgroups is not None else None)
+        return str(self._expected)
 
     def soon(self, after: float) -> None:
         """Sample again `after` seconds from now (the core's ``Resample``)."""
@@ -76,15 +97,17 @@ class Sampling:
             full = self.loop.time() - last_full >= DISPLAY_INTERVAL
             if full:
                 last_full = self.loop.time()
-            roots = [sampler.Root(w.spawn_id, w.child.pid, w.child.cgroup) for w in self.workers
+            roots = [sampler.Root(w.spawn_id, w.child.pid, w.child.cgroup, w.app.max_memory) for w in self.workers
                      if full or w.app.max_memory is not None or w.app.max_processes is not None]
             if roots:
-                rss, processes = await self.loop.run_in_executor(self.executor, sampler.sample_trees, roots)
-                self.report(Sampled(rss, processes))
+                sample = await self.loop.run_in_executor(self.executor, self._sampler.sample, roots, full)
+                self.report(Sampled(sample.memory, sample.processes))
 
 
 class LogChecks:
-    """Each live instance's log file stat'ed on the loop (microseconds); the big ones rotated off it."""
+    """The log files of workers that write them themselves (adopted from a daemon of an older
+    version: the daemon rotates the others as it writes them), stat'ed on the loop
+    (microseconds); the big ones rotated off it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, workers: WorkerTable, executor: Executor, log: Log) -> None:
         self.loop, self.workers, self.executor, self.log = loop, workers, executor, log

@@ -529,6 +529,7 @@ class Daemon:
         extra: dict[str, object] = {
             "pid": os.getpid(), "heartbeats": self.heartbeats.counters.as_json(),
             "control_malformed": self.control.malformed, "control_internal_errors": self.control.internal_errors}
+        extra["memory_measure"] = self.sampling.measure  # what `rss` counts: "cgroup", "pss" or "rss-sum"
         failing = self.checkpointer.failing
         extra["checkpoint"] = {"ok": failing is None, "error": failing}
         if self.cluster is not None:

@@ -108,3 +108,4 @@ def test_a_log_file_that_cannot_be_opened_or_written_fails_no_worker_and_is_repo
     status = wait_until(lambda: (s := sup.status()) and s["full:0"]["log_dropped"] == 1
                         and s["nolog:0"]["log_dropped"] == 1 and s, timeout=10, message="one line dropped each")
     assert all(status[name]["state"] == "running" and status[name]["restarts"] == 0 for name in ("nolog:0", "full:0"))
+    assert status["calm:0"]["pid"] == calm and sup.proc.poll() is None
