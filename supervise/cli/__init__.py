@@ -37,6 +37,7 @@ VERBS: Mapping[str, Callable[[SimpleNamespace], None]] = MappingProxyType({
     "reload": verbs.cmd_reload,
     "logs": verbs.cmd_logs,
     "events": verbs.cmd_events,
+    "top": verbs.cmd_top,
     "shutdown": verbs.cmd_shutdown,
     "chaos": verbs.cmd_chaos,
     "cluster": verbs.cmd_cluster,

@@ -22,6 +22,20 @@ DEFAULT_WAIT = 120.0
 WAIT_HELP = f"seconds to wait (default {DEFAULT_WAIT:g})"
 RELOAD_WAIT = 600.0  # a rollout takes each instance's startup in turn
 LOG_LINES = 20
+TOP_HELP = "a live view: every instance's CPU, memory, restarts and heartbeat, app totals, recent events"
+TOP_KEYS = """keys:
+  q, Ctrl-C   quit (exit 0)
+  c m r n     sort by CPU, memory, restarts, name (again: reverse)
+  a           show the next app only (cycles through the apps, then all)
+  /           type an app's name (or part of one), Enter to show only it
+  Esc         all apps again
+  arrows, PgUp, PgDn, Home, End   scroll the instances
+
+Figures come from the daemon (a status request every interval, and at once
+after an event; the events stream): CPU is percent of one core, "-" when the
+daemon does not report it. When stdout is not a terminal (or with --batch),
+a plain table is printed every interval instead: -n 1 prints one and exits,
+3 if no daemon runs. NO_COLOR set: no colours."""
 
 
 def parse(argv: list[str]) -> SimpleNamespace:
@@ -65,13 +79,27 @@ def build_parser() -> ArgumentParser:
     p.add_argument("app", metavar="APP")
     p.add_argument("count", type=int, metavar="N")
     p.add_argument("--timeout", type=float, default=DEFAULT_WAIT, help=WAIT_HELP)
-    p = verb("logs", "show an app's or instance's output")
+    p = verb("logs", "show an app's or instance's output (an app's instances merged in time order)")
     p.add_argument("target", metavar="APP|NAME")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    p.add_argument("-n", "--lines", type=int, default=LOG_LINES, help=f"lines to show first (default {LOG_LINES})")
-    p = verb("events", "state changes as JSON lines, then live ones")
+    p.add_argument("-n", "--lines", type=int, help=f"lines to show first (default {LOG_LINES}; with --since: all)")
+    p.add_argument("--since", metavar="WHEN", help="only lines written since then: a duration back (30s, 10m, "
+                   "2h, 1d) or a local time (20:15, 20:15:30, 2026-11-30T20:15)")
+    p.add_argument("--grep", metavar="REGEX", help="only lines matching this Python regular expression")
+    p = verb("events", "state changes, then live ones: one readable line each on a terminal, "
+             "JSON lines when piped or with --json")
     p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only events after this number")
     p.add_argument("--no-follow", action="store_true", help="print the history and exit")
+    p.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    p = sub.add_parser("top", parents=[common], help=TOP_HELP, description=TOP_HELP, epilog=TOP_KEYS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("targets", nargs="*", metavar="APP|NAME", help="only these apps or instances")
+    p.add_argument("--sort", choices=["name", "cpu", "mem", "restarts"], default="name",
+                   help="the first order of the rows (default name; keys c, m, r, n change it)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes (default 1)")
+    p.add_argument("-n", "--iterations", type=int, metavar="N", help="stop after N refreshes (default: run until q)")
+    p.add_argument("-b", "--batch", action="store_true",
+                   help="plain tables one after another, even on a terminal (the mode when stdout is not one)")
     p = verb("reload", "replace instances one by one with no downtime; "
              "with no APP, re-read the config and apply the difference")
     p.add_argument("targets", nargs="*", metavar="APP|NAME")

@@ -267,9 +267,35 @@ def cmd_shutdown(args: SimpleNamespace) -> None:
 
 
 def cmd_events(args: SimpleNamespace) -> None:
-    """State changes as JSON lines: the history after --since, then live ones (unless --no-follow)."""
-    for event in _control(args).events(args.since, follow=not args.no_follow):
-        print(json.dumps(event), flush=True)
+    """State changes: the history after --since, then live ones (unless --no-follow).
+
+    The rule: on a terminal, one readable line per event (render.event_line:
+    local time, number, instance, ``running -> backoff``, the exit); anywhere
+    else (a pipe, a file) and with --json, the JSON lines scripts read,
+    unchanged -- so no script has to learn a flag, and `events | grep` still
+    gets JSON. Colour on a terminal unless NO_COLOR is set (or TERM=dumb).
+    """
+    events = _control(args).events(args.since, follow=not args.no_follow)
+    if getattr(args, "json", False) or not sys.stdout.isatty():
+        for event in events:
+            print(json.dumps(event), flush=True)
+        return
+    from supervise.cli import render
+
+    colour = not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    for event in events:
+        print(render.event_line(event, colour), flush=True)
+
+
+def cmd_top(args: SimpleNamespace) -> None:
+    """A live view of every instance, app totals and recent events; plain tables when not on a terminal."""
+    if not 0.1 <= args.interval <= 3600:
+        raise UsageError("top: --interval must be between 0.1 and 3600 seconds")
+    if args.iterations is not None and args.iterations < 1:
+        raise UsageError("top: -n must be at least 1")
+    from supervise.cli import top  # curses, threads: only for this verb
+
+    top.run(_control(args), args)
 
 
 def cmd_keygen(args: SimpleNamespace) -> None:
@@ -287,16 +313,33 @@ def cmd_keygen(args: SimpleNamespace) -> None:
 
 
 def cmd_logs(args: SimpleNamespace) -> None:
-    """The last lines of each instance's log file, then (with -f) new ones; read here, not through the daemon."""
+    """The last lines of each instance's log file, merged in time order (--since: those written since
+    then; --grep: those matching), then (with -f) new ones; read here, not through the daemon.
+    How times are known is in control/logs.py."""
     if args.connect or os.environ.get(ENV_CONNECT):
         raise UsageError("logs reads the daemon's log files, which are on its host: run it there")
+    import re
+
+    from supervise.cli.parser import LOG_LINES
     from supervise.control import logs as logs_view
 
+    since = grep = None
+    try:
+        since = logs_view.parse_since(args.since) if getattr(args, "since", None) is not None else None
+    except logs_view.SinceError as exc:
+        raise UsageError(f"logs: --since: {exc}") from None
+    try:
+        grep = re.compile(args.grep) if getattr(args, "grep", None) is not None else None
+    except re.error as exc:
+        raise UsageError(f"logs: --grep: not a Python regular expression: {exc}") from None
+    if args.lines is not None and args.lines < 0:
+        raise UsageError("logs: -n must be 0 or more")
+    lines = args.lines if args.lines is not None or since is not None else LOG_LINES
     result = _control(args).request(protocol.Request("status", (args.target,)))
     paths = StatePaths(locate_state_dir(args.config))
     files = [(inst["name"], paths.log_file(app["name"], inst["index"]))
              for app in result["apps"] for inst in app["instances"]]
-    logs_view.show(files, lines=args.lines, follow=args.follow)
+    logs_view.show(files, lines=lines, follow=args.follow, since=since, grep=grep)
 
 
 def _control(args: SimpleNamespace) -> Control:

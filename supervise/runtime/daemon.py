@@ -21,6 +21,7 @@ import random
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -61,7 +62,7 @@ from supervise.runtime.chaos_sessions import ChaosSessions
 from supervise.runtime.chores import Checkpointer, LogChecks, Sampling, ServiceManager
 from supervise.runtime.control_server import Controls, ControlServer, curve_security
 from supervise.runtime.heartbeats import HeartbeatServer
-from supervise.runtime.history import History
+from supervise.runtime.history import EVENTS_FILE, History
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.log import Log, log_event
 from supervise.runtime.output import Outputs
@@ -92,7 +93,7 @@ class Daemon:
         self.log = log
         self.paths = StatePaths(config.supervise.state_dir)
         self.core = Core(config, random.Random())
-        self.history = History()
+        self.history = History(path=self.paths.root / EVENTS_FILE, log=log)  # numbering goes on across restarts
         self._queue: deque[Event] = deque()
         self._dispatching = False
         self._reap_pending = False
@@ -108,6 +109,8 @@ class Daemon:
         self._inherited: dict[int, Inherited] = {}  # what adopted workers' records say beyond the core's view
         self._adopted_tokens: set[str] = set()  # their children are not ours: the last sweep looks for these
         self.cluster: ClusterLink | None = None  # with [cluster]: the agent's link to the loop
+        # Each published event, as a dict and as the JSON `events` clients get; called on the loop, must not block.
+        self.event_listeners: list[Callable[[dict[str, object], bytes], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -238,6 +241,7 @@ class Daemon:
         if self.workers.cgroups is not None and not self._keeping_workers:
             self.workers.cgroups.close()
         self._executor.shutdown(wait=True)
+        self.history.close()
         if self._keeping_workers:
             self.log.info("daemon stopped; its workers run on", kept=len(self.workers),
                           checkpoint=str(self.paths.checkpoint))
@@ -512,6 +516,8 @@ class Daemon:
         self.control.push(stamped)
         if self.cluster is not None:
             self.cluster.noticed(event)
+        for listener in self.event_listeners:  # /metrics counters, the dashboard's live stream
+            listener(event, stamped)
         return self.history.last_seq
 
     def _finish_status(self, result: dict[str, object]) -> dict[str, object]:

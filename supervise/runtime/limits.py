@@ -51,9 +51,9 @@ BASE_FDS = 64
 cluster: its sockets, zmq's, the event loop's, the state dir's lock), with room for more
 (a TCP control endpoint, etcd, watches) and for the transient ones: a spawn's output pipe,
 /dev/null and Popen's pipe, the /proc files the sampler reads."""
-FDS_PER_INSTANCE = 4
+FDS_PER_INSTANCE = 5
 """Per running instance: its pidfd, the heartbeat connection of a worker using supervise.worker,
-the read end of its output pipe and its log file (output.py)."""
+the read end of its output pipe, its log file and the log's time index (output.py)."""
 FDS_PER_LISTEN = 2
 """Per ``listen`` address: the bound socket and the daemon's copy handed to workers."""
 

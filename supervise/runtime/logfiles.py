@@ -5,12 +5,19 @@ The daemon writes each log itself (output.py) and rotates it by renaming:
 straight into its log file through a descriptor it inherited, which the
 daemon can neither reopen nor ask the worker to; that one is rotated by
 copying and truncating in place: `rotate_if_needed`.
+
+Each log the daemon writes has a hidden time index beside it
+(wire/logindex.py); rotation renames it with its log (`web.0.log.1` gets
+`.web.0.log.1.idx`), and a log that arrives without one (written by an older
+daemon) leaves no stale index of another file under its new name.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from supervise.wire.logindex import index_path
 
 __all__ = ["in_progress", "rotate_if_needed", "shift"]
 
@@ -42,6 +49,7 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
         return False
     if backups <= 0:
         os.truncate(path, 0)
+        _drop_index(path)
         return True
     # Copied aside first and renamed into place last: a reader never finds a
     # backup half written, and `path.1` is missing only between two renames.
@@ -50,8 +58,10 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
     for index in range(backups - 1, 0, -1):
         older = _backup(path, index)
         if older.exists():
-            os.replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
+            _replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
     os.replace(fresh, _backup(path, 1))
+    _drop_index(_backup(path, 1))  # what a worker writes itself has no index: none may linger
+    _drop_index(path)
     return True
 
 
@@ -60,12 +70,13 @@ def shift(path: Path, backups: int) -> None:
     with no backups, just remove it. The caller then opens `path` afresh."""
     if backups <= 0:
         path.unlink(missing_ok=True)
+        _drop_index(path)
         return
     for index in range(backups - 1, 0, -1):
         older = _backup(path, index)
         if older.exists():
-            os.replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
-    os.replace(path, _backup(path, 1))
+            _replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
+    _replace(path, _backup(path, 1))
 
 
 def in_progress(path: Path) -> Path:
@@ -77,6 +88,20 @@ def in_progress(path: Path) -> Path:
     overwritten by the next rotation.
     """
     return path.with_name(f".{path.name}.rotating")
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Rename the log `src` to `dst`, and its index with it (or drop `dst`'s: it was another file's).
+    The index first: a reader that finds the log at `dst` then finds its index there too."""
+    try:
+        os.replace(index_path(src), index_path(dst))
+    except FileNotFoundError:
+        _drop_index(dst)
+    os.replace(src, dst)
+
+
+def _drop_index(path: Path) -> None:
+    index_path(path).unlink(missing_ok=True)
 
 
 def _backup(path: Path, index: int) -> Path:

@@ -15,6 +15,14 @@ writes fill the pipe's buffer (64 KiB) and then wait; the next daemon opens
 the pipe again through ``/proc/<pid>/fd/1`` (any process may open a pipe it
 can see there) and the worker goes on. That descriptor sits above fd
 ``3 + len(listen sockets)``, where the listen launcher cannot overwrite it.
+
+Beside each log file the daemon keeps its time index (wire/logindex.py: at
+which byte the output of each moment begins, a 16-byte record per write that
+comes 20 ms or more after the last one, written before the bytes it
+describes), renamed along with the log when it is rotated. It is what `logs
+--since` seeks with and what `logs APP` merges instances by; it is a help,
+not a duty: one that cannot be opened or written is left aside (the log
+goes on), and readers treat a log without one as they did before indexes.
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ import asyncio
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from supervise.runtime import logfiles
+from supervise.wire import logindex
 
 __all__ = ["READ_CHUNK", "Output", "Outputs", "log_fd_for"]
 
@@ -62,6 +72,9 @@ class Output:
     _retry_open_at: float = 0.0
     _partial: bool = False  # the last byte read (written or dropped) did not end a line
     _file_partial: bool = False  # the last byte written to the log did not end a line
+    index_fd: int | None = None  # the log's time index (wire/logindex.py); None: not kept
+    index_size: int = 0  # bytes of whole records in it
+    _indexed_at: float = float("-inf")  # loop time of its last record
 
 
 def log_fd_for(path: Path) -> int:
@@ -126,6 +139,59 @@ class Outputs:
             out.log_fd = None
             out._retry_open_at = self.loop.time() + REOPEN_EVERY
             self._failing(out, f"cannot open {out.log_path}: {exc.strerror or exc}")
+            return
+        self._open_index(out)
+
+    @staticmethod
+    def _open_index(out: Output) -> None:
+        """The log's index, opened to append; one left by a crash mid-record loses that record,
+        and one that describes more than the log holds (the log was removed) starts again."""
+        Outputs._close_index(out)
+        out._indexed_at = float("-inf")
+        try:
+            fd = os.open(logindex.index_path(out.log_path), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         LOG_FILE_MODE)
+        except OSError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            whole = size - size % logindex.RECORD.size
+            if whole:
+                last, _ = logindex.RECORD.unpack(os.pread(fd, logindex.RECORD.size, whole - logindex.RECORD.size))
+                if last > out.size:
+                    whole = 0
+            if whole != size:
+                os.ftruncate(fd, whole)
+        except OSError:
+            os.close(fd)
+            return
+        out.index_fd, out.index_size = fd, whole
+
+    def _index(self, out: Output) -> None:
+        """A record for the bytes about to be written at the end of the log, unless the last one
+        is recent enough to cover them; before them, so that a reader never finds bytes without one."""
+        now = self.loop.time()
+        if now - out._indexed_at < logindex.EVERY or out.index_fd is None:
+            return
+        out._indexed_at = now
+        record = logindex.encode(out.size, time.time())
+        try:
+            written = os.write(out.index_fd, record)
+        except OSError:  # a full disk: this record is lost, not the index (nothing torn)
+            return
+        if written == len(record):
+            out.index_size += written
+            return
+        try:  # a torn record would shift every later one: cut it off, or give the index up
+            os.ftruncate(out.index_fd, out.index_size)
+        except OSError:
+            self._close_index(out)
+
+    @staticmethod
+    def _close_index(out: Output) -> None:
+        if out.index_fd is not None:
+            os.close(out.index_fd)
+            out.index_fd = None
 
     # -- reading, writing ----------------------------------------------------------------
 
@@ -173,12 +239,15 @@ class Outputs:
         """Write all of `data` to the log; on failure drop what was not written (counted unless it
         is `ours`), say so, and return False."""
         assert out.log_fd is not None
+        if out.index_fd is not None:
+            self._index(out)
         view = memoryview(data)
         try:
             while view:
                 view = view[os.write(out.log_fd, view):]
         except OSError as exc:
             written = len(data) - len(view)
+            out.size += written  # the index's offsets are taken from it
             if written:
                 out._file_partial = data[written - 1] != 0x0A
             if not ours:
@@ -208,6 +277,7 @@ class Outputs:
             out.max_size *= 2  # not again at every write: at twice the size, unless it works then
             return
         os.close(out.log_fd)
+        self._close_index(out)
         self._open_log(out)
 
     @staticmethod
@@ -247,6 +317,7 @@ class Outputs:
         os.close(out.read_fd)
         if out.log_fd is not None:
             os.close(out.log_fd)
+        self._close_index(out)
 
     def close_all(self) -> None:
         for spawn_id in list(self._by_spawn):
