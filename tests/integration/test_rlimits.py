@@ -164,7 +164,7 @@ def test_check_warns_when_the_instances_cannot_fit_the_hard_limit(tmp_path):
         assert tight.returncode == 0, tight
         assert "ok (2 apps, 201 instances)" in tight.stdout
         lines = tight.stderr.splitlines()
-        assert any("about 868 file descriptors" in line and "hard limit 300" in line for line in lines), lines
+        assert any("about 1069 file descriptors" in line and "hard limit 300" in line for line in lines), lines
         assert any("apps.wide.rlimits.nofile = 4096 is above the hard limit 300" in line for line in lines), lines
     finally:
         assert not kill_marked(sup.marker)
