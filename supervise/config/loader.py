@@ -29,6 +29,7 @@ from supervise.config.model import (
     CrashLoopConfig,
     LogFormat,
     LogLevel,
+    MaxUnavailable,
     Placement,
     Readiness,
     Restart,
@@ -42,6 +43,7 @@ __all__ = ["ConfigError", "Problem", "load", "loads"]  # the errors are errors.p
 
 _APP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # cluster and node names: they are etcd key segments
+_PERCENT = re.compile(r"\s*(\d{1,3})\s*%\s*")  # max_unavailable = "25%"
 _ETCD_ENDPOINT = re.compile(r"(?:(https?)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?")
 MIN_LEASE_TTL = 2
 """etcd refuses shorter leases (with its default timing)."""
@@ -226,6 +228,7 @@ def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
         "heartbeat_timeout": partial(units.duration, positive=True),
         "max_memory": partial(units.size, positive=True),
         "max_processes": partial(units.integer, lo=1),
+        "max_unavailable": _max_unavailable,
         "watch": strings,
         "watch_ignore": strings,
         "listen": units.array_of(partial(units.listen_address, base), "addresses"),
@@ -241,6 +244,21 @@ def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
         "spread": _label_key,
         "rlimits": _rlimits,
     }
+
+
+def _max_unavailable(value: Any) -> MaxUnavailable:
+    """``max_unavailable = 2`` or ``"25%"`` (of the app's instances, rounded down, at least 1).
+
+    Zero is refused, as a count and as a percentage: a budget that never lets a hung instance be
+    restarted is a misconfiguration, not a policy (``restart = "never"`` says that, if meant).
+    """
+    what = 'a count >= 1 or a percentage from "1%" to "100%" (like "25%")'
+    if units.is_int(value) and value >= 1:
+        return MaxUnavailable(value, percent=False)
+    match = _PERCENT.fullmatch(value) if isinstance(value, str) else None
+    if match is not None and 1 <= int(match[1]) <= 100:
+        return MaxUnavailable(int(match[1]), percent=True)
+    raise units.expected(what, value)
 
 
 def _rlimits(value: Any) -> dict[str, int | None]:

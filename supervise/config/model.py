@@ -13,8 +13,8 @@ from enum import StrEnum
 from pathlib import Path
 
 __all__ = [
-    "AppConfig", "BackoffConfig", "ClusterConfig", "Config", "CrashLoopConfig", "LogFormat", "LogLevel", "Placement",
-    "Readiness", "Restart", "SuperviseConfig", "RLIMIT_KEYS",
+    "AppConfig", "BackoffConfig", "ClusterConfig", "Config", "CrashLoopConfig", "LogFormat", "LogLevel",
+    "MaxUnavailable", "Placement", "Readiness", "Restart", "SuperviseConfig", "RLIMIT_KEYS",
 ]
 
 RLIMIT_KEYS = ("nofile", "core", "nproc")
@@ -56,6 +56,43 @@ class CrashLoopConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MaxUnavailable:
+    """An app's disruption budget: how many of its instances the restarts the supervisor decides on
+    (hung, memory, max_processes, a reload's stop-first steps) may have out of service at once.
+
+    A count (``2``) or a percentage of the app's instances (``"25%"``), rounded down but never below
+    1: a budget of 0 would mean a single hung instance is never restarted.
+
+    The default is "25%": the issue it answers is the supervisor completing an outage, when a
+    shared dependency (a stalled database, a swap storm, a GC pause starving the heartbeat thread)
+    makes every instance look hung at once and all of them are restarted together, a cold-start
+    stampede of the whole capacity. At 25% (Kubernetes' default maxUnavailable for rolling
+    updates, and about Envoy's habit of never ejecting most hosts) a false alarm costs a quarter of
+    the capacity at a time, and an app of up to 7 instances still has a lone hung one restarted at
+    once (the floor of 1). The price: when every instance really is hung, they come back a quarter
+    at a time, each batch as soon as the one before is ready. An app whose instances are
+    independent (queue consumers) can ask for "100%": no limit.
+    """
+
+    value: int = 25
+    percent: bool = True
+
+    @property
+    def unlimited(self) -> bool:
+        """Every instance may be out at once: the budget never holds a restart."""
+        return self.percent and self.value >= 100
+
+    def of(self, instances: int) -> int:
+        """The budget as a count, for an app of `instances`."""
+        if not self.percent:
+            return self.value
+        return max(1, instances * self.value // 100)
+
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else str(self.value)
+
+
+@dataclass(frozen=True, slots=True)
 class AppConfig:
     name: str
     command: tuple[str, ...]  # argv template; placeholders {app} {instance} {port}
@@ -70,6 +107,7 @@ class AppConfig:
     heartbeat_timeout: float | None = None
     max_memory: int | None = None
     max_processes: int | None = None  # in the instance's tree; more -> killed at once, restarted
+    max_unavailable: MaxUnavailable = MaxUnavailable()  # the disruption budget of health restarts and reload steps
     watch: tuple[str, ...] = ()
     watch_ignore: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()

@@ -52,8 +52,12 @@ class Spawned:
 
 @dataclass(frozen=True, slots=True)
 class SpawnFailed:
+    """A `Spawn` could not be carried out. ``daemon_fault``: the daemon (or the system) was out of file
+    descriptors: nothing the worker did, so it is retried shortly and never counted as its failure."""
+
     spawn_id: int
     error: str
+    daemon_fault: bool = False
 
 
 @dataclass(frozen=True, slots=True)

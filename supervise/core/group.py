@@ -8,17 +8,25 @@ serving one; once ready it is promoted into the slot and the old one
 *retires* (drained, stopped, then forgotten). A successor that fails before
 it is ready is dropped, and a rollout it belonged to fails: the slots not
 yet replaced keep the old generation.
+
+The group also keeps the app's disruption budget (``max_unavailable``): the
+restarts the supervisor decides on (hung, memory, max_processes) and a
+rollout's stop-first steps may have at most that many slots *disrupted* at
+once (see ``disrupted``); the others are held, their processes left running,
+and go oldest first as the disrupted slots come back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from supervise.config.model import AppConfig
 from supervise.core.actions import Action
 from supervise.core.events import Cause
 from supervise.core.instance import (
+    DISRUPTIONS,
     LIVE_STATES,
     Died,
     ExitReason,
@@ -28,6 +36,7 @@ from supervise.core.instance import (
     Instance,
     LastExit,
     Launch,
+    Proceed,
     State,
 )
 from supervise.core.registry import Registry
@@ -55,6 +64,7 @@ class AppGroup:
     # running here until the new node has them ready, never started here.
     assigned: dict[int, int] | None = None
     held: frozenset[int] = frozenset()
+    waiting: list[Instance] = field(default_factory=list)  # restarts held by the disruption budget, oldest first
 
     @property
     def name(self) -> str:
@@ -73,12 +83,14 @@ class AppGroup:
     @property
     def busy(self) -> bool:
         """Anything for ``advance`` to do."""
-        return bool(self.successors or self.retiring or self.rolling or self.removed or self.deferred)
+        return bool(self.successors or self.retiring or self.rolling or self.removed or self.deferred
+                    or self.waiting)
 
     def up(self) -> bool:
-        """Every slot is there and running: apps that depend on this one may start."""
+        """Every slot is there and running (none due a restart the budget holds): apps that depend on
+        this one may start."""
         return all(index in self.slots for index in self.wanted_indexes()) and all(
-            i.state is State.RUNNING for i in self.slots.values())
+            i.state is State.RUNNING and i.held is None for i in self.slots.values())
 
     def wanted(self, index: int) -> bool:
         """Slot `index` belongs here: below the count, or (a cluster app) placed or held here."""
@@ -114,9 +126,12 @@ class AppGroup:
         if inst.generation in self.abandoned and (inst.spawn_id is None or isinstance(event, Died | ForkFailed)):
             self._leave_abandoned(inst)  # its process is gone (or going): its next start runs what works
         asked_replacement = inst.replace_for is None
-        actions = self.registry.step(inst, event, now)
+        held = inst.held
+        actions = self.registry.step(inst, event, now, self._budget_for(inst))
         if asked_replacement and inst.replace_for is not None:
             actions += self._replace_first(inst, inst.replace_for, now)
+        if inst.held is not held:
+            actions.append(self._hold_changed(inst, held))
         return actions + self._retire_if_surplus(inst)
 
     def _leave_abandoned(self, inst: Instance) -> None:
@@ -196,6 +211,106 @@ class AppGroup:
                                            "index": inst.index})]
         return []
 
+    # -- the disruption budget ----------------------------------------------------------
+
+    def budget(self) -> int:
+        """How many slots the restarts the supervisor decides on may have disrupted at once."""
+        return self.config.max_unavailable.of(self.target)
+
+    def disrupted(self, index: int) -> bool:
+        """Slot `index` counts against the budget: it is wanted, and out of service though it is meant
+        to serve, or being replaced beside (a memory restart's replacement first: that still doubles
+        the slot's memory and work, and the budget paces them as reload_surge paces a rollout).
+
+        Out of service: its instance is starting (not ready yet), in backoff, failed (a crash loop's
+        cooldown), stopping for any reason but an operator's plain stop or a fence, or stopped while
+        a rollout replaces it (surge 0) or a singleton waits to start. Not: running, a stop the
+        operator asked for, a stop that stays (restart policy), a slot a scale-down takes away.
+        A held instance still runs: it is not out of service until its restart goes.
+        """
+        inst = self.slots.get(index)
+        if inst is None or not self.wanted(index):
+            return False
+        if index in self.successors and self.purposes[index] is not ExitReason.RELOAD:
+            return True
+        match inst.state:
+            case State.RUNNING:
+                return False
+            case State.STOPPING:
+                return inst.then_start or inst.stop_reason not in (ExitReason.STOPPED, ExitReason.FENCED)
+            case State.STOPPED:
+                r = self.rollout
+                return index in self.deferred or (r is not None and r.running and index in r.active)
+        return True  # starting, backoff, failed
+
+    def unavailable(self) -> int:
+        """How many slots are disrupted now (O(slots): asked only when a restart is due or held)."""
+        return sum(1 for index in self.slots if self.disrupted(index))
+
+    def may_disrupt(self, inst: Instance) -> bool:
+        """Whether a restart the supervisor decides on may take `inst` down now.
+
+        Free when it takes nothing more out of service: `inst` serves no wanted slot (a new one
+        starting beside, an old one retiring, one a scale-down takes away), or its slot is
+        disrupted already. Otherwise only while fewer than the budget are disrupted.
+        """
+        if self.slots.get(inst.index) is not inst or inst.state is not State.RUNNING:
+            return True
+        if self.config.max_unavailable.unlimited or not self.wanted(inst.index) or self.disrupted(inst.index):
+            return True
+        return self.unavailable() < self.budget()
+
+    def _budget_for(self, inst: Instance) -> Callable[[], bool]:
+        return partial(self.may_disrupt, inst)
+
+    def _hold_changed(self, inst: Instance, before: ExitReason | None) -> Action:
+        """Keep the queue of held restarts, and tell the world: held, released (it goes now),
+        recovered (no longer due) or dropped (the instance stopped or exited meanwhile)."""
+        if before is None:
+            self.waiting.append(inst)
+            return self._budget_event("held", inst.name, inst.index, inst.held, inst.pid)
+        if inst.held is not None:  # held now for a more urgent reason: its place in the queue stays
+            return self._budget_event("held", inst.name, inst.index, inst.held, inst.pid)
+        if inst in self.waiting:
+            self.waiting.remove(inst)
+        if inst.replace_for is not None or (inst.state is State.STOPPING and inst.stop_reason in DISRUPTIONS):
+            outcome = "released"
+        elif inst.state in (State.STARTING, State.RUNNING):
+            outcome = "recovered"
+        else:
+            outcome = "dropped"
+        return self._budget_event(outcome, inst.name, inst.index, before, inst.pid)
+
+    def _budget_event(self, event: str, name: str, index: int, reason: ExitReason | None,
+                      pid: int | None) -> Action:
+        return self.registry.publish({
+            "type": "budget", "event": event, "app": self.name, "name": name, "index": index,
+            "reason": None if reason is None else str(reason), "pid": pid, "unavailable": self.unavailable(),
+            "max_unavailable": self.budget()}, durable=False)
+
+    def _release_held(self, now: float) -> list[Action]:
+        """Let held restarts go, oldest first, while the budget has room (each that goes takes a
+        unit; one that recovered meanwhile takes none)."""
+        actions: list[Action] = []
+        room = self.budget() - self.unavailable()
+        for inst in list(self.waiting):
+            if room <= 0:
+                break
+            if inst not in self.waiting:
+                continue
+            actions += self.feed(inst, Proceed(), now)
+            if inst.held is not None:
+                break  # no room after all (the budget is the instance's own to judge)
+            if self.disrupted(inst.index):
+                room -= 1
+        self.waiting = [i for i in self.waiting if i.held is not None]
+        return actions
+
+    def budget_json(self) -> dict[str, object]:
+        """The app's budget in `status --json`: its size, what uses it, what waits for it."""
+        return {"max_unavailable": self.budget(), "setting": str(self.config.max_unavailable),
+                "unavailable": self.unavailable(), "waiting": len(self.waiting)}
+
     # -- cluster: what the leader placed here, fencing --------------------------------
 
     def assign(self, slots: Mapping[int, int], held: frozenset[int], now: float, start: bool = True) -> list[Action]:
@@ -266,6 +381,8 @@ class AppGroup:
                 if heir is not None and heir.last_exit is not None and heir.last_exit.code is None \
                         and heir.last_exit.signal is None and heir.last_exit.reason is old.stop_reason:
                     heir.last_exit = old.last_exit  # now with the code or signal it ended with
+            if self.waiting:
+                actions += self._release_held(now)
             if self.rolling:
                 progressed |= self._step_rollout(now, actions)
         if self.deferred:
@@ -356,6 +473,8 @@ class AppGroup:
                 actions += self._start_successor(index, r.config, r.generation, ExitReason.RELOAD, now)
                 progressed = True
         while len(r.active) < max(r.surge, 1) and r.pending:
+            if r.surge == 0 and not self._may_stop_next(r, actions):
+                break  # the budget is spent: the next slot waits until one comes back
             index = r.pending.pop(0)
             old = self.slots.get(index)
             if old is None or not self.wanted(index) or index in self.held or old.generation == r.generation:
@@ -376,10 +495,32 @@ class AppGroup:
             progressed = True
         return progressed
 
+    def _may_stop_next(self, r: Rollout, actions: list[Action]) -> bool:
+        """A stop-first step (surge 0) takes its slot out of service: it goes if the budget has room,
+        or (first) a pending slot that is out of service already, whose replacement loses nothing.
+        A wait and its end are published (and shown in the rollout's status)."""
+        free = next((i for i in r.pending if not self._serving(i)), None)
+        if free is not None:
+            r.pending.remove(free)
+            r.pending.insert(0, free)
+        go = free is not None or self.config.max_unavailable.unlimited or self.unavailable() < self.budget()
+        if go != (r.waiting is None):  # starts or ends waiting
+            index = r.pending[0]
+            r.waiting = None if go else "budget"
+            actions.append(self._budget_event("released" if go else "held", f"{self.name}:{index}", index,
+                                              ExitReason.RELOAD, None))
+        return go
+
+    def _serving(self, index: int) -> bool:
+        """Slot `index` serves now, and stopping it would take it out of service."""
+        inst = self.slots.get(index)
+        return (inst is not None and inst.state is State.RUNNING and self.wanted(index)
+                and not self.disrupted(index))
+
     def end_rollout(self, state: RolloutState, error: str | None, now: float) -> list[Action]:
         r = self.rollout
         assert r is not None
-        r.state, r.error, r.finished_at = state, error, now
+        r.state, r.error, r.finished_at, r.waiting = state, error, now, None
         self.registry.listeners_changed = True  # the old generation's addresses may be unused now
         if state is not RolloutState.DONE:
             # Instances started from now on run the generation that works: the app's new ones,

@@ -114,7 +114,11 @@ class Forked:
 
 @dataclass(frozen=True, slots=True)
 class ForkFailed:
+    """The spawn failed. ``daemon_fault``: for want of the daemon's own file descriptors (or the
+    system's), not through anything of the worker's: retried shortly, never counted against it."""
+
     error: str
+    daemon_fault: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +172,20 @@ class Unheard:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Proceed:
+    """The app's disruption budget has room: the restart this instance is held for goes now, if it
+    is still due (a held hung instance that beats again is left alone)."""
+
+
 Input = (Launch | Halt | Forked | ForkFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
-         | Resumed | Unheard)
+         | Resumed | Unheard | Proceed)
+
+DISRUPTIONS = (ExitReason.PROCESSES, ExitReason.HUNG, ExitReason.MEMORY)
+"""Restarts the supervisor decides on while the process still runs: the disruption budget
+(``max_unavailable``) paces them. Crashes are not paced: that instance is gone already.
+Most urgent first: one held for two reasons goes for the first (a fork bomb is killed, not
+drained; a hung one is not replaced first, it serves nothing)."""
 
 MEMORY_HYSTERESIS = 3
 """Consecutive samples over max_memory before a restart: a brief spike does not kill."""
@@ -181,6 +197,15 @@ fails the rollout instead of replacing the old generation."""
 
 DRAINED_GRACE = 0.5
 """After reporting drained, a stopping worker gets this long to exit on its own before the kill."""
+
+DAEMON_FAULT_RETRY = 1.0
+"""Seconds before a spawn that failed for want of the daemon's file descriptors is tried again.
+Fixed, not the worker's backoff: the worker did nothing wrong, and descriptors come back as soon as
+another worker exits or a client disconnects; a second is quick to recover and slow to spin."""
+
+HELD_RECHECK = 0.5
+"""A hung instance held by the budget is looked at again every this fraction of heartbeat_timeout:
+one that beats again meanwhile is no longer due a restart (and status stops saying it waits)."""
 
 
 @dataclass(slots=True, eq=False)  # identity: the core keys timers and spawns by the object
@@ -212,6 +237,8 @@ class Instance:
     fence: int | None = None  # a cluster instance's fencing token: its next spawn gets it
     stop_by: float | None = None  # a Halt's grace as a deadline, kept for a process whose spawn is not reported yet
     spawned_fence: int | None = None  # the token its current process was given
+    held: ExitReason | None = None  # a restart decided on (DISRUPTIONS) that waits for the app's disruption budget
+    held_since: float | None = None
 
     @property
     def app(self) -> str:
@@ -226,6 +253,11 @@ def _counter() -> Callable[[], int]:
     return itertools.count(1).__next__
 
 
+def always() -> bool:
+    """A disruption budget that always has room: an instance alone, outside any app (the tests of ``step``)."""
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     app: AppConfig
@@ -233,6 +265,9 @@ class Context:
     rng: random.Random
     new_spawn_id: Callable[[], int] = field(default_factory=_counter)  # the core's: ids are unique per core
     fence_at: float | None = None  # a singleton started now must stop by then unless the lease is renewed
+    # Whether the app's disruption budget lets a restart the supervisor decides on take this instance
+    # down now (asked only when one is due: it counts the app's instances).
+    may_disrupt: Callable[[], bool] = always
 
 
 def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
@@ -268,6 +303,8 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
                 inst.deadline = max(ctx.now, min(inst.deadline, inst.stop_by))
             return _stop_signal(inst, ctx)
 
+        case State.STARTING, ForkFailed(error=error, daemon_fault=True) if not inst.retired:
+            return _retry_spawn(inst, error, ctx)
         case State.STARTING, ForkFailed(error=error):
             return _after_exit(inst, LastExit(ExitReason.CRASHED, error=error), ctx)
         case State.STOPPING, ForkFailed(error=error):
@@ -285,6 +322,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             return _after_requested_stop(inst, LastExit(inst.stop_reason, code, sig), ctx)
 
         case (State.STARTING | State.RUNNING), Halt(reason=reason, then_start=then_start, grace=grace):
+            _unhold(inst)
             inst.state = State.STOPPING
             inst.stop_reason = reason
             inst.then_start = then_start
@@ -333,12 +371,15 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
         case State.RUNNING, TimerFired() if ctx.app.heartbeat_timeout is not None:
             # Beats only move last_beat; the deadline is re-armed lazily here, so
             # a beat costs no timer work and the check still fires on time.
-            heard = inst.last_beat if inst.last_beat is not None else inst.running_since  # 0.0 is a time too
-            due = (heard if heard is not None else ctx.now) + ctx.app.heartbeat_timeout
+            due = _heard(inst, ctx) + ctx.app.heartbeat_timeout
             if ctx.now < due:
                 inst.deadline = due
+                _unhold(inst, ExitReason.HUNG)  # it beats again: no longer hung
                 return []
-            return step(inst, Halt(ExitReason.HUNG), ctx)
+            if inst.held is ExitReason.HUNG:  # still silent: it waits on (the group releases it when there is room)
+                inst.deadline = ctx.now + ctx.app.heartbeat_timeout * HELD_RECHECK
+                return []
+            return _disrupt(inst, ExitReason.HUNG, ctx)
 
         case State.STOPPING, ReportedDrained():
             if not inst.killed and inst.deadline is not None:
@@ -349,28 +390,14 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
 
         case (State.STARTING | State.RUNNING), MemorySampled(processes=count) if (
                 count is not None and ctx.app.max_processes is not None and count > ctx.app.max_processes):
-            # A fork bomb, or a leak of processes: no grace, it would only grow. The whole tree goes.
-            inst.state = State.STOPPING
-            inst.stop_reason = ExitReason.PROCESSES
-            inst.then_start = False
-            inst.killed = True
-            inst.deadline = None
-            return _kill(inst)
-        case (State.STARTING | State.RUNNING), MemorySampled(rss=rss):
-            inst.rss = rss
-            limit = ctx.app.max_memory
-            if limit is None or rss <= limit:
-                inst.over_memory = 0
-                return []
-            inst.over_memory += 1
-            if inst.over_memory < MEMORY_HYSTERESIS or inst.replace_for is not None:
-                return []
-            if ctx.app.listen and inst.state is State.RUNNING and not inst.trial and not ctx.app.singleton:
-                # Start the replacement first (the shared sockets let two serve one slot for a
-                # moment): the core sees replace_for set and starts a successor, then stops this.
-                inst.replace_for = ExitReason.MEMORY
-                return []
-            return step(inst, Halt(ExitReason.MEMORY), ctx)
+            # A fork bomb, or a leak of processes: killed (within the disruption budget).
+            return _disrupt(inst, ExitReason.PROCESSES, ctx)
+        case (State.STARTING | State.RUNNING), MemorySampled(rss=rss, processes=count):
+            held = inst.held
+            actions = _memory_sampled(inst, rss, count, ctx)
+            if held not in (None, ExitReason.HUNG) and inst.held is None and _overdue(inst, ctx):
+                return _disrupt(inst, ExitReason.HUNG, ctx)  # back within its limits, but hung meanwhile
+            return actions
         case _, MemorySampled(rss=rss):
             inst.rss = rss
             return []
@@ -399,6 +426,11 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
                 inst.state, inst.deadline = State.FAILED, ctx.now
             return []
 
+        case (State.STARTING | State.RUNNING), Proceed() if inst.held is not None:
+            return _proceed(inst, inst.held, ctx)
+        case _, Proceed():
+            return []  # nothing held (any more): nothing to do
+
         case _:
             raise InvalidTransition(f"{inst.name}: {type(event).__name__} in state {inst.state}")
 
@@ -415,6 +447,97 @@ def _stop_signal(inst: Instance, ctx: Context) -> list[Action]:
 def _kill(inst: Instance) -> list[Action]:
     assert inst.spawn_id is not None
     return [KillTree(inst.spawn_id)]
+
+
+def _memory_sampled(inst: Instance, rss: int, count: int | None, ctx: Context) -> list[Action]:
+    """A sample within max_processes: the memory check, confirmed over MEMORY_HYSTERESIS samples."""
+    inst.rss = rss
+    if count is not None:
+        _unhold(inst, ExitReason.PROCESSES)  # back within max_processes (the case before did not match)
+    limit = ctx.app.max_memory
+    if limit is None or rss <= limit:
+        inst.over_memory = 0
+        _unhold(inst, ExitReason.MEMORY)
+        return []
+    inst.over_memory += 1
+    if inst.over_memory < MEMORY_HYSTERESIS or inst.replace_for is not None:
+        return []
+    return _disrupt(inst, ExitReason.MEMORY, ctx)
+
+
+def _overdue(inst: Instance, ctx: Context) -> bool:
+    """A running instance silent for heartbeat_timeout: hung."""
+    timeout = ctx.app.heartbeat_timeout
+    return (inst.state is State.RUNNING and inst.replace_for is None and timeout is not None
+            and ctx.now >= _heard(inst, ctx) + timeout)
+
+
+def _disrupt(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
+    """A restart the supervisor decides on (one of DISRUPTIONS): taken now if the app's disruption
+    budget has room, else held, the process left running, until the group releases it (``Proceed``)
+    or the instance recovers."""
+    if not ctx.may_disrupt():
+        if inst.held is None or DISRUPTIONS.index(reason) < DISRUPTIONS.index(inst.held):
+            inst.held = reason
+            inst.held_since = ctx.now if inst.held_since is None else inst.held_since
+        if reason is ExitReason.HUNG and ctx.app.heartbeat_timeout is not None:
+            inst.deadline = ctx.now + ctx.app.heartbeat_timeout * HELD_RECHECK  # (its due time has passed)
+        return []
+    if inst.held is not None and DISRUPTIONS.index(inst.held) < DISRUPTIONS.index(reason):
+        reason = inst.held  # the most urgent of what is due
+    _unhold(inst)
+    match reason:
+        case ExitReason.HUNG:
+            return step(inst, Halt(ExitReason.HUNG), ctx)
+        case ExitReason.PROCESSES:
+            # No grace: a fork bomb would only grow. The whole tree goes.
+            inst.state = State.STOPPING
+            inst.stop_reason = ExitReason.PROCESSES
+            inst.then_start = False
+            inst.killed = True
+            inst.deadline = None
+            return _kill(inst)
+    if ctx.app.listen and inst.state is State.RUNNING and not inst.trial and not ctx.app.singleton:
+        # Start the replacement first (the shared sockets let two serve one slot for a
+        # moment): the core sees replace_for set and starts a successor, then stops this.
+        inst.replace_for = ExitReason.MEMORY
+        return []
+    return step(inst, Halt(ExitReason.MEMORY), ctx)
+
+
+def _proceed(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
+    """The budget has room for the restart `inst` is held for: it goes, unless a hung one beats again.
+    One held for memory but hung by now goes as hung: it serves nothing, so no replacement first."""
+    if reason is ExitReason.MEMORY and _overdue(inst, ctx):
+        reason = ExitReason.HUNG
+    elif reason is ExitReason.HUNG and inst.state is State.RUNNING and not _overdue(inst, ctx):
+        timeout = ctx.app.heartbeat_timeout
+        _unhold(inst)  # it beats again
+        inst.deadline = None if timeout is None else _heard(inst, ctx) + timeout
+        return []
+    return _disrupt(inst, reason, ctx)
+
+
+def _unhold(inst: Instance, reason: ExitReason | None = None) -> None:
+    """The restart `inst` was held for (of `reason`, or any) is no longer waiting."""
+    if inst.held is not None and (reason is None or inst.held is reason):
+        inst.held = inst.held_since = None
+
+
+def _heard(inst: Instance, ctx: Context) -> float:
+    """When the instance last showed it lives: its last beat, or when it became ready."""
+    heard = inst.last_beat if inst.last_beat is not None else inst.running_since  # 0.0 is a time too
+    return heard if heard is not None else ctx.now
+
+
+def _retry_spawn(inst: Instance, error: str, ctx: Context) -> list[Action]:
+    """The daemon could not start the process for want of its own descriptors: not the worker's
+    failure. No backoff step, no crash-loop count, no restart policy: a fixed short wait, then again."""
+    inst.last_exit = LastExit(ExitReason.CRASHED, error=error)
+    inst.pid = inst.spawn_id = inst.running_since = None
+    inst.state = State.BACKOFF
+    inst.deadline = ctx.now + DAEMON_FAULT_RETRY
+    return []
 
 
 def _reattach(inst: Instance, pid: int, resumed: Resumed, ctx: Context) -> list[Action]:
@@ -446,6 +569,7 @@ def _spawn(inst: Instance, ctx: Context) -> list[Action]:
     inst.over_memory = 0
     inst.replace_for = None
     inst.stop_by = None
+    _unhold(inst)
     inst.spawn_id = ctx.new_spawn_id()
     inst.spawned_fence = inst.fence
     return [Spawn(inst.spawn_id, ctx.app, inst.index, inst.fence, ctx.fence_at if ctx.app.singleton else None)]
@@ -470,6 +594,7 @@ def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Actio
     """The process is gone without being asked to, or a health check took it down."""
     inst.last_exit = last_exit
     inst.pid = None
+    _unhold(inst)
     healthy = _ran_healthy(inst, ctx)
     inst.running_since = None
     inst.deadline = None

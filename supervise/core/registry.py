@@ -12,10 +12,11 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from supervise.core.actions import Action, Publish
-from supervise.core.instance import Context, Input, Instance, State, step
+from supervise.core.instance import Context, Input, Instance, State, always, step
 from supervise.core.timers import Timers
 
 
@@ -63,10 +64,14 @@ class Registry:
         self.census_changed = True
         self.timers.set(inst, None)
 
-    def step(self, inst: Instance, event: Input, now: float) -> list[Action]:
-        """Apply `event` to `inst` through the transition function, and keep the books."""
+    def step(self, inst: Instance, event: Input, now: float, may_disrupt: Callable[[], bool] = always) -> list[Action]:
+        """Apply `event` to `inst` through the transition function, and keep the books.
+
+        `may_disrupt`: whether the app's disruption budget lets a restart decided on take `inst` down now.
+        """
         before, before_exit, before_sid = inst.state, inst.last_exit, inst.spawn_id
-        actions = step(inst, event, Context(inst.config, now, self.rng, self.new_spawn_id, self.fence_at))
+        ctx = Context(inst.config, now, self.rng, self.new_spawn_id, self.fence_at, may_disrupt)
+        actions = step(inst, event, ctx)
         if inst.spawn_id != before_sid:
             if before_sid is not None and self.by_spawn.get(before_sid) is inst:
                 del self.by_spawn[before_sid]
@@ -99,6 +104,8 @@ def _state_event(inst: Instance, before: State, exited: bool) -> dict[str, objec
     event: dict[str, object] = {"type": "state", "name": inst.name, "app": inst.app, "index": inst.index,
                                 "from": str(before), "to": str(inst.state), "pid": inst.pid,
                                 "generation": inst.generation}
+    if inst.state is State.STOPPING and before is not State.STOPPING:
+        event["reason"] = str(inst.stop_reason)  # why it is taken down: hung, memory, reload, stopped, ...
     if exited and inst.last_exit is not None:
         event["exit"] = inst.last_exit.as_json()
     return event

@@ -49,6 +49,7 @@ class Rollout:
     state: RolloutState = RolloutState.RUNNING
     error: str | None = None
     finished_at: float | None = None
+    waiting: str | None = None  # "budget": the next stop-first step waits for the app's disruption budget
 
     def __post_init__(self) -> None:
         self.total = len(self.pending)
@@ -65,7 +66,8 @@ class Rollout:
         end = self.finished_at if self.finished_at is not None else now
         return {"app": self.app, "generation": self.generation, "state": str(self.state),
                 "cause": str(self.cause), "replaced": self.replaced, "total": self.total, "error": self.error,
-                "duration": round(end - self.started_at, 3)}
+                "duration": round(end - self.started_at, 3),
+                **({"waiting": self.waiting} if self.waiting is not None else {})}
 
 
 class ChangeAction(StrEnum):

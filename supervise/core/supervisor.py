@@ -59,6 +59,7 @@ from supervise.core.events import (
 from supervise.core.fleet import Fleet
 from supervise.core.group import AppGroup
 from supervise.core.instance import (
+    DAEMON_FAULT_RETRY,
     MEMORY_HYSTERESIS,
     BecameReady,
     Died,
@@ -116,8 +117,8 @@ class Core:
         match event:
             case Spawned(spawn_id=sid, pid=pid):
                 actions += self._feed_spawn(sid, Forked(pid), now)
-            case SpawnFailed(spawn_id=sid, error=error):
-                actions += self._feed_spawn(sid, ForkFailed(error), now)
+            case SpawnFailed(spawn_id=sid, error=error, daemon_fault=fault):
+                actions += self._spawn_failed(sid, error, fault, now)
             case Exited(spawn_id=sid, code=code, signal=sig, lost=lost):
                 actions += self._feed_spawn(sid, Died(code, sig, lost), now)
             case Beat(spawn_id=sid, fields=fields):
@@ -185,10 +186,11 @@ class Core:
         """What every event may have set off: dependants starting, replacements moving on,
         commands settling, and what the shell must be told."""
         fleet = self._fleet
-        actions: list[Action] = []
+        # Each app's own business first (a held restart or a rollout's step may take it out of
+        # service this very event): only then is it judged up for the apps that depend on it.
+        actions = fleet.advance(now)
         if fleet.waiting or fleet.draining:
             actions += fleet.follow_dependencies(now)
-        actions += fleet.advance(now)
         actions += self._commands.settle(now)
         if self._registry.listeners_changed:
             self._registry.listeners_changed = False
@@ -225,6 +227,19 @@ class Core:
         if inst is None:
             return []  # an exit or beat from a process we no longer track
         return self._fleet.groups[inst.app].feed(inst, event, now)
+
+    def _spawn_failed(self, spawn_id: int, error: str, daemon_fault: bool, now: float) -> list[Action]:
+        """A spawn failed; one the daemon itself is to blame for is said so, and tried again shortly."""
+        inst = self._registry.by_spawn.get(spawn_id)
+        if inst is None:
+            return []
+        actions = self._fleet.groups[inst.app].feed(inst, ForkFailed(error, daemon_fault), now)
+        if daemon_fault:
+            retry = inst.state is State.BACKOFF and inst.deadline == now + DAEMON_FAULT_RETRY
+            actions.insert(0, self._registry.publish({
+                "type": "daemon", "event": "spawn-failed", "name": inst.name, "app": inst.app, "error": error,
+                "retry_in": DAEMON_FAULT_RETRY if retry else None}, durable=False))
+        return actions
 
     def _sampled(self, rss: Mapping[int, int | None], processes: Mapping[int, int], now: float) -> list[Action]:
         actions: list[Action] = []

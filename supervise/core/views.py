@@ -25,7 +25,7 @@ def status(fleet: Fleet, now: float, keys: Iterable[Key] | None = None) -> dict[
         if wanted is not None and not rows:
             continue
         entry: dict[str, object] = {"name": name, "target": group.target, "generation": group.generation,
-                                    "instances": rows}
+                                    "instances": rows, "budget": group.budget_json()}
         if group.rollout is not None:
             entry["rollout"] = group.rollout.as_json(now)
         others = [instance_json(i, now) for i in (*group.successors.values(), *group.retiring)
@@ -53,7 +53,16 @@ def instance_json(inst: Instance, now: float) -> dict[str, object]:
         "fields": inst.fields if live else None,
         "last_exit": inst.last_exit.as_json() if inst.last_exit else None,
         **({"fencing_token": inst.spawned_fence} if inst.spawned_fence is not None else {}),
+        **_waiting(inst, now),
     }
+
+
+def _waiting(inst: Instance, now: float) -> dict[str, object]:
+    """A restart decided on that waits for the app's disruption budget: what for, and how long so far."""
+    if inst.held is None:
+        return {}
+    since = inst.held_since if inst.held_since is not None else now
+    return {"waiting": "budget", "waiting_reason": str(inst.held), "waiting_age": round(now - since, 3)}
 
 
 @dataclass(frozen=True, slots=True)

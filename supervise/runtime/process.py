@@ -50,7 +50,12 @@ rounding: 15 ms. Any wider only lets a reused pid pass for the process.
 
 
 class SpawnError(Exception):
-    """A worker could not be started; the message says what to fix."""
+    """A worker could not be started; the message says what to fix. ``daemon_fault``: the daemon (or the
+    system) was out of file descriptors (EMFILE, ENFILE): nothing the worker did, so not its failure."""
+
+    def __init__(self, message: str, daemon_fault: bool = False) -> None:
+        super().__init__(message)
+        self.daemon_fault = daemon_fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +127,7 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
             start_new_session=True,  # own session and process group: pgid == pid
         )
     except OSError as exc:
-        raise SpawnError(_explain_spawn_failure(spec, exc)) from None
+        raise SpawnError(_explain_spawn_failure(spec, exc), exc.errno in (errno.EMFILE, errno.ENFILE)) from None
     except ValueError as exc:  # a NUL byte in argv or env, a bad pass_fds entry
         raise SpawnError(f"invalid command or environment for {spec.name}: {exc}") from None
     finally:
@@ -154,7 +159,8 @@ def _open_log(path: Path) -> int:
             return os.open(path, flags, LOG_FILE_MODE)
     except OSError as exc:
         what = f"cannot open log file {path}: {exc.strerror}"
-        raise SpawnError(limits.describe_out_of_fds(exc, what) or what) from None
+        daemon_fault = exc.errno in (errno.EMFILE, errno.ENFILE)
+        raise SpawnError(limits.describe_out_of_fds(exc, what) or what, daemon_fault) from None
 
 
 def _disarm(proc: subprocess.Popen[bytes]) -> None:

@@ -142,7 +142,8 @@ class WorkerTable:
             read_fd, write_fd = output.Outputs.pipe(above=2 + len(fds))
         except OSError as exc:
             what = f"cannot make an output pipe: {exc.strerror}"
-            self._spawn_failed(action, limits.describe_out_of_fds(exc, what) or what)
+            out_of_fds = limits.describe_out_of_fds(exc, what)
+            self._spawn_failed(action, out_of_fds or what, daemon_fault=out_of_fds is not None)
             return
         # The worker holds a read end too (read_fd, passed): its pipe outlives a dead daemon.
         spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, output=write_fd, name=name,
@@ -151,7 +152,7 @@ class WorkerTable:
             child = process.spawn(spec, self.cgroups)
         except process.SpawnError as exc:
             os.close(read_fd)
-            self._spawn_failed(action, str(exc))
+            self._spawn_failed(action, str(exc), daemon_fault=exc.daemon_fault)
             return
         finally:
             os.close(write_fd)
@@ -164,9 +165,9 @@ class WorkerTable:
             self.loop.add_reader(worker.pidfd, self.reap)
         self.report(Spawned(action.spawn_id, child.pid))
 
-    def _spawn_failed(self, action: Spawn, error: str) -> None:
+    def _spawn_failed(self, action: Spawn, error: str, daemon_fault: bool = False) -> None:
         self.log.error("spawn failed", name=f"{action.app.name}:{action.index}", error=error)
-        self.report(SpawnFailed(action.spawn_id, error))
+        self.report(SpawnFailed(action.spawn_id, error, daemon_fault))
 
     @property
     def heartbeat_endpoint(self) -> str:

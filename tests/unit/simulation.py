@@ -17,10 +17,19 @@ instance; a backoff delay lies within its bounds; a stop ends within
 stop_timeout plus the kill; a hang or memory restart is never taken
 against a process that was beating, or on a spike.
 
+Disruption budget: the slots of a local app that a restart the core decided
+on (hung, memory, max_processes, a reload's stop-first step) took out of
+`running` never number more than its max_unavailable at once (counted
+from the state events and the view, not from what the core says of its
+budget); a restart held by the budget is said so (a `budget` event, and
+`waiting` in status) and only while the app's budget is spent; with
+faults stopped, nothing waits.
+
 Liveness: no more than max_restarts automatic restarts in any window
 before `failed`; a hung process gets its stop signal within
 heartbeat_timeout; a tree over max_memory for the confirming samples is
-replaced, and one over max_processes is killed at once; every command is
+replaced, and one over max_processes is killed at once (each unless, and
+until, the budget holds it); every command is
 answered by its timeout; every drain ends; with faults stopped, every app
 converges to its count.
 
@@ -61,6 +70,7 @@ from supervise.config.model import (
     ClusterConfig,
     Config,
     CrashLoopConfig,
+    MaxUnavailable,
     Placement,
     Readiness,
     Restart,
@@ -93,6 +103,9 @@ MAX_PROCESSES = 8
 EPSILON = 1e-6
 CRASH_WINDOW = 30.0
 REQUESTED_STOPS = ("stopped", "reload", "fenced")  # reasons of stops asked for, which restart nothing by themselves
+DISRUPTIONS = ("hung", "memory", "processes", "reload")  # stops the budget paces (reload: a stop-first step)
+BUDGETS = (MaxUnavailable(), MaxUnavailable(1, percent=False), MaxUnavailable(2, percent=False),
+           MaxUnavailable(50, percent=True))
 CLUSTER_EVERY = 5  # one schedule in this many runs in a cluster
 CLUSTER_APPS = ("spread", "agent", "leader")  # placement "cluster", "every-node", and a singleton
 KNOWN_BUGS: frozenset[str] = frozenset()
@@ -177,6 +190,10 @@ class Simulation(FakeShell):
         self.events_at_exit: int | None = None  # how many events were published when the daemon exited
         self.adopting = False
         self._recorded_fences: list[int | None] | None = None  # of the checkpoint being adopted
+        # The budget: processes whose restart the core holds (pid -> reason), and the slots of each local app a
+        # restart decided on took out of service (app -> slot name -> spawn id), until they run again.
+        self.budget_held: dict[int, str] = {}
+        self.disrupted: dict[str, dict[str, int]] = {}
         self._reset_core_model()
 
     def _reset_core_model(self) -> None:
@@ -289,6 +306,52 @@ class Simulation(FakeShell):
             self.restarts.pop(str(event["name"]), None)  # a new instance in the slot: a new breaker
         elif kind == "state":
             self._state_event(event)
+            self._disruption(event)
+        elif kind == "budget":
+            self._budget_event(event)
+
+    def _disruption(self, event: dict[str, object]) -> None:
+        """A serving instance of a local app taken out of running by a restart the core decided on."""
+        if event["from"] != "running" or event["to"] != "stopping" or event.get("reason") not in DISRUPTIONS:
+            return
+        cfg = self.config.apps.get(str(event["app"]))
+        proc = self.procs.get(event["pid"])  # type: ignore[arg-type]
+        if cfg is None or cfg.clustered or proc is None:
+            return
+        roles = {i.spawn_id: i.role for i in self.core.view.snapshot().instances}
+        if roles.get(proc.spawn_id) is Role.SLOT:
+            self.disrupted.setdefault(cfg.name, {})[str(event["name"])] = proc.spawn_id
+
+    def _budget_event(self, event: dict[str, object]) -> None:
+        """A restart held, or no longer: the held ones are excused their deadlines until released."""
+        what, pid = event["event"], event["pid"]
+        self.note(f"budget: {event['name']} {what} ({event['reason']}, {event['unavailable']} of "
+                  f"{event['max_unavailable']} out)")
+        if what == "held":
+            self.check(event["unavailable"] >= event["max_unavailable"],  # type: ignore[operator]
+                       f"{event['name']} held with room in the budget: {event}")
+            cfg, target = self.config.apps.get(str(event["app"])), self._target(str(event["app"]))
+            if cfg is not None and not cfg.clustered and target is not None:
+                self.check(event["max_unavailable"] == cfg.max_unavailable.of(target),
+                           f"{event['app']}: a budget of {event['max_unavailable']}, its max_unavailable "
+                           f"{cfg.max_unavailable} of {target} instances is {cfg.max_unavailable.of(target)}")
+            if pid is not None:
+                self.budget_held[pid] = str(event["reason"])  # type: ignore[index]
+            return
+        if pid is None:
+            return
+        self.budget_held.pop(pid, None)  # type: ignore[call-overload]
+        proc = self.procs.get(pid)  # type: ignore[arg-type]
+        if not isinstance(proc, SimProc):
+            return
+        if what == "released" and proc.memory_due is not None:  # its deadlines run from now
+            proc.memory_due = self.now + proc.app.start_timeout + _max_stop(self, proc) + KILL_LATENCY + 1.0
+        else:  # recovered; or dropped: stopped by other means (an operator's stop), its stop's bound applies
+            proc.memory_due = proc.kill_due = None
+
+    def _target(self, app: str) -> int | None:
+        record = self.core.view.snapshot().apps.get(app)
+        return None if record is None else record.target
 
     def _state_event(self, event: dict[str, object]) -> None:
         name, before, after = str(event["name"]), event["from"], event["to"]
@@ -379,6 +442,7 @@ class Simulation(FakeShell):
         if self.maybe_waiting:
             self._check_dependencies()
         self._check_surge(snapshot)
+        self._check_budget(snapshot)
         self._check_health(instances, live)
         self._check_replies()
         if self.cluster is not None:
@@ -419,10 +483,28 @@ class Simulation(FakeShell):
             if cfg is not None:
                 self.check(len(new) <= max(cfg.surge(), 1), f"{name}: {len(new)} new instances at once, past surge")
 
+    def _check_budget(self, snapshot: Snapshot) -> None:
+        """The slots a restart decided on took out of service, of each local app: within its budget."""
+        if self.draining or not self.disrupted:
+            return
+        slots = {f"{i.app}:{i.index}": i for i in snapshot.instances if i.role is Role.SLOT}
+        for name, out in list(self.disrupted.items()):
+            for slot in [s for s in out if s not in slots or slots[s].state in (State.RUNNING, State.STOPPED)]:
+                del out[slot]  # serving again (or stopped for good, or gone): no longer out
+            cfg, record = self.config.apps.get(name), snapshot.apps.get(name)
+            if not out or cfg is None or record is None:
+                self.disrupted.pop(name, None)
+                continue
+            budget = cfg.max_unavailable.of(record.target)
+            self.check(len(out) <= budget, f"{name}: {sorted(out)} out of service by restarts decided on at once, "
+                                           f"past max_unavailable {cfg.max_unavailable} (= {budget})")
+
     def _check_health(self, instances: tuple[InstanceSnapshot, ...], live: dict[int, Proc]) -> None:
         states = {i.spawn_id: i for i in instances if i.spawn_id is not None}
         for sid, proc in live.items():
             assert isinstance(proc, SimProc)
+            if proc.pid in self.budget_held:
+                continue  # its restart waits for the budget (checked to be spent when it was held)
             inst = states[sid]
             timeout = proc.heartbeat_timeout
             signalled = proc.last_stop_signal is not None or proc.killed
@@ -685,6 +767,8 @@ class Simulation(FakeShell):
             proc.heartbeat_timeout = current.heartbeat_timeout if current else None
         self.restarts.clear()
         self.backoff_since.clear()
+        self.budget_held.clear()  # a new core holds nothing: what is still due it finds again
+        self.disrupted.clear()
         self.maybe_waiting, self.waiting = True, {}  # an app with adopted instances is started already
         self.sent = {rid: due for rid, due in self.sent.items() if rid in self.replies}  # died unanswered
         self.awaiting.clear()
@@ -706,6 +790,11 @@ class Simulation(FakeShell):
 
     def send(self, cmd: CommandReceived) -> None:
         self.commanded_at = self.now
+        # An operator's word changes what counts (a stop overrides a hang's, a scale the budget): start over.
+        touched = set(cmd.config.apps) | set(self.disrupted) if cmd.config is not None else \
+            {t.partition(":")[0] for t in cmd.targets}
+        for name in touched:
+            self.disrupted.pop(name, None)
         for name, a in (cmd.config.apps.items() if cmd.config is not None else ()):
             self.stop_timeouts[name] = max(self.stop_timeouts.get(name, 0.0), a.stop_timeout)
             self.max_restarts[name] = max(self.max_restarts.get(name, 0), a.crash_loop.max_restarts)
@@ -786,6 +875,7 @@ def make_app(rng: random.Random, name: str, deps: tuple[str, ...]) -> AppConfig:
         listen=("127.0.0.1:8080",) if health and rng.random() < 0.5 else (),  # memory restarts start a successor
         reload_surge=rng.choice([None, 0, 1, 2]),
         depends_on=deps,
+        max_unavailable=rng.choice(BUDGETS),
     )
 
 
@@ -894,6 +984,7 @@ def settle(sim: Simulation) -> None:
                   "replacing" not in app and not (isinstance(app.get("rollout"), dict) and
                                                    app["rollout"]["state"] == "running"),  # type: ignore[index]
                   f"{name} did not converge: {app}")
+        sim.check(not [r["name"] for r in rows if "waiting" in r], f"{name}: restarts still held at the end: {app}")
         reply = sim.replies.get(("final", name))
         # A fault still in flight when `start` was typed (a late readiness, a hang) can trip
         # the breaker again; the reply must then say which instance failed and why.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fakeshell import FakeShell, app, config
 
-from supervise.config.model import Readiness
+from supervise.config.model import MaxUnavailable, Readiness
 from supervise.core.events import DeadlineReached, Stalled
 
 
 def running(**kw: object) -> FakeShell:
+    # No disruption budget: both instances hanging together are both restarted at once here.
+    kw.setdefault("max_unavailable", MaxUnavailable(100))
     shell = FakeShell(config(app(instances=2, readiness=Readiness.HEARTBEAT, heartbeat_timeout=1.0, **kw)))
     shell.start()
     shell.ready_all()
