@@ -26,7 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from supervise.config.model import AppConfig
+    from supervise.config.model import AppConfig, Config
 
 ENV_CONNECT, ENV_KEY, ENV_SERVER_KEY = "SUPERVISE_CONNECT", "SUPERVISE_KEY", "SUPERVISE_SERVER_KEY"
 
@@ -92,7 +92,7 @@ def cmd_check(args: SimpleNamespace) -> None:
     print(f"{args.config}: ok ({summary})")
     from supervise.runtime.limits import check_fds  # warnings only: the config is fine
 
-    for warning in check_fds(cfg):
+    for warning in check_fds(cfg) + _metrics_warnings(cfg):
         print(warning, file=sys.stderr)
     try:
         plan = Control(StatePaths(cfg.supervise.state_dir)).request(protocol.Request("reload", dry_run=True))
@@ -117,6 +117,27 @@ def cmd_status(args: SimpleNamespace) -> None:
     from supervise.cli import render
 
     print(render.status_table(result))
+
+
+def _metrics_warnings(cfg: Config) -> list[str]:
+    """`[supervise] metrics` on an address other hosts may reach: /metrics and the dashboard have no login."""
+    if cfg.supervise.metrics is None:
+        return []
+    import ipaddress
+
+    from supervise.config.units import TcpAddress, parse_listen_address
+
+    address = parse_listen_address(cfg.supervise.metrics)
+    host = address.host if isinstance(address, TcpAddress) else ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it binds whatever that resolves to
+        loopback = False
+    if loopback:
+        return []
+    return [f"warning: supervise.metrics = \"{cfg.supervise.metrics}\" is not a loopback address: /metrics and the "
+            "dashboard answer anyone who can reach it, with no authentication; bind 127.0.0.1 and put a reverse "
+            "proxy with authentication in front to show them further (README: Metrics)"]
 
 
 def _cluster_count(app: AppConfig) -> str:

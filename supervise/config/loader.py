@@ -162,6 +162,7 @@ def _supervise(table: _Table, base: Path) -> SuperviseConfig:
             "control": _tcp_endpoint,
             "control_key": lambda value: units.absolute(base, units.path_text(value)),
             "control_clients": units.array_of(partial(_client_key, base), "keys"),
+            "metrics": _metrics_address,
         }
     )
     values = {key: str(value) if isinstance(value, StrEnum) else value for key, value in values.items()}
@@ -178,6 +179,20 @@ def _tcp_endpoint(value: Any) -> str:
     match = re.fullmatch(r"tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})", text)
     if not match or not 0 < int(match[2]) < 65536:
         raise units.expected('a TCP endpoint like "tcp://127.0.0.1:7070"', value)
+    return text
+
+
+def _metrics_address(value: Any) -> str:
+    """``metrics = "127.0.0.1:9750"`` or ``"[::1]:9750"``: a TCP address the daemon binds as written (no
+    default host: a non-loopback one is only ever there because someone wrote it; `check` warns of it)."""
+    what = 'an address like "127.0.0.1:9750" or "[::1]:9750" (a host and a port from 1 to 65535)'
+    text = units.string(value)
+    try:
+        address = units.parse_listen_address(text)
+    except Invalid:
+        raise units.expected(what, value) from None
+    if not isinstance(address, units.TcpAddress) or not 0 < address.port < 65536:
+        raise units.expected(what, value)
     return text
 
 

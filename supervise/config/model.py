@@ -160,6 +160,7 @@ class SuperviseConfig:
     control: str | None = None  # a TCP control endpoint, "tcp://127.0.0.1:7070", besides the ipc socket
     control_key: Path | None = None  # the daemon's CURVE secret key file (supervise keygen)
     control_clients: tuple[str, ...] = ()  # client public keys allowed in: Z85 strings or .key files
+    metrics: str | None = None  # "HOST:PORT" serving /metrics (Prometheus) and the dashboard; bound exactly as given
 
 
 @dataclass(frozen=True, slots=True)

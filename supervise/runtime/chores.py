@@ -201,6 +201,7 @@ class Checkpointer:
         self._timer: asyncio.TimerHandle | None = None
         self._last = -CHECKPOINT_INTERVAL
         self.stopped = False  # the daemon is exiting: nothing more is written
+        self.on_write: Callable[[float, bool], None] | None = None  # seconds each write took, and if it did (metrics)
 
     def soon(self) -> None:
         """Coalesce: at most one checkpoint per CHECKPOINT_INTERVAL, however many are asked for."""
@@ -217,17 +218,20 @@ class Checkpointer:
         self.loop.run_in_executor(self.executor, self._store, self.encode())
 
     def _store(self, data: bytes) -> None:
-        """In the worker thread; what came of it goes back to the loop."""
+        """In the worker thread; what came of it (and how long it took) goes back to the loop."""
+        started = time.monotonic()
         try:
             checkpoint.write(self.path, data)
         except OSError as exc:
-            self.loop.call_soon_threadsafe(self._stored, exc.strerror or str(exc))
+            self.loop.call_soon_threadsafe(self._stored, exc.strerror or str(exc), time.monotonic() - started)
         else:
-            self.loop.call_soon_threadsafe(self._stored, None)
+            self.loop.call_soon_threadsafe(self._stored, None, time.monotonic() - started)
 
-    def _stored(self, error: str | None) -> None:
+    def _stored(self, error: str | None, seconds: float) -> None:
         """A failing checkpoint is said once, in status and as an event, and so is its recovery:
         until then a daemon restart would adopt workers from an old record, or none."""
+        if self.on_write is not None:
+            self.on_write(seconds, error is None)
         if error is not None and self.failing is None:
             self.log.warning("cannot write the checkpoint; a daemon restart would not adopt the workers",
                              error=error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -66,6 +67,7 @@ class ControlServer:
         self.finish_status = finish_status  # the shell adds what only it knows to the core's status
         self.malformed = 0  # requests that are not valid control messages: the client's fault
         self.internal_errors = 0  # requests whose handling raised: our bug
+        self.requests: Counter[str] = Counter()  # valid requests by command (/metrics)
         self._bug = log_module.BugLog(log if log is not None else log_module.default(),
                                       "control request failed: internal error", clock=loop.time)
         self.followers: set[tuple[bytes, ...]] = set()  # envelopes of `events --follow` clients
@@ -143,6 +145,7 @@ class ControlServer:
             self.malformed += 1
             self._send(envelope, protocol.encode_reply(False, error=f"bad request: {exc}", usage=True))
             return
+        self.requests[req.cmd] += 1
         if req.cmd == "events":
             self._send(envelope, protocol.encode_events_reply(
                 self.history.since(req.since), self.history.first_seq, self.history.last_seq, id=req.id))
@@ -196,6 +199,10 @@ class Controls:
     @property
     def internal_errors(self) -> int:
         return sum(server.internal_errors for server in self.servers)
+
+    @property
+    def requests(self) -> Counter[str]:
+        return sum((server.requests for server in self.servers), Counter())
 
 
 

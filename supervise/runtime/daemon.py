@@ -57,12 +57,13 @@ from supervise.core import (
 )
 from supervise.core.actions import ExtendFence, ScaleCluster
 from supervise.core.events import Cause, Stalled
-from supervise.runtime import adoption, checkpoint, killing, process, reloading, sdnotify
+from supervise.runtime import adoption, checkpoint, dashboard, killing, process, reloading, sdnotify
 from supervise.runtime.chaos_sessions import ChaosSessions
 from supervise.runtime.chores import Checkpointer, LogChecks, Sampling, ServiceManager
 from supervise.runtime.control_server import Controls, ControlServer, curve_security
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.history import EVENTS_FILE, History
+from supervise.runtime.http import HttpServer
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.log import Log, log_event
 from supervise.runtime.output import Outputs
@@ -73,6 +74,7 @@ from supervise.wire.statedir import StatePaths
 
 if TYPE_CHECKING:
     from supervise.runtime.clustering import ClusterLink
+    from supervise.runtime.metrics import Metrics
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 EARLY_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -111,6 +113,8 @@ class Daemon:
         self.cluster: ClusterLink | None = None  # with [cluster]: the agent's link to the loop
         # Each published event, as a dict and as the JSON `events` clients get; called on the loop, must not block.
         self.event_listeners: list[Callable[[dict[str, object], bytes], None]] = []
+        self.http: HttpServer | None = None  # with [supervise] metrics: /metrics and the dashboard
+        self.metrics: Metrics | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -120,7 +124,12 @@ class Daemon:
         loop.set_exception_handler(self._loop_error)
         subreaper = process.become_subreaper()
         process.raise_nofile(self.log)  # workers get the soft limit the daemon started with
-        self._open_sockets()
+        await self._open_http()
+        try:
+            self._open_sockets()
+        except BaseException:
+            self._close_http()
+            raise
         self.listeners = Listeners()
         self.outputs = Outputs(loop, self._publish)
         self.workers = WorkerTable(loop, self.paths, self.listeners, self.heartbeats, self._executor, self.dispatch,
@@ -128,6 +137,8 @@ class Daemon:
         self._dispatching = True  # what the start sets off reports back through the queue, after it
         leftovers = self._recover()
         self._start_chores()
+        if self.metrics is not None:
+            self.checkpointer.on_write = self.metrics.checkpoint_written
         if leftovers is not None:  # adopted workers' sockets are taken over before any address is bound
             self._run_actions(self._handle(leftovers.event))
         self.heartbeats.start_reading()
@@ -140,6 +151,7 @@ class Daemon:
             self.heartbeats.close()
             self.control.close()
             self.ctx.term()
+            self._close_http()
             raise
         self.workers.cgroups = process.Cgroups.detect(process.cgroups_owner())
         self._install_signal_handlers()
@@ -197,6 +209,42 @@ class Daemon:
                 raise CannotStart(f"control endpoint {self.config.supervise.control}: {exc}") from None
             raise
 
+    async def _open_http(self) -> None:
+        """With ``[supervise] metrics``: /metrics (and the dashboard) over HTTP, served on this loop.
+        Bound before any other socket, so that an address in use stops the start before anything is done."""
+        address = self.config.supervise.metrics
+        if address is None:
+            return
+        from supervise.runtime.metrics import Metrics, Source, host_port  # only a daemon with metrics loads them
+
+        self.metrics = Metrics(self.loop, Source(
+            status=lambda: self._finish_status(self.core.view.status(self.loop.time())),
+            subscribe=self.event_listeners.append, draining=lambda: self.core.view.shutting_down,
+            control_requests=lambda: self.control.requests,
+            cluster=lambda: self.cluster.agent.status() if self.cluster is not None else None))
+        self.http = HttpServer(*host_port(address), on_error=self._http_error)
+        self.http.route("/metrics", self.metrics.handle)
+        dashboard.install(self.http, dashboard.Source(  # `/`: the read-only page, its JSON and its event stream
+            status=lambda: self._finish_status(self.core.view.status(self.loop.time())),
+            log_file=self.paths.log_file, subscribe=self.event_listeners.append,
+            recent=lambda: self.history.since(self.history.last_seq - dashboard.RECENT)))
+        try:
+            await self.http.start()
+        except OSError as exc:  # in use, not permitted, a host name that does not resolve (errno < 0)
+            self._close_http()
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+            raise CannotStart(f"metrics endpoint {address}: {reason}") from None
+        self.log.info("metrics endpoint", url=f"http://{address}/metrics")
+
+    def _close_http(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def _http_error(self, path: str, exc: BaseException) -> None:
+        self.log.error("HTTP request failed: internal error", path=path, exc_info=exc)
+
     def _start_chores(self) -> None:
         loop = self.loop
         self.sampling = Sampling(loop, self.workers, self._executor, self.dispatch)
@@ -208,6 +256,7 @@ class Daemon:
         self.chaos = ChaosSessions(loop, self.workers, self._publish, self.control.reply)
 
     async def _close(self) -> None:
+        self._close_http()  # first: no page reads what is being taken down
         if self.cluster is not None:  # every cluster instance is gone (or kept): give the lease up, or let it run out
             await self.loop.run_in_executor(None, self.cluster.close, not self._keeping_workers)
         self.chaos.end_all()
@@ -443,6 +492,9 @@ class Daemon:
         if not dry_run:
             if reloading.control_changed(self.config, new):
                 self.log.warning("[supervise] control settings changed: they apply at the next daemon start")
+            if self.config.supervise.metrics != new.supervise.metrics:
+                self.log.warning("[supervise] metrics changed: it applies at the next daemon start",
+                                 serving=self.config.supervise.metrics, configured=new.supervise.metrics)
             self._switch_config(new)
         self.dispatch(CommandReceived(rid, Verb.RELOAD, config=new, dry_run=dry_run, cause=cause, timeout=timeout))
 

@@ -26,6 +26,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "supervise"
 MAY_IMPORT = {
     "config": set(),
     "wire": set(),
+    "dashboard": set(),  # the web page's static files (no code); runtime/dashboard.py serves them
     "core": {"config", "wire"},
     "control": {"config", "wire"},
     "cluster": {"core", "config", "wire"},
