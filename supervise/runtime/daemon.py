@@ -96,7 +96,8 @@ class Daemon:
         self.paths = StatePaths(config.supervise.state_dir)
         self.core = Core(config, random.Random())
         self.history = History(path=self.paths.root / EVENTS_FILE, log=log)  # numbering goes on across restarts
-        self._queue: deque[Event] = deque()
+        self._queue: deque[tuple[Event, float]] = deque()  # with the wall time it happened (was queued)
+        self._event_time: float | None = None  # while the core handles an event: when it happened
         self._dispatching = False
         self._reap_pending = False
         self._timer: asyncio.TimerHandle | None = None
@@ -337,7 +338,7 @@ class Daemon:
     def dispatch(self, event: Event) -> None:
         """Queue an event for the core; events raised while carrying out actions
         (a spawn reporting its pid) are handled after the current batch, in order."""
-        self._queue.append(event)
+        self._queue.append((event, time.time()))
         if not self._dispatching:
             self._drain_queue()
 
@@ -349,9 +350,11 @@ class Daemon:
         self._dispatching = True
         try:
             while self._queue and not self._exit.done():
-                self._run_actions(self._handle(self._queue.popleft()))
+                event, self._event_time = self._queue.popleft()
+                self._run_actions(self._handle(event))
         finally:
             self._dispatching = False
+            self._event_time = None
         self._arm_timer()
 
     def _handle(self, event: Event) -> list[Action]:
@@ -557,13 +560,16 @@ class Daemon:
                 except ListenError as exc:
                     self.log.error("cannot listen", error=str(exc))
         self._switch_config(new)
-        self._queue.append(CommandReceived(None, Verb.RELOAD, config=new, cause=Cause.CONFIG))
+        self._queue.append((CommandReceived(None, Verb.RELOAD, config=new, cause=Cause.CONFIG), time.time()))
 
     # -- what the world sees ---------------------------------------------------------------
 
     def _publish(self, event: dict[str, object]) -> int:
-        """Number the event, keep it, log it, push it to followers; returns its number."""
-        stamped = self.history.append(event, time.time())
+        """Number the event, keep it, log it, push it to followers; returns its number.
+
+        Its time is when what caused it happened (an exit: the moment it was reaped), not when
+        the action was carried out: the replacement's spawn comes before the publish."""
+        stamped = self.history.append(event, self._event_time or time.time())
         log_event(self.log, event)
         self.control.push(stamped)
         if self.cluster is not None:

@@ -523,9 +523,11 @@ def test_a_listing_of_the_log_and_its_backups_never_shows_a_rotation_in_progress
     replace = os.replace
 
     def replace_and_look(src: Path, dst: Path) -> None:
-        # What `logs`, a glob or `ls` would list at each step of the rotation.
-        listings.append({p.name for p in tmp_path.glob("a.log*")})
-        copies.append(logfiles.in_progress(log).exists())
+        # What `logs`, a glob or `ls` would list at each step of the rotation (the hidden time
+        # indexes move beside their logs: not a step of their own).
+        if not str(src).endswith(".idx"):
+            listings.append({p.name for p in tmp_path.glob("a.log*")})
+            copies.append(logfiles.in_progress(log).exists())
         replace(src, dst)
 
     monkeypatch.setattr(logfiles.os, "replace", replace_and_look)
