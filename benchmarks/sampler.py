@@ -17,6 +17,12 @@ only, the PSS carried over). CPU (thread_time) and wall time of each pass,
 medians and the ratio new / old. Target: a pass over 1,000 under 100 ms of
 CPU, as for health.py's `sampler` figure.
 
+`cadence`: `supervise run` with 1,000 `sleep` instances (no max_memory),
+each sampled every DISPLAY_INTERVAL for `status`'s CPU, MEM and process
+count (an exact pass, every tree's PSS, every EXACT_INTERVAL). The daemon's
+CPU over `--cadence-windows` windows of `--cadence-seconds` each, once all
+run; the median. Target: under 1 % of one core.
+
 `soak`: `supervise run` with one app, tests/integration/workers/preforked.py
 (a master writes 150 MB, then forks 4 children sharing it), max_memory
 500M: above the tree's PSS (~165 MiB), below its RSS sum (~800 MiB). Over
@@ -48,9 +54,9 @@ from runner import Bench, Options, main, run_selected  # noqa: E402
 
 from supervise.runtime import sampler  # noqa: E402
 from supervise.runtime.cgroups import Cgroups  # noqa: E402
-from supervise.runtime.chores import MEMORY_INTERVAL  # noqa: E402
+from supervise.runtime.chores import DISPLAY_INTERVAL, EXACT_INTERVAL, MEMORY_INTERVAL  # noqa: E402
 
-FIGURES = ("pass", "soak")
+FIGURES = ("pass", "cadence", "soak")
 PREFORKED = HERE.parent / "tests" / "integration" / "workers" / "preforked.py"
 PASS_TARGET = 0.100  # seconds of CPU for a pass over 1,000 processes
 FAR = 1 << 40  # a limit no tree here comes near: the quick pass carries PSS over
@@ -239,7 +245,40 @@ def bench_pass(b: Bench) -> None:
             b.say(f"  warning: could not remove {cgroups.root}")
 
 
-# -- 2. a pre-forked server under a limit between its PSS and its RSS sum ----------------
+# -- 2. the daemon's cost of sampling every instance at the default cadence --------------
+
+CADENCE_TARGET = 1.0  # % of one core, 1,000 instances
+
+
+def bench_cadence(b: Bench) -> None:
+    """Daemon CPU with 1,000 idle `sleep` instances, all sampled every DISPLAY_INTERVAL."""
+    n, seconds, windows = b.args.processes, b.args.cadence_seconds, b.args.cadence_windows
+    b.say(f"\n[cadence] daemon with {n} `sleep` instances, every one sampled every {DISPLAY_INTERVAL:g} s "
+          f"(PSS of all every {EXACT_INTERVAL:g} s); CPU over {windows} windows of {seconds:g} s")
+    d = b.supervised("cadence", f'[apps.s]\ncommand = ["sleep", "3600"]\ninstances = {n}\nreadiness = "none"\n'
+                                f'stop_timeout = "2s"\n')
+    d.start()
+    rows = d.wait_running(n, timeout=300)
+    for row in rows:
+        b.procs.saw_pid(row["pid"])
+    wait_for(lambda: all(i.get("processes") == 1 and i.get("cpu") is not None for i in d.status()), 30,
+             "cpu and processes for every instance")
+    time.sleep(EXACT_INTERVAL / 10)  # let the start's work pass (a pace, not a wait for a condition)
+    pid = d.proc.pid  # type: ignore[union-attr]
+    cpus = []
+    for _ in range(windows):
+        c0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)  # the measuring window
+        cpus.append((cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100)
+    d.shutdown()
+    cpu = median(cpus)
+    b.say(f"  daemon CPU per window: {', '.join(f'{c:.2f} %' for c in cpus)}; median {cpu:.2f} %")
+    b.raw["cadence"] = {"instances": n, "interval": DISPLAY_INTERVAL, "cpu": cpus}
+    b.add(f"daemon CPU, {n} instances sampled every {DISPLAY_INTERVAL:g} s", f"{cpu:.2f} %", "",
+          f"(< {CADENCE_TARGET:g} % of a core)", cpu < CADENCE_TARGET)
+
+
+# -- 3. a pre-forked server under a limit between its PSS and its RSS sum ----------------
 
 
 def tree_of(pid: int) -> list[psutil.Process]:
@@ -331,12 +370,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts = Options(__doc__, FIGURES)
     opts.add("--processes", type=int, default=1000, help="pass: processes (default 1000)")
     opts.number("--passes", int, 15, 5, "pass: passes of each kind")
+    opts.number("--cadence-seconds", float, 30.0, 10.0, "cadence: seconds a window")
+    opts.number("--cadence-windows", int, 5, 3, "cadence: windows")
     opts.number("--soak-seconds", float, 300.0, 30.0, "soak: seconds")
     return opts.parse(argv)
 
 
 def run(b: Bench) -> None:
-    run_selected(b, ("pass", bench_pass), ("soak", bench_soak))
+    run_selected(b, ("pass", bench_pass), ("cadence", bench_cadence), ("soak", bench_soak))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from supervise.control.client import JSONObject
 
-STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "BEAT", "LAST EXIT")
+STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CPU", "MEM", "BEAT", "LAST EXIT")
 
 
 def duration(seconds: float | None) -> str:
@@ -48,17 +48,47 @@ def size(n: int | None) -> str:
 
 
 def status_table(result: JSONObject) -> str:
-    """Every instance of a ``status`` result as aligned columns, then apps waiting on others."""
-    rows = [STATUS_HEADER]
+    """Every instance of a ``status`` result as aligned columns, then apps waiting on others.
+
+    An instance being replaced (a rollout, a replace-first restart) has its
+    new and old processes listed under its slot, indented; an app in a
+    rollout is followed by a line saying how far it got. CPU is percent of
+    one core; MEM is the ``rss`` figure (the tree's PSS or cgroup charge).
+    """
+    rows: list[tuple[str, ...]] = [STATUS_HEADER]
+    lines: list[str] = []  # one per app in a rollout, after the table
     for app in result["apps"]:
+        beside: dict[object, list[JSONObject]] = {}
+        for other in app.get("replacing") or ():
+            beside.setdefault(other.get("index"), []).append(other)
         for i in app["instances"]:
-            rows.append((i["name"], i["state"], str(i["pid"] or "-"), duration(i["uptime"]),
-                         str(i["restarts"]), size(i["rss"]), duration(i.get("heartbeat_age")),
-                         describe_exit(i["last_exit"])))
+            rows.append(_instance_row(i))
+            for other in beside.pop(i.get("index"), ()):
+                rows.append(_instance_row(other, nested=True))
+        for others in beside.values():  # beside a slot this result leaves out, or none any more
+            rows.extend(_instance_row(other, nested=True) for other in others)
+        rollout = app.get("rollout")
+        if rollout and rollout.get("state") == "running":
+            lines.append(f"{app['name']}: rolling {rollout.get('replaced')}/{rollout.get('total')} "
+                         f"to generation {rollout.get('generation')}")
     for app in result["apps"]:
         if app.get("waiting_for"):
-            rows.append((app["name"], "waiting", "-", "-", "-", "-", "-", "for " + ", ".join(app["waiting_for"])))
-    return _columns(rows)
+            rows.append((app["name"], "waiting", "-", "-", "-", "-", "-", "-", "for " + ", ".join(app["waiting_for"])))
+    return "\n".join([_columns(rows), *lines])
+
+
+def _instance_row(i: JSONObject, nested: bool = False) -> tuple[str, ...]:
+    """One instance's cells; ``nested``: a replacement's new or old process, under its slot."""
+    name = i["name"]
+    if nested:
+        name = f"  {name} {i.get('role') or ('new' if i['state'] in ('starting', 'running') else 'old')}"
+    state = i["state"]
+    if i.get("waiting") == "budget":  # a restart decided on, held by the app's disruption budget
+        state += f" (restart held: {i.get('waiting_reason')})"
+    cpu = i.get("cpu")
+    return (name, state, str(i["pid"] or "-"), duration(i["uptime"]), str(i["restarts"]),
+            f"{cpu:.1f}" if isinstance(cpu, int | float) else "-", size(i["rss"]),
+            duration(i.get("heartbeat_age")), describe_exit(i["last_exit"]))
 
 
 def cluster_table(result: JSONObject) -> str:

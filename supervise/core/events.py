@@ -88,10 +88,17 @@ class Drained:
 
 @dataclass(frozen=True, slots=True)
 class Sampled:
-    """One sampling pass: RSS of each instance's process tree, by spawn id (None: gone)."""
+    """One sampling pass over instances' process trees, by spawn id.
+
+    ``rss`` is each tree's memory in bytes (None: gone): not an RSS sum but
+    its cgroup's charge or its processes' PSS (see runtime/sampler.py); the
+    name is the status field's.
+    """
 
     rss: Mapping[int, int | None]
     processes: Mapping[int, int] | None = None  # how many processes each tree has
+    cpu: Mapping[int, float] | None = None  # CPU % of one core since the tree's last pass (may exceed 100)
+    cpu_seconds: Mapping[int, float] | None = None  # the tree's CPU time so far: a counter, never decreasing
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,8 @@ class Adopted:
     role: Role = Role.SLOT
     last_exit: LastExit | None = None
     fence: int | None = None  # a cluster instance's fencing token
+    reloads: int = 0
+    operator_restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)

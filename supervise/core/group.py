@@ -397,7 +397,12 @@ class AppGroup:
         self.slots[index] = succ
         actions: list[Action] = []
         if old is not None:
-            succ.restarts = old.restarts + 1
+            succ.restarts, succ.reloads = old.restarts, old.reloads
+            succ.operator_restarts = old.operator_restarts
+            if purpose is ExitReason.RELOAD:
+                succ.reloads += 1  # a rollout's new generation
+            else:
+                succ.restarts += 1  # a replace-first recovery (memory)
             succ.last_exit = old.last_exit if old.state is State.STOPPED else LastExit(purpose)
             if old.state is State.STOPPED:
                 self.registry.untrack(old)

@@ -145,8 +145,12 @@ class ReportedDrained:
 
 @dataclass(frozen=True, slots=True)
 class MemorySampled:
-    rss: int  # bytes, the instance's whole process tree
+    """A sampling pass's figures for the instance's whole process tree."""
+
+    rss: int  # bytes: its cgroup's charge or its processes' PSS (not an RSS sum; the status field's name)
     processes: int | None = None  # how many processes that tree has
+    cpu: float | None = None  # CPU % of one core since the last pass
+    cpu_seconds: float | None = None  # CPU time so far, never decreasing
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +227,9 @@ class Instance:
     spawned_at: float | None = None
     running_since: float | None = None
     deadline: float | None = None
-    restarts: int = 0
+    restarts: int = 0  # recoveries the supervisor decided on: after a crash, an exit, hung, memory, processes, ...
+    reloads: int = 0  # replacements by a rollout (reload, a changed config): a new generation, not a recovery
+    operator_restarts: int = 0  # starts and restarts an operator asked for, of a process that had run
     failures: int = 0  # consecutive unhealthy runs, drives backoff
     last_exit: LastExit | None = None
     stop_reason: ExitReason = ExitReason.STOPPED
@@ -232,7 +238,10 @@ class Instance:
     last_beat: float | None = None  # drives hang detection
     heard_at: float | None = None  # the last message from the worker itself
     fields: Mapping[str, object] | None = None  # status fields from its last beat
-    rss: int | None = None
+    rss: int | None = None  # bytes, its tree's memory as last sampled (PSS or cgroup charge: see MemorySampled)
+    processes: int | None = None  # its tree's process count, as last sampled
+    cpu: float | None = None  # its tree's CPU % of one core, as last sampled
+    cpu_seconds: float | None = None  # its tree's CPU time, as last sampled
     over_memory: int = 0  # consecutive samples over max_memory
     fence: int | None = None  # a cluster instance's fencing token: its next spawn gets it
     stop_by: float | None = None  # a Halt's grace as a deadline, kept for a process whose spawn is not reported yet
@@ -278,7 +287,10 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
                 inst.breaker.close()
                 inst.failures = 0
             if inst.state is not State.STOPPED:
-                inst.restarts += 1
+                if manual:
+                    inst.operator_restarts += 1  # `start` of one in backoff or failed
+                else:
+                    inst.restarts += 1
             return _spawn(inst, ctx)
         case (State.STARTING | State.RUNNING), Launch():
             return []
@@ -345,6 +357,10 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
         case (State.STOPPED | State.BACKOFF | State.FAILED), Halt(reason=reason, then_start=then_start):
             inst.deadline = None
             inst.stop_reason = reason
+            if then_start and reason is ExitReason.RELOAD and inst.state is not State.STOPPED:
+                inst.reloads += 1  # a rollout's restart of one in backoff or failed
+                inst.state = State.STOPPED
+                return step(inst, Launch(manual=True), ctx)
             if then_start:
                 return step(inst, Launch(manual=True), ctx)
             inst.state = State.STOPPED
@@ -391,15 +407,17 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
         case (State.STARTING | State.RUNNING), MemorySampled(processes=count) if (
                 count is not None and ctx.app.max_processes is not None and count > ctx.app.max_processes):
             # A fork bomb, or a leak of processes: killed (within the disruption budget).
+            _record_sample(inst, event)
             return _disrupt(inst, ExitReason.PROCESSES, ctx)
         case (State.STARTING | State.RUNNING), MemorySampled(rss=rss, processes=count):
             held = inst.held
+            _record_sample(inst, event)
             actions = _memory_sampled(inst, rss, count, ctx)
             if held not in (None, ExitReason.HUNG) and inst.held is None and _overdue(inst, ctx):
                 return _disrupt(inst, ExitReason.HUNG, ctx)  # back within its limits, but hung meanwhile
             return actions
-        case _, MemorySampled(rss=rss):
-            inst.rss = rss
+        case _, MemorySampled():
+            _record_sample(inst, event)
             return []
         case State.STOPPING, TimerFired():
             inst.deadline = None
@@ -449,9 +467,30 @@ def _kill(inst: Instance) -> list[Action]:
     return [KillTree(inst.spawn_id)]
 
 
+def record_if_idle(inst: Instance, sample: MemorySampled, app: AppConfig) -> bool:
+    """A sample with nothing to decide (the app has no max_memory nor max_processes, no restart is
+    held): recorded for `status` without a step, for a pass over every instance every few seconds
+    (what ``step`` would do with it, at a fifth of the cost). False: it must go through ``step``."""
+    if app.max_memory is not None or app.max_processes is not None or inst.held is not None:
+        return False
+    _record_sample(inst, sample)
+    inst.over_memory = 0
+    return True
+
+
+def _record_sample(inst: Instance, sample: MemorySampled) -> None:
+    """What `status` shows of the last pass (a figure a pass left out keeps its last value)."""
+    inst.rss = sample.rss
+    if sample.processes is not None:
+        inst.processes = sample.processes
+    if sample.cpu is not None:
+        inst.cpu = sample.cpu
+    if sample.cpu_seconds is not None:
+        inst.cpu_seconds = sample.cpu_seconds
+
+
 def _memory_sampled(inst: Instance, rss: int, count: int | None, ctx: Context) -> list[Action]:
     """A sample within max_processes: the memory check, confirmed over MEMORY_HYSTERESIS samples."""
-    inst.rss = rss
     if count is not None:
         _unhold(inst, ExitReason.PROCESSES)  # back within max_processes (the case before did not match)
     limit = ctx.app.max_memory
@@ -565,7 +604,7 @@ def _spawn(inst: Instance, ctx: Context) -> list[Action]:
     inst.deadline = None
     inst.then_start = False
     inst.killed = False
-    inst.last_beat = inst.heard_at = inst.fields = inst.rss = None
+    inst.last_beat = inst.heard_at = inst.fields = inst.rss = inst.processes = inst.cpu = inst.cpu_seconds = None
     inst.over_memory = 0
     inst.replace_for = None
     inst.stop_by = None
@@ -629,6 +668,16 @@ def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Actio
     return []
 
 
+def _count_restart(inst: Instance, reason: ExitReason) -> None:
+    """A restart after a stop asked for (``then_start``): counted by who asked."""
+    if reason is ExitReason.RELOAD:
+        inst.reloads += 1
+    elif reason is ExitReason.STOPPED:
+        inst.operator_restarts += 1  # `restart`
+    else:
+        inst.restarts += 1  # the supervisor's own (a fence, ...)
+
+
 def _after_requested_stop(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Action]:
     """The process is gone after a stop we asked for."""
     inst.last_exit = last_exit
@@ -640,7 +689,7 @@ def _after_requested_stop(inst: Instance, last_exit: LastExit, ctx: Context) -> 
     inst.running_since = None
     inst.deadline = None
     if then_start:
-        inst.restarts += 1
+        _count_restart(inst, last_exit.reason)
         return _spawn(inst, ctx)
     inst.state = State.STOPPED
     return []

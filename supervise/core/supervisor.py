@@ -75,6 +75,7 @@ from supervise.core.instance import (
     State,
     TimerFired,
     Unheard,
+    record_if_idle,
 )
 from supervise.core.registry import FenceDeadline, Registry, RequestTimeout
 from supervise.core.views import View, summary
@@ -129,8 +130,8 @@ class Core:
             case Drained(spawn_id=sid):
                 self.beat(sid, None, now)
                 actions += self._feed_spawn(sid, ReportedDrained(), now)
-            case Sampled(rss=rss, processes=processes):
-                actions += self._sampled(rss, processes or {}, now)
+            case Sampled(rss=rss, processes=processes, cpu=cpu, cpu_seconds=cpu_seconds):
+                actions += self._sampled(rss, processes or {}, cpu or {}, cpu_seconds or {}, now)
             case CommandReceived(verb=Verb.SHUTDOWN, request_id=rid):
                 actions += [Reply(rid, True, result={"draining": self._registry.live_count()}),
                             *self._shutdown(now)]
@@ -241,14 +242,17 @@ class Core:
                 "retry_in": DAEMON_FAULT_RETRY if retry else None}, durable=False))
         return actions
 
-    def _sampled(self, rss: Mapping[int, int | None], processes: Mapping[int, int], now: float) -> list[Action]:
+    def _sampled(self, rss: Mapping[int, int | None], processes: Mapping[int, int], cpu: Mapping[int, float],
+                 cpu_seconds: Mapping[int, float], now: float) -> list[Action]:
         actions: list[Action] = []
         unconfirmed = False
         for sid, value in rss.items():
             inst = self._registry.by_spawn.get(sid)
             if inst is None or value is None:
                 continue
-            actions += self._fleet.groups[inst.app].feed(inst, MemorySampled(value, processes.get(sid)), now)
+            sample = MemorySampled(value, processes.get(sid), cpu.get(sid), cpu_seconds.get(sid))
+            if not record_if_idle(inst, sample, inst.config):
+                actions += self._fleet.groups[inst.app].feed(inst, sample, now)
             unconfirmed |= 0 < inst.over_memory < MEMORY_HYSTERESIS
         if unconfirmed:
             actions.append(Resample(MEMORY_RECHECK))
@@ -420,6 +424,7 @@ class Core:
         inst = group.new_instance(found.index, generation=generation)
         # Its history, as recorded: counts and the last exit are data, not a change of state.
         inst.restarts, inst.failures, inst.last_exit = found.restarts, found.failures, found.last_exit
+        inst.reloads, inst.operator_restarts = found.reloads, found.operator_restarts
         inst.fence = inst.spawned_fence = found.fence
         if slot:
             group.slots[found.index] = inst

@@ -28,7 +28,8 @@ def status(fleet: Fleet, now: float, keys: Iterable[Key] | None = None) -> dict[
                                     "instances": rows, "budget": group.budget_json()}
         if group.rollout is not None:
             entry["rollout"] = group.rollout.as_json(now)
-        others = [instance_json(i, now) for i in (*group.successors.values(), *group.retiring)
+        others = [{**instance_json(i, now), "role": role}
+                  for role, insts in (("new", group.successors.values()), ("old", group.retiring)) for i in insts
                   if wanted is None or (name, i.index) in wanted]
         if others:  # new instances starting beside old ones, old ones draining
             entry["replacing"] = others
@@ -47,8 +48,13 @@ def instance_json(inst: Instance, now: float) -> dict[str, object]:
         "state": str(inst.state),
         "pid": inst.pid,
         "restarts": inst.restarts,
+        "reloads": inst.reloads,
+        "operator_restarts": inst.operator_restarts,
         "uptime": round(now - inst.spawned_at, 3) if live and inst.spawned_at is not None else None,
         "rss": inst.rss if live else None,
+        "cpu": inst.cpu if live else None,
+        "cpu_seconds": inst.cpu_seconds if live else None,
+        "processes": inst.processes if live else None,
         "heartbeat_age": round(now - inst.heard_at, 3) if live and inst.heard_at is not None else None,
         "fields": inst.fields if live else None,
         "last_exit": inst.last_exit.as_json() if inst.last_exit else None,
@@ -81,6 +87,8 @@ class InstanceSnapshot:
     running_since: float | None
     last_exit: LastExit | None
     fence: int | None = None  # a cluster instance's fencing token
+    reloads: int = 0
+    operator_restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +113,8 @@ def snapshot(fleet: Fleet) -> Snapshot:
                 continue
             instances.append(InstanceSnapshot(inst.app, inst.index, inst.generation, role, inst.state, inst.spawn_id,
                                               inst.restarts, inst.failures, inst.spawned_at, inst.running_since,
-                                              inst.last_exit, inst.spawned_fence))
+                                              inst.last_exit, inst.spawned_fence, inst.reloads,
+                                              inst.operator_restarts))
     return Snapshot(apps, tuple(instances))
 
 

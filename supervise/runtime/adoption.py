@@ -70,7 +70,8 @@ def adopted_from_record(record: InstanceRecord, alive: bool, wall: float) -> Ado
                    record.restarts, record.failures, age=wall - record.spawned_at if record.spawned_at else 0.0,
                    running_for=wall - record.running_since if record.running_since else None,
                    role=role, last_exit=last_exit,
-                   fence=record.fence if isinstance(record.fence, int) and not isinstance(record.fence, bool) else None)
+                   fence=record.fence if isinstance(record.fence, int) and not isinstance(record.fence, bool) else None,
+                   reloads=_count(record.reloads), operator_restarts=_count(record.operator_restarts))
 
 
 def adopted_from_stray(stray: Stray, wall: float) -> Adopted:
@@ -200,3 +201,8 @@ def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
 def _is_session_leader(pid: int) -> bool:
     stat = process.proc_stat(pid)
     return stat is not None and stat[0] != "Z" and stat[2] == pid
+
+
+def _count(value: object) -> int:
+    """A counter as recorded; 0 for anything but a non-negative integer (a hand-edited record)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

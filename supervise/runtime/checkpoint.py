@@ -52,6 +52,8 @@ class InstanceRecord:
     running_since: float | None = None  # wall clock
     last_exit: dict | None = None
     fence: int | None = None  # a cluster instance's fencing token
+    reloads: int = 0  # (absent in checkpoints of older versions)
+    operator_restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,8 @@ def encode_live(snapshot: Snapshot, workers: WorkerTable, offset: float, config_
             "listen": w.app.listen if w else (),
             "spawned_at": None if i.spawned_at is None else i.spawned_at + offset,
             "running_since": None if i.running_since is None else i.running_since + offset,
-            "last_exit": i.last_exit.as_json() if i.last_exit else None, "fence": i.fence})
+            "last_exit": i.last_exit.as_json() if i.last_exit else None, "fence": i.fence,
+            "reloads": i.reloads, "operator_restarts": i.operator_restarts})
     apps = {name: {"target": a.target, "generation": a.generation, "latest": a.latest}
             for name, a in snapshot.apps.items()}
     body = {"version": VERSION, "daemon_pid": os.getpid(), "written_at": time.time(),

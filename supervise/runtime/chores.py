@@ -27,8 +27,13 @@ from supervise.runtime.workers import WorkerTable
 MEMORY_INTERVAL = 0.5
 """Seconds between samples while some app has max_memory or max_processes."""
 
-DISPLAY_INTERVAL = 30.0
-"""Otherwise a tree's RSS is only shown by `status`: sample rarely."""
+DISPLAY_INTERVAL = 5.0
+"""Seconds between passes over every instance: memory, CPU % and process count for `status`,
+whether or not the app has a limit (benchmarks/sampler.py: the daemon's cost with 1,000 instances)."""
+
+EXACT_INTERVAL = 30.0
+"""Seconds between exact passes, which read every tree's PSS afresh (the others estimate an
+unchanged tree's from its RSS and page faults: see sampler)."""
 
 LOG_CHECK_INTERVAL = 3.0
 """One stat() per instance on the loop; rotation itself runs off it."""
@@ -48,14 +53,14 @@ STATUS_INTERVAL = 1.0
 
 
 class Sampling:
-    """Memory and process counts of instances' trees, in one pass off the loop.
+    """Memory, CPU and process counts of instances' trees, in one pass off the loop.
 
-    Apps with max_memory or max_processes are sampled every MEMORY_INTERVAL
-    (or sooner when the core asks to confirm a reading); the rest only every
-    DISPLAY_INTERVAL, for `status`: their memory decides nothing. That
-    display pass is also the exact one: it reads every tree's PSS, where the
-    quick passes read it only for trees that may have grown near their limit
-    (see sampler).
+    Every instance is sampled every DISPLAY_INTERVAL, for `status`; apps with
+    max_memory or max_processes also every MEMORY_INTERVAL in between (or
+    sooner when the core asks to confirm a reading). One pass every
+    EXACT_INTERVAL is exact: it reads every tree's PSS, where the others read
+    it only for trees that changed or may have grown near their limit (see
+    sampler).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, workers: WorkerTable, executor: Executor,
@@ -86,22 +91,27 @@ class Sampling:
         self.loop.call_later(after, self._now.set)
 
     async def run(self) -> None:
-        last_full = self.loop.time()
+        last_full = last_exact = self.loop.time()
         while True:
             fast = any(w.app.max_memory is not None or w.app.max_processes is not None for w in self.workers)
+            wait = DISPLAY_INTERVAL - (self.loop.time() - last_full)
             try:
-                await asyncio.wait_for(self._now.wait(), MEMORY_INTERVAL if fast else DISPLAY_INTERVAL)
+                await asyncio.wait_for(self._now.wait(), max(0.0, min(MEMORY_INTERVAL, wait) if fast else wait))
             except TimeoutError:
                 pass
             self._now.clear()
-            full = self.loop.time() - last_full >= DISPLAY_INTERVAL
+            now = self.loop.time()
+            full = now - last_full >= DISPLAY_INTERVAL - 0.01
+            exact = now - last_exact >= EXACT_INTERVAL - 0.01
             if full:
-                last_full = self.loop.time()
+                last_full = now
+            if exact:
+                last_exact = now
             roots = [sampler.Root(w.spawn_id, w.child.pid, w.child.cgroup, w.app.max_memory) for w in self.workers
                      if full or w.app.max_memory is not None or w.app.max_processes is not None]
             if roots:
-                sample = await self.loop.run_in_executor(self.executor, self._sampler.sample, roots, full)
-                self.report(Sampled(sample.memory, sample.processes))
+                sample = await self.loop.run_in_executor(self.executor, self._sampler.sample, roots, exact)
+                self.report(Sampled(sample.memory, sample.processes, sample.cpu, sample.cpu_seconds))
 
 
 class LogChecks:

@@ -36,6 +36,18 @@ every half second. In between, the figure is the last PSS plus the RSS
 change since, which is under the ceiling: it never decides a restart, and
 a tree that may be over its limit is judged on PSS read in that very pass.
 
+CPU comes from the same reads. A tree's CPU time is the utime and stime
+(/proc/<pid>/stat fields 14 and 15) of its live processes added up, or,
+with a cgroup leaf, the leaf's ``usage_usec`` (cpu.stat: every process that
+ever ran in it, exited ones included). A process that exits takes its time
+out of the sum (a parent that reaps it gains only what it waited for), so
+the tree's figure is kept from going down: each pass reports the most of
+this reading and the last one, a counter that never decreases but may
+stand still while exited children's time is made up. CPU % is that
+counter's growth over the wall time since the root's previous pass, in
+percent of one core (four busy threads: 400); a root's first pass gives its
+average since the root process started (starttime, field 22).
+
 psutil would build a Process object per pid and walk children per root;
 this reads each /proc/<pid>/stat once to map parents (and takes RSS and
 faults from the same read). A cgroup leaf, when the instance has one, names
@@ -46,12 +58,17 @@ the daemon's worker thread.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+FORGET_AFTER = 300.0
+"""Seconds after which the CPU baseline of a root no pass has seen is dropped (its instance is gone)."""
 
 PSS_NEAR = 0.9
 """A tree whose PSS may have grown to this share of its limit has its PSS read in the pass.
@@ -84,10 +101,13 @@ class Root:
 
 @dataclass(slots=True)
 class Sample:
-    """One pass: each tree's memory in bytes (None: the root is gone), its process count, its measure."""
+    """One pass: each tree's memory in bytes (None: the root is gone), its process count, its measure,
+    its CPU time in seconds (never less than the last pass's) and CPU % of one core since the last pass."""
 
     memory: dict[int, int | None] = field(default_factory=dict)
     processes: dict[int, int] = field(default_factory=dict)
+    cpu_seconds: dict[int, float] = field(default_factory=dict)
+    cpu: dict[int, float] = field(default_factory=dict)
     measures: dict[int, Measure] = field(default_factory=dict)
     estimated: set[int] = field(default_factory=set)  # keys whose PSS was carried over, not read
 
@@ -102,6 +122,8 @@ class Usage:
 
     rss: int = 0  # bytes
     faults: int = 0  # minor and major page faults, all its threads, since it started
+    ticks: int = 0  # user and system CPU time, all its threads, in clock ticks (SC_CLK_TCK)
+    start: int = 0  # when it started, in clock ticks since boot
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +154,7 @@ class Sampler:
     def __init__(self) -> None:
         self.measure: Measure | None = None  # the last pass's (`Sample.measure`); None before any measured a tree
         self._reads: dict[int, _Read] = {}
+        self._cpu: dict[int, tuple[float, float]] = {}  # key -> (monotonic time, CPU seconds) of its last pass
 
     def sample(self, roots: Iterable[Root], exact: bool = False) -> Sample:
         """Every root's tree measured; `exact` reads every tree's PSS (no estimate)."""
@@ -139,21 +162,52 @@ class Sampler:
         result = Sample()
         reads: dict[int, _Read] = {}
         trees, scanned = _members(roots)
-        controlled: dict[Path, bool] = {}  # cgroup directory -> whether its leaves have the memory controller
+        now = time.monotonic()
+        controlled: dict[str, bool] = {}  # cgroup directory -> whether its leaves have the memory controller
         for root, members in zip(roots, trees, strict=True):
             if members is None:
                 result.memory[root.key] = None
+                self._cpu.pop(root.key, None)
                 continue
             result.processes[root.key] = len(members)
             charge = _charge(root.cgroup, controlled) if root.cgroup is not None else None
+            usage: Mapping[int, Usage] | None = None
             if charge is not None:
                 result.memory[root.key], result.measures[root.key] = charge, Measure.CGROUP
-                continue
-            usage = {pid: scanned[pid] if pid in scanned else _usage(pid) for pid in members}
-            self._measure_tree(root, members, usage, exact, result, reads)
+            else:
+                usage = {pid: scanned[pid] if pid in scanned else _usage(pid) for pid in members}
+                self._measure_tree(root, members, usage, exact, result, reads)
+            self._cpu_of(root, usage, scanned, now, result)
         self._reads = reads  # trees not sampled in this pass are read afresh when they are again
+        for key in [k for k, (at, _) in self._cpu.items() if now - at > FORGET_AFTER]:
+            del self._cpu[key]
         self.measure = result.measure() or self.measure
         return result
+
+    def _cpu_of(self, root: Root, usage: Mapping[int, Usage] | None, scanned: Mapping[int, Usage], now: float,
+                result: Sample) -> None:
+        """The tree's CPU seconds (its cgroup's usage where it has one, else its live processes' sum,
+        never less than the last pass's) and its CPU % since its last pass."""
+        seconds = _cgroup_cpu(root.cgroup) if root.cgroup is not None else None
+        if seconds is None:
+            if usage is None:
+                usage = {pid: scanned[pid] if pid in scanned else _usage(pid) for pid in _members([root])[0][0] or ()}
+            seconds = sum(u.ticks for u in usage.values()) / CLOCK_TICKS
+        last = self._cpu.get(root.key)
+        if last is None:  # its first pass: the average since the root process started
+            own = usage.get(root.pid) if usage is not None else None
+            start = (own if own is not None else scanned.get(root.pid) or _usage(root.pid)).start
+            elapsed = _uptime() - start / CLOCK_TICKS
+            percent = 100.0 * seconds / elapsed if start and elapsed > 0.05 else None
+        else:
+            seconds = max(seconds, last[1])
+            elapsed = now - last[0]
+            percent = 100.0 * (seconds - last[1]) / elapsed if elapsed > 0 else None
+        result.cpu_seconds[root.key] = round(seconds, 3)
+        if percent is not None:
+            result.cpu[root.key] = round(percent, 1)
+        if last is None or elapsed > 0:
+            self._cpu[root.key] = (now, seconds)
 
     def _measure_tree(self, root: Root, members: frozenset[int], usage: Mapping[int, Usage], exact: bool,
                       result: Sample, reads: dict[int, _Read]) -> None:
@@ -210,7 +264,7 @@ def expected_measure(cgroups_root: Path | None) -> Measure:
     return Measure.PSS if _pss(os.getpid()) is not None else Measure.RSS_SUM
 
 
-def _hands_memory_down(directory: Path) -> bool:
+def _hands_memory_down(directory: Path | str) -> bool:
     """Whether the cgroup enables the memory controller for its children: one read for all its leaves."""
     try:
         return b"memory" in _read(f"{directory}/cgroup.subtree_control", 4096).split()
@@ -236,6 +290,26 @@ def _members(roots: list[Root]) -> tuple[list[frozenset[int] | None], dict[int, 
     return found, walked[1] if walked is not None else {}
 
 
+def _cgroup_cpu(leaf: Path) -> float | None:
+    """The leaf's CPU time in seconds (cpu.stat usage_usec: exited members' included); None without one.
+
+    cgroup v2 keeps cpu.stat in every cgroup, the cpu controller enabled or not."""
+    try:
+        data = _read(f"{leaf}/cpu.stat", 4096)
+        at = data.index(b"usage_usec ")
+        return int(data[at + 11:data.index(b"\n", at)]) / 1e6
+    except (OSError, ValueError):
+        return None
+
+
+def _uptime() -> float:
+    """Seconds since boot (what a process's starttime counts from)."""
+    try:
+        return float(_read("/proc/uptime", 128).split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _cgroup_members(path: Path) -> set[int] | None:
     try:
         # On cgroupfs a directory's link count is 2 + its sub-cgroups: a leaf
@@ -249,10 +323,10 @@ def _cgroup_members(path: Path) -> set[int] | None:
     return pids
 
 
-def _charge(leaf: Path, controlled: dict[Path, bool]) -> int | None:
+def _charge(leaf: Path, controlled: dict[str, bool]) -> int | None:
     """The leaf's charge, where its parent hands the memory controller down (asked once a
     pass per parent, in `controlled`: one read for all its leaves rather than a failed open each)."""
-    parent = leaf.parent
+    parent = os.path.dirname(leaf)
     if parent not in controlled:
         controlled[parent] = _hands_memory_down(parent)
     return _cgroup_memory(leaf) if controlled[parent] else None
@@ -328,9 +402,11 @@ def _stat_fields(data: bytes) -> list[bytes]:
 
 
 def _usage_of(fields: list[bytes]) -> Usage:
-    """minflt (field 10), majflt (12) and rss in pages (24); zeros where a field is missing."""
+    """minflt (field 10), majflt (12), rss in pages (24), utime and stime (14, 15) and starttime (22);
+    zeros where a field is missing."""
     try:
-        return Usage(int(fields[21]) * PAGE_SIZE, int(fields[7]) + int(fields[9]))
+        return Usage(int(fields[21]) * PAGE_SIZE, int(fields[7]) + int(fields[9]), int(fields[11]) + int(fields[12]),
+                     int(fields[19]))
     except (IndexError, ValueError):
         return Usage()
 

@@ -194,12 +194,13 @@ def test_rows_restart_sort_filter_and_quit(supervisor, terminal):
     assert "APP" in text and re.search(r"^web\s+3/3\s", text, re.M) and re.search(r"^worker\s+2/2\s", text, re.M)
     assert "EVENTS" in text and "q quit" in text
     assert term.colour_of("running", "web:0") == "green"  # colours, as NO_COLOR is not set
-    assert term.row("web:1")[3] == "-"  # CPU: the daemon does not report it (yet): shown as unknown
+    assert re.fullmatch(r"\d+\.\d", term.row("web:1")[3])  # CPU: sampled with MEM (issue 13)
 
     # A worker SIGKILLed: its restart shows at once, in its row and in the events pane.
     pid = sup.status()["web:1"]["pid"]
     os.kill(pid, signal.SIGKILL)
-    term.wait_for(lambda: (r := term.row("web:1")) and r[6] == "1" and r[2] != str(pid) and r[1] == "running",
+    # (RESTARTS is the 8th cell: PROCS shows beside MEM now that every instance has a process count.)
+    term.wait_for(lambda: (r := term.row("web:1")) and r[7] == "1" and r[2] != str(pid) and r[1] == "running",
                   timeout=5, message="web:1's restart in its row")
     term.wait_for(lambda: re.search(r"web:1 running -> \w+: crashed \(signal 9\)", term.text()),
                   timeout=5, message="the crash in the events pane")

@@ -93,4 +93,4 @@ def test_a_live_checkpoint_reads_back_as_the_records_it_was_written_from():
         "app": "web", "index": 0, "generation": 1, "role": "slot", "state": "running", "restarts": 0,
         "pid": 501, "failures": 0, "create_time": 123.0, "token": "tok", "log_path": "/logs/web.log",
         "cgroup": "/cg/x", "listen": ("127.0.0.1:9",), "spawned_at": 1000.0, "running_since": 1001.0,
-        "last_exit": None, "fence": None}
+        "last_exit": None, "fence": None, "reloads": 0, "operator_restarts": 0}

@@ -51,16 +51,46 @@ def test_status_table_aligns_columns_and_lists_waiting_apps():
     result = {"apps": [
         {"name": "web", "instances": [
             {"name": "web:0", "state": "running", "pid": 12, "uptime": 3.2, "restarts": 0, "rss": 5 << 20,
-             "heartbeat_age": 0.25, "last_exit": None},
+             "cpu": 12.34, "heartbeat_age": 0.25, "last_exit": None},
             {"name": "web:10", "state": "backoff", "pid": None, "uptime": None, "restarts": 3, "rss": None,
              "last_exit": {"reason": "crashed", "code": 1, "signal": None}}]},
         {"name": "db", "waiting_for": ["a", "b"], "instances": []}]}
     assert render.status_table(result).splitlines() == [
-        "NAME    STATE    PID  UPTIME  RESTARTS  RSS   BEAT  LAST EXIT",
-        "web:0   running  12   3.2s    0         5.0M  0.2s  -",
-        "web:10  backoff  -    -       3         -     -     crashed (exit code 1)",
-        "db      waiting  -    -       -         -     -     for a, b",
+        "NAME    STATE    PID  UPTIME  RESTARTS  CPU   MEM   BEAT  LAST EXIT",
+        "web:0   running  12   3.2s    0         12.3  5.0M  0.2s  -",
+        "web:10  backoff  -    -       3         -     -     -     crashed (exit code 1)",
+        "db      waiting  -    -       -         -     -     -     for a, b",
     ]
+
+
+def _inst(name, state="running", **extra):
+    index = int(name.partition(":")[2])
+    return {"name": name, "index": index, "state": state, "pid": 100 + index, "uptime": 5.0, "restarts": 0,
+            "rss": None, "cpu": None, "heartbeat_age": None, "last_exit": None, **extra}
+
+
+def test_status_table_shows_a_rollout_and_the_replacements_beside_their_slots():
+    result = {"apps": [{"name": "web", "generation": 4, "instances": [_inst("web:0"), _inst("web:1")],
+                        "replacing": [_inst("web:0", "stopping", role="old"), _inst("web:0", "starting", role="new")],
+                        "rollout": {"state": "running", "generation": 4, "replaced": 3, "total": 8}}]}
+    lines = render.status_table(result).splitlines()
+    assert [line.split()[:3] for line in lines[1:4]] == [["web:0", "running", "100"], ["web:0", "old", "stopping"],
+                                                         ["web:0", "new", "starting"]]
+    assert lines[2].startswith("  web:0 old")
+    assert lines[4].startswith("web:1 ")
+    assert lines[-1] == "web: rolling 3/8 to generation 4"
+
+
+def test_status_table_says_nothing_of_a_finished_rollout():
+    result = {"apps": [{"name": "web", "instances": [_inst("web:0")],
+                        "rollout": {"state": "done", "generation": 4, "replaced": 8, "total": 8}}]}
+    assert "rolling" not in render.status_table(result)
+
+
+def test_status_table_shows_a_restart_held_by_the_budget():
+    result = {"apps": [{"name": "web", "instances": [
+        _inst("web:0", waiting="budget", waiting_reason="hung", waiting_age=1.5)]}]}
+    assert render.status_table(result).splitlines()[1].split("  ")[:2] == ["web:0", "running (restart held: hung)"]
 
 
 @pytest.mark.parametrize(("change", "done", "dry"), [

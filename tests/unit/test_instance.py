@@ -227,7 +227,23 @@ def test_transition_stopping_to_starting_on_restart():
     m.running()
     m(Halt(then_start=True), at=1.0)
     assert m(Died(0, None), at=1.5) == m.spawned()
-    assert m.state is State.STARTING and m.inst.restarts == 1
+    # An operator's restart is counted apart from the supervisor's recoveries (issue 13).
+    assert m.state is State.STARTING and m.inst.restarts == 0 and m.inst.operator_restarts == 1
+
+
+def test_restarts_count_recoveries_and_reloads_and_operator_restarts_apart():
+    m = Machine()
+    m.running()
+    m(Died(1, None), at=1.0)  # a crash: the first restart is immediate
+    assert m.inst.restarts == 1
+    m.running()
+    m(Halt(ExitReason.RELOAD, then_start=True), at=2.0)
+    m(Died(0, None), at=2.5)
+    assert (m.inst.restarts, m.inst.reloads, m.inst.operator_restarts) == (1, 1, 0)
+    m.running()
+    m(Halt(then_start=True), at=3.0)
+    m(Died(0, None), at=3.5)
+    assert (m.inst.restarts, m.inst.reloads, m.inst.operator_restarts) == (1, 1, 1)
 
 
 def test_operator_stop_overrides_a_health_restart():
