@@ -189,7 +189,8 @@ def test_rows_restart_sort_filter_and_quit(supervisor, terminal):
     sup.wait_all_running(5)
     term = terminal(sup)
     term.wait_for(lambda: all((r := term.row(n)) and r[1] == "running" for n in NAMES), message="every row")
-    term.wait_for(lambda: all((r := term.row(n)) and r[4] != "-" for n in NAMES), message="every MEM known")
+    term.wait_for(lambda: all((r := term.row(n)) and r[4] != "-" for n in NAMES), timeout=20,
+                  message="every MEM known (sampled every 5 s)")
     text = term.text()
     assert "APP" in text and re.search(r"^web\s+3/3\s", text, re.M) and re.search(r"^worker\s+2/2\s", text, re.M)
     assert "EVENTS" in text and "q quit" in text
@@ -210,10 +211,14 @@ def test_rows_restart_sort_filter_and_quit(supervisor, terminal):
     assert "[sort restarts desc]" in term.text()
     term.press("m")  # memory, highest first
     term.wait_for(lambda: "[sort mem desc]" in term.text(), message="sorted by memory")
-    mems = [term.row(n)[4] for n in term.instance_order()]
-    known = [_mem(m) for m in mems if m != "-"]  # a fresh process's is not sampled yet: listed last
-    assert len(known) >= 4 and mems[:len(known)] != ["-"] * len(known) and "-" not in mems[:len(known)], mems
-    assert known == sorted(known, reverse=True), term.text()
+
+    def by_memory() -> bool:
+        """One snapshot of the screen (a sample may repaint it between two reads) in memory order."""
+        rows = [cells for line in term.lines() if (cells := line.split()) and cells[0] in NAMES and len(cells) >= 9]
+        mems = [cells[4] for cells in rows]
+        known = [_mem(m) for m in mems if m != "-"]  # a fresh process's is not sampled yet: listed last
+        return len(known) >= 4 and "-" not in mems[:len(known)] and known == sorted(known, reverse=True)
+    term.wait_for(by_memory, message="the rows in memory order, highest first")
     term.press("n")
     term.wait_for(lambda: term.instance_order() == NAMES, message="name order again")
 
