@@ -22,6 +22,31 @@ WORKERS = Path(__file__).parent / "integration" / "workers"
 T = TypeVar("T")
 
 
+CI_ENV = "SUPERVISE_CI"
+"""Set by .ci/run, which installs every tool the tests need: there, a missing one fails its tests."""
+
+
+def external_tool(*names: str, why: str) -> str:
+    """The path of the first of `names` on PATH (etcd, chromium, promtool: not pip's to install).
+
+    Missing, its tests fail under .ci/run (which installs it) and are skipped elsewhere, saying what
+    to install: the README's test command must run on a machine with nothing but Python and pip.
+    """
+    import shutil
+
+    import pytest
+
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    message = f"{names[0]} is not installed ({why})"
+    if os.environ.get(CI_ENV):
+        pytest.fail(message + ": .ci/run should have installed it")
+    pytest.skip(message)
+    raise AssertionError("unreachable")  # pytest.skip raises
+
+
 def free_port() -> int:
     """A TCP port on loopback that was free a moment ago."""
     with socket.socket() as s:

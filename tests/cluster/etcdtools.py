@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import external_tool
 
 START_TIMEOUT = 30.0  # generous: a loaded 2-core CI machine
 
@@ -41,12 +42,7 @@ def free_port() -> int:
 
 
 def etcd_binary() -> str:
-    path = shutil.which("etcd")
-    if path is None:
-        pytest.fail(
-            "etcd is not installed: .ci/run installs Debian's etcd-server; locally: apt-get install etcd-server"
-        )
-    return path
+    return external_tool("etcd", why="Debian: apt-get install etcd-server")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:

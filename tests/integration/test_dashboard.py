@@ -13,7 +13,6 @@ import asyncio
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import Supervisor, free_port, wait_until  # noqa: E402
+from helpers import Supervisor, external_tool, free_port, wait_until  # noqa: E402
 
 from supervise.runtime import dashboard  # noqa: E402
 from supervise.runtime.http import HttpServer  # noqa: E402
@@ -91,13 +90,12 @@ def daemon(supervisor: Callable[..., Supervisor]) -> tuple[Supervisor, str]:
 # -- a headless Chromium -------------------------------------------------------------------------
 
 def start_browser(profile: Path, width: int = 1400, height: int = 900) -> Any:
-    """Chromium through chromedriver, headless; fails (not skips) when either is missing."""
+    """Chromium through chromedriver, headless; missing, it fails under .ci/run (helpers.external_tool)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    assert chromium and driver, "the dashboard's test needs Debian's chromium and chromium-driver (.ci/run has them)"
+    chromium = external_tool("chromium", "chromium-browser", why="Debian: apt-get install chromium chromium-driver")
+    driver = external_tool("chromedriver", why="Debian: apt-get install chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -4,7 +4,6 @@ parser and checked by `promtool check metrics` (CI installs it: a missing promto
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import urllib.request
 
 import psutil
 import pytest
-from helpers import free_port, wait_until
+from helpers import external_tool, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 STATES = ("starting", "running", "stopping", "stopped", "backoff", "failed")
@@ -62,8 +61,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 def promtool(text: str) -> None:
-    tool = shutil.which("promtool")
-    assert tool, "promtool is missing: install Debian's prometheus package (.ci/run does)"
+    tool = external_tool("promtool", why="Debian: apt-get install --no-install-recommends prometheus")
     result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result
 
