@@ -175,11 +175,7 @@ _Words = tuple[str, str, str | None]  # subject, text, tone (a key of _COLOURS, 
 def event_line(event: Mapping[str, object], colour: bool = False, today: float | None = None) -> str:
     """One event (docs/protocol.md) as a line for people; `today` (Unix time, default now) decides
     whether the date is shown: only for an event of another day."""
-    words = _WORDS.get(str(event.get("type")), _generic)
-    try:
-        subject, text, tone = words(event)
-    except (KeyError, TypeError, ValueError, AttributeError):  # a field missing or of another shape
-        subject, text, tone = _generic(event)
+    subject, text, tone = event_words(event)
     stamp = clock(event.get("time"), today)
     number = f"#{event.get('seq', '?')}"
     if colour:
@@ -187,6 +183,16 @@ def event_line(event: Mapping[str, object], colour: bool = False, today: float |
         text = _paint(text, tone) if tone else text
         return f"{stamp} {number}  {subject.ljust(SUBJECT_WIDTH)}  {text}"
     return f"{stamp} {number.rjust(6)}  {subject.ljust(SUBJECT_WIDTH)}  {text}"
+
+
+def event_words(event: Mapping[str, object]) -> _Words:
+    """What an event is about, what happened in words, and its tone: the one wording of every
+    event, for `events` and `top` alike."""
+    words = _WORDS.get(str(event.get("type")), _generic)
+    try:
+        return words(event)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a field missing or of another shape
+        return _generic(event)
 
 
 def clock(seconds: object, today: float | None = None) -> str:

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from supervise.cli.render import duration, size
+from supervise.cli.render import duration, event_words, size
 from supervise.control.client import Control, ControlError, NoDaemon
 from supervise.wire import protocol, zmtp
 from supervise.wire.protocol import describe_exit
@@ -251,44 +251,11 @@ def _app_lines(result: JSONObject, shown: set[str] | None) -> tuple[str, list[Li
 
 
 def event_text(event: Mapping[str, Any]) -> str:
-    """One event as a phrase for people (the JSON is what `supervise events` prints)."""
-    kind, what = event.get("type"), event.get("event")
-    name = event.get("name") or event.get("app") or ""
-    if kind == "state":
-        text = f"{name} {event.get('from')} -> {event.get('to')}"
-        if event.get("exit"):
-            text += f": {describe_exit(event['exit'])}"
-        return text
-    if kind == "removed":
-        return f"{name} removed"
-    if kind == "scaled":
-        return f"{event.get('app')} scaled to {event.get('instances')}"
-    if kind == "daemon":
-        extra = f" {event['seconds']:.2f}s late" if isinstance(event.get("seconds"), int | float) else ""
-        return f"daemon {what}{extra}"
-    if kind == "rollout":
-        text = f"{event.get('app')} rollout to generation {event.get('generation')} {what}"
-        if event.get("total") is not None:
-            text += f" ({event.get('replaced')}/{event.get('total')})"
-        return text + (f": {event['error']}" if event.get("error") else "")
-    if kind == "replaced":
-        return f"{name} replaced ({event.get('reason')}): pid {event.get('old_pid')} -> {event.get('pid')}"
-    if kind == "config":
-        return f"config {what}"
-    if kind == "chaos":
-        if what == "harm":
-            return f"chaos #{event.get('id')}: SIG{event.get('signal')} -> {name} (pid {event.get('pid')})"
-        return f"chaos #{event.get('id')} {what}"
-    if kind == "watch":
-        paths = ", ".join(event.get("paths") or [])
-        more = f" and {event['more']} more" if event.get("more") else ""
-        return f"watch: {paths}{more} changed; rolling {', '.join(event.get('apps') or [])}"
-    if kind == "top":  # this view's own notes: connected, lost
+    """One event as a phrase for people: `supervise events`' wording (render.event_words)."""
+    if event.get("type") == "top":  # this view's own notes: connected, lost
         return str(event.get("text"))
-    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("seq", "time", "type", "event", "name"))
-    text = " ".join(str(part) for part in (kind, what, name) if part)
-    text += f" {rest}" if rest else ""
-    return text + (f": {event['error']}" if event.get("error") and "error=" not in rest else "")
+    subject, text, _ = event_words(event)
+    return f"{subject} {text}"
 
 
 def event_style(event: Mapping[str, Any]) -> str:

@@ -203,7 +203,7 @@ def test_rows_restart_sort_filter_and_quit(supervisor, terminal):
     # (RESTARTS is the 8th cell: PROCS shows beside MEM now that every instance has a process count.)
     term.wait_for(lambda: (r := term.row("web:1")) and r[7] == "1" and r[2] != str(pid) and r[1] == "running",
                   timeout=5, message="web:1's restart in its row")
-    term.wait_for(lambda: re.search(r"web:1 running -> \w+: crashed \(signal 9\)", term.text()),
+    term.wait_for(lambda: re.search(r"web:1 running -> \w+\s+crashed \(signal 9\)", term.text()),
                   timeout=5, message="the crash in the events pane")
 
     term.press("r")  # restarts, highest first

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervise.cli import top
+from supervise.cli import render, top
 from supervise.cli.top import View
 
 
@@ -167,31 +167,37 @@ def test_app_totals():
 
 # -- events ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("event", "words"), [
-    ({"type": "state", "name": "web:1", "app": "web", "from": "running", "to": "backoff",
-      "exit": {"reason": "crashed", "code": None, "signal": 9}}, "web:1 running -> backoff: crashed (signal 9)"),
-    ({"type": "state", "name": "web:1", "from": "starting", "to": "running"}, "web:1 starting -> running"),
-    ({"type": "removed", "name": "web:3", "app": "web"}, "web:3 removed"),
-    ({"type": "scaled", "app": "web", "instances": 4}, "web scaled to 4"),
-    ({"type": "daemon", "event": "stalled", "seconds": 1.5}, "daemon stalled 1.50s late"),
-    ({"type": "daemon", "event": "started"}, "daemon started"),
-    ({"type": "rollout", "app": "web", "event": "failed", "generation": 2, "replaced": 1, "total": 3,
-      "error": "web:1 did not become ready"}, "web rollout to generation 2 failed (1/3): web:1 did not become ready"),
-    ({"type": "replaced", "name": "web:0", "reason": "memory", "old_pid": 1, "pid": 2},
-     "web:0 replaced (memory): pid 1 -> 2"),
-    ({"type": "config", "event": "reloaded", "changes": []}, "config reloaded"),
-    ({"type": "chaos", "id": 3, "event": "harm", "name": "web:2", "signal": "KILL", "pid": 9},
-     "chaos #3: SIGKILL -> web:2 (pid 9)"),
-    ({"type": "chaos", "id": 3, "event": "done", "harms": 5}, "chaos #3 done"),
-    ({"type": "watch", "event": "changed", "apps": ["web"], "paths": ["a.py"], "more": 2},
-     "watch: a.py and 2 more changed; rolling web"),
-    ({"type": "output", "event": "dropping", "name": "web:0", "app": "web", "error": "disk full"},
-     "output dropping web:0 app=web error=disk full"),
-    ({"type": "top", "event": "lost", "text": "daemon not running, retrying"}, "daemon not running, retrying"),
-    ({"type": "brand-new", "x": 1}, "brand-new x=1"),
-])
-def test_event_text(event, words):
-    assert top.event_text(event) == words
+EVENTS = [
+    {"type": "state", "name": "web:1", "app": "web", "from": "running", "to": "backoff",
+     "exit": {"reason": "crashed", "code": None, "signal": 9}},
+    {"type": "state", "name": "web:1", "from": "starting", "to": "running"},
+    {"type": "removed", "name": "web:3", "app": "web"},
+    {"type": "scaled", "app": "web", "instances": 4},
+    {"type": "daemon", "event": "stalled", "seconds": 1.5},
+    {"type": "daemon", "event": "started"},
+    {"type": "rollout", "app": "web", "event": "failed", "generation": 2, "replaced": 1, "total": 3,
+     "error": "web:1 did not become ready"},
+    {"type": "replaced", "name": "web:0", "reason": "memory", "old_pid": 1, "pid": 2},
+    {"type": "config", "event": "reloaded", "changes": []},
+    {"type": "chaos", "id": 3, "event": "harm", "name": "web:2", "signal": "KILL", "pid": 9},
+    {"type": "chaos", "id": 3, "event": "done", "harms": 5},
+    {"type": "watch", "event": "changed", "apps": ["web"], "paths": ["a.py"], "more": 2},
+    {"type": "output", "event": "dropping", "name": "web:0", "app": "web", "error": "disk full"},
+    {"type": "brand-new", "x": 1},
+]
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_event_text_is_the_events_verbs_wording(event):
+    subject, words, _ = render.event_words(event)
+    assert top.event_text(event) == f"{subject} {words}"
+    assert subject and words
+
+
+def test_event_text_of_the_views_own_notes():
+    assert top.event_text({"type": "top", "event": "lost", "text": "daemon not running, retrying"}) == \
+        "daemon not running, retrying"
+    assert top.event_text(EVENTS[0]) == "web:1 running -> backoff  crashed (signal 9)"
 
 
 def test_event_line_and_style():
