@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervise.cli import render, top
-from supervise.cli.top import View
+from supervise.cli import render, top, top_screen
+from supervise.cli.top_screen import View
 
 
 def inst(name, state="running", pid=100, cpu=None, rss=None, restarts=0, **more):
@@ -35,7 +35,7 @@ APPS = ["web", "webhook", "worker"]
 
 
 def names(view, res=RESULT):
-    return [i["name"] for i in top.instances(res, view)]
+    return [i["name"] for i in top_screen.instances(res, view)]
 
 
 def text(line):
@@ -138,31 +138,32 @@ def test_app_filter_exact_name_else_part_of_one():
     assert names(View(app="web")) == ["web:0", "web:1", "web:2"]  # not webhook: the exact name wins
     assert names(View(app="eb")) == ["web:0", "web:1", "web:2", "webhook:0"]
     assert names(View(app="nothing")) == []
-    assert top.selected_apps(RESULT, View()) is None
-    assert top.selected_apps(RESULT, View(restricted=True)) == set(APPS)
-    assert top.selected_apps(None, View(app="web")) is None
+    assert top_screen.selected_apps(RESULT, View()) is None
+    assert top_screen.selected_apps(RESULT, View(restricted=True)) == set(APPS)
+    assert top_screen.selected_apps(None, View(app="web")) is None
 
 
 @pytest.mark.parametrize(("cpu", "shown"), [(None, "-"), ("n/a", "-"), (True, "-"), (0, "0.0"), (12.345, "12.3"),
                                             (250.0, "250.0")])
 def test_cpu_text(cpu, shown):
-    assert top.cpu_text(cpu) == shown
+    assert top_screen.cpu_text(cpu) == shown
 
 
 def test_instance_cells():
-    assert top.instance_cells(inst("web:1", cpu=2.25, rss=3 << 20, restarts=2, heartbeat_age=0.5)) == [
+    assert top_screen.instance_cells(inst("web:1", cpu=2.25, rss=3 << 20, restarts=2, heartbeat_age=0.5)) == [
         "web:1", "running", "100", "2.2", "3.0M", "12s", "2", "0.5s", "-"]
-    cells = top.instance_cells(RESULT["apps"][2]["instances"][0], processes=True)
+    cells = top_screen.instance_cells(RESULT["apps"][2]["instances"][0], processes=True)
     assert cells == ["worker:0", "backoff", "-", "-", "-", "-", "12s", "7", "-", "crashed (exit code 1)"]
 
 
 def test_app_totals():
-    web, _, worker = (top.app_cells(app) for app in RESULT["apps"])
+    web, _, worker = (top_screen.app_cells(app) for app in RESULT["apps"])
     assert web == ["web", "3/3", "81.5", "40.0M", "5", "-"]  # CPU and memory: the sum of what is known
     assert worker == ["worker", "0/1", "-", "-", "7", "1 backoff"]
     waiting = {"name": "api", "instances": [], "waiting_for": ["db"],
                "rollout": {"state": "running", "generation": 3, "replaced": 1, "total": 4}}
-    assert top.app_cells(waiting) == ["api", "0/0", "-", "-", "0", "waiting for db, rolling to generation 3 (1/4)"]
+    assert top_screen.app_cells(waiting) == ["api", "0/0", "-", "-", "0",
+                                             "waiting for db, rolling to generation 3 (1/4)"]
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -190,37 +191,38 @@ EVENTS = [
 @pytest.mark.parametrize("event", EVENTS)
 def test_event_text_is_the_events_verbs_wording(event):
     subject, words, _ = render.event_words(event)
-    assert top.event_text(event) == f"{subject} {words}"
+    assert top_screen.event_text(event) == f"{subject} {words}"
     assert subject and words
 
 
 def test_event_text_of_the_views_own_notes():
-    assert top.event_text({"type": "top", "event": "lost", "text": "daemon not running, retrying"}) == \
+    assert top_screen.event_text({"type": "top", "event": "lost", "text": "daemon not running, retrying"}) == \
         "daemon not running, retrying"
-    assert top.event_text(EVENTS[0]) == "web:1 running -> backoff  crashed (signal 9)"
+    assert top_screen.event_text(EVENTS[0]) == "web:1 running -> backoff  crashed (signal 9)"
 
 
 def test_event_line_and_style():
-    line = top.event_line({"type": "daemon", "event": "started", "time": 1_700_000_000.5})
+    line = top_screen.event_line({"type": "daemon", "event": "started", "time": 1_700_000_000.5})
     assert re.fullmatch(r"\d\d:\d\d:\d\d daemon started", line)
-    assert top.event_style({"type": "state", "to": "backoff"}) == "bad"
-    assert top.event_style({"type": "state", "to": "running"}) == "good"
-    assert top.event_style({"type": "state", "to": "starting", "exit": {"reason": "hung"}}) == "bad"
-    assert top.event_style({"type": "scaled"}) == "normal"
+    assert top_screen.event_style({"type": "state", "to": "backoff"}) == "bad"
+    assert top_screen.event_style({"type": "state", "to": "running"}) == "good"
+    assert top_screen.event_style({"type": "state", "to": "starting", "exit": {"reason": "hung"}}) == "bad"
+    assert top_screen.event_style({"type": "scaled"}) == "normal"
 
 
 def test_events_follow_the_app_filter():
     events = [{"type": "state", "app": "web", "name": "web:0"}, {"type": "state", "name": "worker:0"},
               {"type": "daemon", "event": "started"}, {"type": "scaled", "app": "worker"}]
-    assert top.shown_events(events, None) == events
-    assert top.shown_events(events, {"web"}) == [events[0], events[2]]  # the daemon's are everyone's
+    assert top_screen.shown_events(events, None) == events
+    assert top_screen.shown_events(events, {"web"}) == [events[0], events[2]]  # the daemon's are everyone's
 
 
 # -- the screen ------------------------------------------------------------------------------
 
 def screen(res=RESULT, view=None, width=100, height=30, error=None, events=()):
     view = view or View()
-    return [text(line) for line in top.frame(res, error, list(events), view, width, height, "s.toml", "12:00:00")], view
+    lines = top_screen.frame(res, error, list(events), view, width, height, "s.toml", "12:00:00")
+    return [text(line) for line in lines], view
 
 
 def test_frame_lays_out_title_apps_instances_events_footer():
@@ -269,11 +271,11 @@ def test_frame_shows_the_view_and_a_filter_matching_nothing():
 
 
 def test_frame_without_a_daemon():
-    lines, _ = screen(res=None, error=top.NOT_RUNNING, events=[{"type": "top", "event": "lost", "time": 0,
-                                                                 "text": top.NOT_RUNNING}])
-    assert top.NOT_RUNNING in lines[0] and top.NOT_RUNNING in lines[1]
+    lines, _ = screen(res=None, error=top_screen.NOT_RUNNING, events=[{"type": "top", "event": "lost", "time": 0,
+                                                                 "text": top_screen.NOT_RUNNING}])
+    assert top_screen.NOT_RUNNING in lines[0] and top_screen.NOT_RUNNING in lines[1]
     pane = lines[lines.index(next(line for line in lines if line.startswith("EVENTS"))):]
-    assert pane[1].endswith(top.NOT_RUNNING)  # the note in the events pane too
+    assert pane[1].endswith(top_screen.NOT_RUNNING)  # the note in the events pane too
 
 
 def test_prompt_in_the_footer():
@@ -292,7 +294,7 @@ def test_frame_always_fits_the_screen(width, height, count, sort, scroll):
                  ("b", []))
     view = View(sort)
     view.scroll = scroll
-    lines = top.frame(res, None, [{"type": "daemon", "event": "started", "time": 0}] * 3, view, width, height)
+    lines = top_screen.frame(res, None, [{"type": "daemon", "event": "started", "time": 0}] * 3, view, width, height)
     assert len(lines) == max(0, height) if width > 0 else lines == []
     assert all(len(text(line)) <= width for line in lines)
     if height > 0 and width > 0:
@@ -304,7 +306,7 @@ def test_frame_always_fits_the_screen(width, height, count, sort, scroll):
 
 def test_plain_text():
     events = [{"type": "state", "name": "worker:0", "app": "worker", "from": "running", "to": "backoff", "time": 0}]
-    out = top.plain_text(RESULT, None, events, View(), "s.toml", "12:00:00")
+    out = top_screen.plain_text(RESULT, None, events, View(), "s.toml", "12:00:00")
     blocks = out.rstrip("\n").split("\n\n")
     assert blocks[0] == "supervise top  s.toml  daemon 42  5 instances: 4 running, 1 backoff  12:00:00"
     assert blocks[1].splitlines()[0].split() == ["APP", "RUNNING", "CPU%", "MEM", "RESTARTS", "NOTE"]
@@ -312,7 +314,7 @@ def test_plain_text():
                                                                         "worker:0"]
     assert blocks[3].endswith("worker:0 running -> backoff")
     assert "\x1b" not in out and not any(line != line.rstrip() for line in out.splitlines())
-    only_web = top.plain_text(RESULT, None, events, View(app="web"))
+    only_web = top_screen.plain_text(RESULT, None, events, View(app="web"))
     assert "worker" not in only_web
 
 
