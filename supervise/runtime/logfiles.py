@@ -67,16 +67,46 @@ def rotate_if_needed(path: Path, max_size: int, backups: int) -> bool:
 
 def shift(path: Path, backups: int) -> None:
     """Move `path` to `path.1`, `path.1` to `path.2`, ..., dropping the oldest beyond `backups`;
-    with no backups, just remove it. The caller then opens `path` afresh."""
+    with no backups, just empty it. The caller then opens `path` afresh.
+
+    `path` never goes missing, not even for an instant: the log becomes `path.1`
+    through a hard link, and an empty file is renamed over it. A `tail -F`, a
+    `logs -f` or a script that stats the log between two syscalls finds either
+    the old file or the new one. Where hard links are refused (some FUSE or
+    FAT mounts), a plain rename does, with that instant of absence.
+    """
     if backups <= 0:
-        path.unlink(missing_ok=True)
-        _drop_index(path)
+        _replace(_fresh_beside(path), path)
         return
     for index in range(backups - 1, 0, -1):
         older = _backup(path, index)
         if older.exists():
             _replace(older, _backup(path, index + 1))  # replaces (drops) the oldest
-    _replace(path, _backup(path, 1))
+    newest = _backup(path, 1)
+    staged = in_progress(path)
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(path, staged)
+    except OSError:
+        _replace(path, newest)
+        return
+    _replace(staged, newest)
+    try:
+        index_path(path).rename(index_path(newest))  # the index goes with the log it describes
+    except FileNotFoundError:
+        pass
+    os.replace(_fresh_beside(path), path)
+
+
+def _fresh_beside(path: Path) -> Path:
+    """An empty file with `path`'s mode, under the hidden name, ready to be renamed over `path`."""
+    fresh = in_progress(path)
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = BACKUP_MODE
+    os.close(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode))
+    return fresh
 
 
 def in_progress(path: Path) -> Path:

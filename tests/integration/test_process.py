@@ -547,6 +547,35 @@ def test_a_copy_left_by_a_rotation_cut_short_is_overwritten(tmp_path: Path) -> N
     assert not logfiles.in_progress(log).exists()
 
 
+def test_shifting_the_log_the_daemon_writes_never_leaves_it_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "a.log"
+    (tmp_path / "a.log.1").write_bytes(b"older\n")
+    (tmp_path / ".a.log.idx").write_bytes(b"index of a.log")
+    log.write_bytes(b"current\n")
+    os.chmod(log, 0o604)
+    missing: list[str] = []
+    replace = os.replace
+
+    def replace_and_look(src: Path, dst: Path) -> None:
+        replace(src, dst)
+        if not log.exists():  # what a `tail -F` or a stat between two syscalls would meet
+            missing.append(f"{Path(src).name} -> {Path(dst).name}")
+
+    monkeypatch.setattr(logfiles.os, "replace", replace_and_look)
+    logfiles.shift(log, backups=2)
+    monkeypatch.undo()
+    assert not missing, missing
+    assert log.read_bytes() == b"" and (log.stat().st_mode & 0o777) == 0o604
+    assert (tmp_path / "a.log.1").read_bytes() == b"current\n"
+    assert (tmp_path / "a.log.2").read_bytes() == b"older\n"
+    assert (tmp_path / ".a.log.1.idx").read_bytes() == b"index of a.log"  # moved with its log
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.log.1.idx", "a.log", "a.log.1", "a.log.2"]
+    logfiles.shift(log, backups=0)
+    assert log.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == [
+        ".a.log.1.idx", "a.log", "a.log.1", "a.log.2"]
+
+
 def test_tail_returns_last_lines(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     assert logs.tail(log, 5) == []

@@ -163,18 +163,18 @@ def test_shift_renames_each_index_with_its_log(tmp_path: Path) -> None:
     (tmp_path / "web.0.log.2").write_text("oldest, no index\n")  # written by an older daemon
     index_path(tmp_path / "web.0.log.3").write_bytes(logindex.encode(0, 0.1))  # a stale index of nothing
     logfiles.shift(log, backups=3)
-    assert not log.exists() and not index_path(log).exists()
+    assert log.read_bytes() == b"" and not index_path(log).exists()  # a fresh log, not yet indexed
     assert (tmp_path / "web.0.log.1").read_text() == "current\n" and records(tmp_path / "web.0.log.1") == [(0, 1.0)]
     assert records(tmp_path / "web.0.log.2") == [(0, 0.5)]
     assert (tmp_path / "web.0.log.3").read_text() == "oldest, no index\n"
     assert not index_path(tmp_path / "web.0.log.3").exists(), "no index of another file under its name"
 
 
-def test_shift_without_backups_removes_the_index_too(tmp_path: Path) -> None:
+def test_shift_without_backups_empties_the_log_and_removes_its_index(tmp_path: Path) -> None:
     log = tmp_path / "web.0.log"
     write_log(log, [(1.0, "x")])
     logfiles.shift(log, backups=0)
-    assert not log.exists() and not index_path(log).exists()
+    assert log.read_bytes() == b"" and not index_path(log).exists()
 
 
 def test_copytruncate_leaves_no_index_that_would_lie(tmp_path: Path) -> None:
