@@ -14,7 +14,8 @@ from pathlib import Path
 
 __all__ = [
     "AppConfig", "BackoffConfig", "ClusterConfig", "Config", "CrashLoopConfig", "LogFormat", "LogLevel",
-    "MaxUnavailable", "Placement", "Readiness", "Restart", "SuperviseConfig", "RLIMIT_KEYS",
+    "ListenOptions", "MaxUnavailable", "Placement", "Probe", "ProbeKind", "Readiness", "Restart", "SuperviseConfig",
+    "RLIMIT_KEYS", "PROBE_READINESS",
 ]
 
 RLIMIT_KEYS = ("nofile", "core", "nproc")
@@ -35,8 +36,66 @@ class Placement(StrEnum):
 
 
 class Readiness(StrEnum):
-    NONE = "none"
-    HEARTBEAT = "heartbeat"
+    NONE = "none"  # ready once it has stayed up `ready_after`
+    HEARTBEAT = "heartbeat"  # the worker's first ready message (supervise.worker)
+    NOTIFY = "notify"  # READY=1 on the instance's own NOTIFY_SOCKET (sd_notify, as gunicorn sends)
+    HTTP = "http"  # probes: `readiness_probe` passes `successes` times in a row
+    TCP = "tcp"
+    EXEC = "exec"
+
+
+class ProbeKind(StrEnum):
+    HTTP = "http"  # GET the URL: a 2xx or 3xx status passes
+    TCP = "tcp"  # connect to "HOST:PORT" or "unix:PATH": a connection passes
+    EXEC = "exec"  # run the command: exit code 0 passes
+
+
+PROBE_READINESS = {ProbeKind.HTTP: Readiness.HTTP, ProbeKind.TCP: Readiness.TCP, ProbeKind.EXEC: Readiness.EXEC}
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One check the daemon runs against an instance, every `interval`, each given `timeout`.
+
+    ``target`` holds templates ({app}, {instance}, {port}) filled per instance by
+    ``render``: an http URL ("http://127.0.0.1:{port}/healthz"), a tcp address
+    ("127.0.0.1:{port}" or "unix:/run/web-{instance}.sock"), or an exec argv.
+    Readiness passes after ``successes`` passes in a row; liveness fails after
+    ``failures`` failures in a row (and a readiness probe that fails ``failures``
+    times in a row says why in the instance's status, though only start_timeout
+    ends a start).
+    """
+
+    kind: ProbeKind
+    target: tuple[str, ...]  # http, tcp: one element; exec: the argv
+    interval: float = 1.0
+    timeout: float = 1.0
+    failures: int = 3
+    successes: int = 1
+
+    def render(self, app: str, index: int, port: int | None) -> tuple[str, ...]:
+        values: dict[str, object] = {"app": app, "instance": index}
+        if port is not None:
+            values["port"] = port + index
+        return tuple(part.format(**values) for part in self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenOptions:
+    """How one `listen` socket is set up (the table form of a listen entry; defaults for a plain string).
+
+    Defaults as systemd's socket units where it has one: TCP_NODELAY on (nginx's
+    default too: without it a server that writes a response in two pieces waits
+    for the client's delayed ACK, 40 ms a request), SO_REUSEPORT off, a unix
+    socket's mode 0666 (``SocketMode=``), owned by the daemon's user.
+    """
+
+    nodelay: bool = True
+    backlog: int = 1024
+    reuseport: bool = False
+    mode: int | None = None  # unix sockets: permission bits; None: 0o666
+    owner: str | None = None  # unix sockets: user name (or uid as text); None: the daemon's
+    group: str | None = None  # unix sockets: group name (or gid as text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +151,9 @@ class MaxUnavailable:
         return f"{self.value}%" if self.percent else str(self.value)
 
 
+DEFAULT_LISTEN_OPTIONS = ListenOptions()
+
+
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     name: str
@@ -103,6 +165,9 @@ class AppConfig:
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
     readiness: Readiness = Readiness.NONE
+    readiness_probe: Probe | None = None  # set when readiness is http, tcp or exec
+    liveness: Probe | None = None  # failing `failures` times in a row: restarted as `unhealthy`
+    ready_after: float = 1.0  # readiness = "none": counted ready once up this long (0: at once)
     start_timeout: float = 30.0
     heartbeat_timeout: float | None = None
     max_memory: int | None = None
@@ -111,6 +176,7 @@ class AppConfig:
     watch: tuple[str, ...] = ()
     watch_ignore: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()
+    listen_options: Mapping[str, ListenOptions] = field(default_factory=dict)  # by address; absent: defaults
     depends_on: tuple[str, ...] = ()
     log_max_size: int = 50 * 1024 * 1024
     log_backups: int = 5
@@ -126,6 +192,16 @@ class AppConfig:
     # Resource limits of each instance, by RLIMIT_KEYS name: a number, or None for unlimited. An
     # absent key is inherited from the daemon, except nofile: the soft limit the daemon started with.
     rlimits: Mapping[str, int | None] = field(default_factory=dict)
+    user: str | None = None  # run as this user (the daemon must be root unless it is the daemon's own)
+    group: str | None = None  # and this group; None with a user: the user's primary group
+    umask: int | None = None  # None: the daemon's
+    env_file: Path | None = None  # dotenv file, already merged under `env` (env wins); kept for `check`
+    shell: bool = False  # run `command` (one string) through /bin/sh -c
+    max_age: float | None = None  # recycle an instance running longer, successor first
+    max_age_jitter: float = 0.0  # each instance's age limit is max_age + uniform(0, jitter)
+
+    def listen_option(self, address: str) -> ListenOptions:
+        return self.listen_options.get(address, DEFAULT_LISTEN_OPTIONS)
 
     @property
     def clustered(self) -> bool:
@@ -145,11 +221,16 @@ class AppConfig:
         return 0 if self.port is not None and not self.listen else 1
 
     def argv(self, index: int) -> list[str]:
-        """The command of instance ``index`` with its templates filled in."""
+        """The command of instance ``index`` with its templates filled in; with ``shell``, the one
+        string the loader kept, run by /bin/sh -c (the stop signal goes to the shell's whole
+        process group, so a pipeline stops with it)."""
         values = {"app": self.name, "instance": index}
         if self.port is not None:
             values["port"] = self.port + index
-        return [part.format(**values) for part in self.command]
+        parts = [part.format(**values) for part in self.command]
+        if self.shell:
+            return ["/bin/sh", "-c", " ".join(parts)]
+        return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +242,7 @@ class SuperviseConfig:
     control_key: Path | None = None  # the daemon's CURVE secret key file (supervise keygen)
     control_clients: tuple[str, ...] = ()  # client public keys allowed in: Z85 strings or .key files
     metrics: str | None = None  # "HOST:PORT" serving /metrics (Prometheus) and the dashboard; bound exactly as given
+    include: tuple[str, ...] = ()  # globs (relative to the main file) of files whose [apps] merge in, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +275,8 @@ class Config:
     apps: Mapping[str, AppConfig]  # in file order
     cluster: ClusterConfig | None = None  # None: this daemon is alone
     text: str = field(default="", compare=False, repr=False)  # as read: what a checkpoint records
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # "file:line: key: message", for `check`
+    included: tuple[Path, ...] = field(default=(), compare=False)  # the files `include` brought in, in order
 
 
 class LogFormat(StrEnum):

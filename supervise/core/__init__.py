@@ -25,6 +25,7 @@ from supervise.core.actions import (
     SendDrain,
     ServiceState,
     Signal,
+    SignalTree,
     Spawn,
     StopStray,
 )
@@ -40,6 +41,7 @@ from supervise.core.events import (
     Event,
     Exited,
     FilesChanged,
+    Healthy,
     Ready,
     Recovered,
     Role,
@@ -47,6 +49,7 @@ from supervise.core.events import (
     ShutdownRequested,
     Spawned,
     SpawnFailed,
+    Unhealthy,
     Verb,
 )
 from supervise.core.supervisor import Core
@@ -54,7 +57,8 @@ from supervise.core.views import View
 
 __all__ = [
     "Action", "Adopt", "Adopted", "AppRecord", "Beat", "Cause", "Checkpoint", "CommandReceived", "Core",
-    "DaemonStarted", "DeadlineReached", "Drained", "EndChaos", "Event", "Exit", "Exited", "FilesChanged", "KillTree",
-    "Notify", "Publish", "Ready", "Recovered", "ReleaseListeners", "Reply", "Resample", "Role", "Sampled", "SendDrain",
-    "ServiceState", "ShutdownRequested", "Signal", "Spawn", "SpawnFailed", "Spawned", "StopStray", "Verb", "View",
+    "DaemonStarted", "DeadlineReached", "Drained", "EndChaos", "Event", "Exit", "Exited", "FilesChanged", "Healthy",
+    "KillTree", "Notify", "Publish", "Ready", "Recovered", "ReleaseListeners", "Reply", "Resample", "Role", "Sampled",
+    "SendDrain", "ServiceState", "ShutdownRequested", "Signal", "SignalTree", "Spawn", "SpawnFailed", "Spawned",
+    "StopStray", "Unhealthy", "Verb", "View",
 ]

@@ -63,6 +63,14 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalTree:
+    """An operator's `signal --tree`: `signal` to every process of the instance's tree."""
+
+    spawn_id: int
+    signal: int
+
+
+@dataclass(frozen=True, slots=True)
 class KillTree:
     """SIGKILL the process and every process it left behind."""
 
@@ -147,5 +155,5 @@ class Exit:
     code: int
 
 
-Action = (Spawn | Adopt | Signal | KillTree | SendDrain | StopStray | Resample | Reply | Publish | Checkpoint
-          | Notify | ReleaseListeners | EndChaos | Exit | ExtendFence | ScaleCluster)
+Action = (Spawn | Adopt | Signal | SignalTree | KillTree | SendDrain | StopStray | Resample | Reply | Publish
+          | Checkpoint | Notify | ReleaseListeners | EndChaos | Exit | ExtendFence | ScaleCluster)

@@ -25,6 +25,7 @@ class Verb(StrEnum):
     SCALE = "scale"
     RELOAD = "reload"
     SHUTDOWN = "shutdown"
+    SIGNAL = "signal"  # send a signal to instances' main processes (or whole trees)
 
 
 class Cause(StrEnum):
@@ -82,6 +83,21 @@ class Beat:
 
 
 @dataclass(frozen=True, slots=True)
+class Unhealthy:
+    """The instance's liveness probe failed ``failures`` times in a row (``detail``: the last failure)."""
+
+    spawn_id: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Healthy:
+    """The instance's liveness probe passes again after an ``Unhealthy``."""
+
+    spawn_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Drained:
     spawn_id: int
 
@@ -116,6 +132,8 @@ class CommandReceived:
     config: Config | None = None  # reload: the re-read config whose difference to apply
     dry_run: bool = False  # reload: only say what would change
     cause: Cause = Cause.RELOAD
+    signal: int | None = None  # signal: the signal number to send
+    tree: bool = False  # signal: to every process of the instance's tree, not only its main process
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +254,6 @@ class ClusterNews:
     event: Mapping[str, object]
 
 
-Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Drained | Sampled | CommandReceived | FilesChanged
-         | ShutdownRequested | DeadlineReached | Recovered | DaemonStarted | Assigned | LeaseRenewed | LeaseLost
-         | ClusterNews | Stalled)
+Event = (Spawned | SpawnFailed | Exited | Ready | Beat | Unhealthy | Healthy | Drained | Sampled | CommandReceived
+         | FilesChanged | ShutdownRequested | DeadlineReached | Recovered | DaemonStarted | Assigned | LeaseRenewed
+         | LeaseLost | ClusterNews | Stalled)

@@ -37,6 +37,7 @@ class ExitReason(StrEnum):
     CRASHED = "crashed"
     EXITED = "exited"
     HUNG = "hung"
+    UNHEALTHY = "unhealthy"  # its liveness probe failed `failures` times in a row
     MEMORY = "memory"
     PROCESSES = "processes"
     START_TIMEOUT = "start-timeout"
@@ -44,11 +45,12 @@ class ExitReason(StrEnum):
     STOPPED = "stopped"
     LOST = "lost"
     FENCED = "fenced"  # a cluster instance whose node lost its lease (or whose slot moved away)
+    MAX_AGE = "max-age"  # recycled after max_age (+ jitter), its successor ready first
 
 
 FAILURE_REASONS = frozenset(
-    {ExitReason.CRASHED, ExitReason.HUNG, ExitReason.MEMORY, ExitReason.PROCESSES, ExitReason.START_TIMEOUT,
-     ExitReason.LOST}
+    {ExitReason.CRASHED, ExitReason.HUNG, ExitReason.UNHEALTHY, ExitReason.MEMORY, ExitReason.PROCESSES,
+     ExitReason.START_TIMEOUT, ExitReason.LOST}
 )
 """Exits that count towards backoff and the crash-loop breaker."""
 
@@ -185,7 +187,7 @@ class Proceed:
 Input = (Launch | Halt | Forked | ForkFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
          | Resumed | Unheard | Proceed)
 
-DISRUPTIONS = (ExitReason.PROCESSES, ExitReason.HUNG, ExitReason.MEMORY)
+DISRUPTIONS = (ExitReason.PROCESSES, ExitReason.HUNG, ExitReason.UNHEALTHY, ExitReason.MEMORY, ExitReason.MAX_AGE)
 """Restarts the supervisor decides on while the process still runs: the disruption budget
 (``max_unavailable``) paces them. Crashes are not paced: that instance is gone already.
 Most urgent first: one held for two reasons goes for the first (a fork bomb is killed, not
