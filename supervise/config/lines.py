@@ -37,6 +37,12 @@ class LineIndex:
 
     def __init__(self, text: str) -> None:
         self._lines = _Scanner(text).run()
+        self._text = text
+
+    def source(self, path: Key) -> str | None:
+        """The text of the line ``path`` is written on (see line_of)."""
+        line = self.line_of(path)
+        return None if line is None else self._text.split("\n")[line - 1]
 
     def line_of(self, path: Key) -> int | None:
         """The line of ``path``, else of its nearest ancestor that is written down."""

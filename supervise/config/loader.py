@@ -1,7 +1,11 @@
 """supervise.toml -> the frozen dataclasses of ``model``, or every problem at once.
 
 Each problem names the file, the line, the key path and what was expected;
-``units`` converts values, ``lines`` finds where each key was written.
+``units`` converts values, ``lines`` finds where each key was written,
+``table`` reads tables; the app keys with more to them have a module each
+(``probes``, ``listen``, ``runas``, ``dotenv``, ``commands``, ``cluster``,
+``includes``). Warnings (a config that works, but likely not as meant) go to
+``Config.warnings`` for `supervise check`.
 """
 
 from __future__ import annotations
@@ -10,15 +14,16 @@ import dataclasses
 import os
 import re
 from collections.abc import Callable
-from dataclasses import fields
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from supervise.config import cluster, commands, dotenv, includes, listen, probes, runas
 from supervise.config import units as units
 from supervise.config.errors import ConfigError, Problem
-from supervise.config.lines import Key, LineIndex, key_text
+from supervise.config.hints import FOREIGN_APP_KEYS
+from supervise.config.lines import LineIndex
 from supervise.config.locate import DEFAULT_STATE_DIR
 from supervise.config.model import (
     RLIMIT_KEYS,
@@ -35,6 +40,7 @@ from supervise.config.model import (
     Restart,
     SuperviseConfig,
 )
+from supervise.config.table import Apps, Check, Table, keys
 from supervise.config.toml import parse_toml, read_toml
 from supervise.config.units import Invalid, did_you_mean, show
 
@@ -42,11 +48,8 @@ __all__ = ["ConfigError", "Problem", "load", "loads"]  # the errors are errors.p
 
 
 _APP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # cluster and node names: they are etcd key segments
 _PERCENT = re.compile(r"\s*(\d{1,3})\s*%\s*")  # max_unavailable = "25%"
-_ETCD_ENDPOINT = re.compile(r"(?:(https?)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?")
-MIN_LEASE_TTL = 2
-"""etcd refuses shorter leases (with its default timing)."""
+APP_KEYS = keys(AppConfig, "name", "readiness_probe", "listen_options")  # those two are read from readiness, listen
 
 
 # -- public API ---------------------------------------------------------------
@@ -67,11 +70,19 @@ def loads(text: str, path: str | os.PathLike[str]) -> Config:
 
 
 def _validated(file: Path, text: str, data: dict[str, Any]) -> Config:
-    check = _Check(file, LineIndex(text))
+    check = Check(file, LineIndex(text))
     config = _config(check, file, data)
     if check.problems:
-        raise ConfigError(sorted(check.problems, key=lambda problem: problem.line or 0))
-    return dataclasses.replace(config, text=text)
+        raise ConfigError(_in_order(file, check.problems))
+    return dataclasses.replace(config, text=text, warnings=tuple(map(str, _in_order(file, check.warnings))))
+
+
+def _in_order(main: Path, problems: list[Problem]) -> list[Problem]:
+    """By file (the main one first, the others as they came up), then by line."""
+    files = {main: 0}
+    for problem in problems:
+        files.setdefault(problem.file, len(files))
+    return sorted(problems, key=lambda problem: (files[problem.file], problem.line or 0))
 
 
 def _base_dir(file: Path) -> Path:
@@ -81,79 +92,33 @@ def _base_dir(file: Path) -> Path:
 # -- validation ---------------------------------------------------------------
 
 
-class _Check:
-    """Collects problems of one file, each located by its key path."""
-
-    def __init__(self, file: Path, lines: LineIndex) -> None:
-        self.file = file
-        self.lines = lines
-        self.problems: list[Problem] = []
-
-    def report(self, path: Key, message: str) -> None:
-        self.problems.append(Problem(self.file, self.lines.line_of(path), key_text(path), message))
-
-
-class _Table:
-    """One TOML table being read: typed gets, unknown keys reported up front."""
-
-    def __init__(self, check: _Check, path: Key, raw: Any, known: tuple[str, ...] | None) -> None:
-        self.check, self.path = check, path
-        self.raw: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        self.bad: set[str] = set()
-        if known is not None:
-            for key in self.raw:
-                if key not in known:
-                    check.report(path + (key,), "unknown key" + did_you_mean(key, known))
-
-    def get(self, key: str, convert: Callable[[Any], Any], default: Any = None) -> Any:
-        """The converted value of ``key``, or ``default`` if absent or invalid."""
-        if key not in self.raw:
-            return default
-        try:
-            return convert(self.raw[key])
-        except Invalid as error:
-            self.bad.add(key)
-            for at, message in error.errors:
-                self.check.report(self.path + (key, *at), message)
-            return default
-
-    def read(self, converters: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
-        """The valid values among ``converters``' keys, ready to pass as kwargs."""
-        values = {key: self.get(key, convert, _ABSENT) for key, convert in converters.items()}
-        return {key: value for key, value in values.items() if value is not _ABSENT}
-
-    def table(self, key: str, known: tuple[str, ...] | None, example: str = "") -> _Table:
-        """The sub-table ``key`` (empty when absent or not a table)."""
-        raw = self.raw.get(key, {})
-        if not isinstance(raw, dict):
-            self.bad.add(key)
-            self.check.report(self.path + (key,), units.expected(f"a table{example}", raw).args[0])
-        return _Table(self.check, self.path + (key,), raw, known)
-
-
-_ABSENT = object()
-
-
-def _keys(cls: type, *skip: str) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls) if f.name not in skip)
-
-
-def _config(check: _Check, file: Path, data: dict[str, Any]) -> Config:
+def _config(check: Check, file: Path, data: dict[str, Any]) -> Config:
     base = _base_dir(file)
-    top = _Table(check, (), data, ("supervise", "apps", "cluster"))
-    supervise = _supervise(top.table("supervise", _keys(SuperviseConfig)), base)
-    cluster = _cluster(top.table("cluster", _keys(ClusterConfig)), base) if "cluster" in data else None
-    apps_table = top.table("apps", None, " of apps like [apps.web]")
-    apps = {}
-    for name, raw in apps_table.raw.items():
-        if app := _app(apps_table, name, raw, base):
-            apps[name] = app
-    _check_dependencies(apps_table, apps)
-    _check_placement(apps_table, apps, "cluster" in data)
-    return Config(path=base / file.name, supervise=supervise, apps=apps, cluster=cluster)
+    top = Table(check, (), data, ("supervise", "apps", "cluster"))
+    supervise = _supervise(top.table("supervise", keys(SuperviseConfig)), base)
+    section = cluster.section(top.table("cluster", keys(ClusterConfig)), base) if "cluster" in data else None
+    files, included = includes.included(check, supervise.include, base)
+    apps = Apps()
+    for table in (top.table("apps", None, " of apps like [apps.web]"), *included):
+        for name, raw in table.raw.items():
+            _add_app(apps, table, name, raw, base)
+    _check_dependencies(apps)
+    cluster.check_placement(apps, "cluster" in data)
+    return Config(path=base / file.name, supervise=supervise, apps=apps.configs, cluster=section,
+                  included=tuple(files))
 
 
-def _supervise(table: _Table, base: Path) -> SuperviseConfig:
+def _add_app(apps: Apps, table: Table, name: str, raw: Any, base: Path) -> None:
+    if name in apps.tables:
+        first = apps.tables[name]
+        table.report((name,), f"app {show(name)} is defined twice: first at {first.check.where(first.path + (name,))}")
+        return
+    apps.raw[name], apps.tables[name] = raw, table
+    if app := _app(table, name, raw, base):
+        apps.configs[name] = app
+
+
+def _supervise(table: Table, base: Path) -> SuperviseConfig:
     values = table.read(
         {
             "state_dir": lambda value: units.absolute(base, units.path_text(value)),
@@ -163,6 +128,7 @@ def _supervise(table: _Table, base: Path) -> SuperviseConfig:
             "control_key": lambda value: units.absolute(base, units.path_text(value)),
             "control_clients": units.array_of(partial(_client_key, base), "keys"),
             "metrics": _metrics_address,
+            "include": units.array_of(units.path_text, "globs"),
         }
     )
     values = {key: str(value) if isinstance(value, StrEnum) else value for key, value in values.items()}
@@ -204,7 +170,7 @@ def _client_key(base: Path, value: Any) -> str:
     return str(units.absolute(base, units.path_text(text)))
 
 
-def _app(apps: _Table, name: str, raw: Any, base: Path) -> AppConfig | None:
+def _app(apps: Table, name: str, raw: Any, base: Path) -> AppConfig | None:
     """One app from its table; None when it is not even a table with a valid name."""
     path = apps.path + (name,)
     if not _APP_NAME.fullmatch(name):
@@ -213,40 +179,57 @@ def _app(apps: _Table, name: str, raw: Any, base: Path) -> AppConfig | None:
     if not isinstance(raw, dict):
         apps.check.report(path, units.expected("a table like [apps.web]", raw).args[0])
         return None
-    table = _Table(apps.check, path, raw, _keys(AppConfig, "name"))
+    table = Table(apps.check, path, raw, APP_KEYS, hints=FOREIGN_APP_KEYS)
     if "command" not in raw:
         apps.check.report(path + ("command",), 'missing; every app needs one, like command = "python3 w.py"')
-    backoff = table.table("backoff", _keys(BackoffConfig), ' like { initial = "100ms" }')
-    crash_loop = table.table("crash_loop", _keys(CrashLoopConfig), " like { max_restarts = 10 }")
+    backoff = table.table("backoff", keys(BackoffConfig), ' like { initial = "100ms" }')
+    crash_loop = table.table("crash_loop", keys(CrashLoopConfig), " like { max_restarts = 10 }")
+    shell = table.get("shell", units.boolean, False)
+    has_port = "port" in raw
+    readiness, probe = table.get("readiness", partial(probes.readiness, base=base, has_port=has_port),
+                                 (Readiness.NONE, None))
+    env_file, file_env = dotenv.env_files(table, base)
+    sockets = listen.read(table, base)
     app = AppConfig(
         name=name,
-        command=table.get("command", units.command, ()),
+        command=table.get("command", partial(commands.command, shell=shell), ()),
         cwd=table.get("cwd", partial(units.directory, base), base),
+        shell=shell,
+        readiness=readiness,
+        readiness_probe=probe,
+        liveness=table.get("liveness", partial(probes.liveness, base=base, has_port=has_port)),
+        env={**file_env, **table.get("env", units.env, {})},  # env wins over its env_file
+        env_file=env_file,
+        listen=tuple(address for address, _ in sockets),
+        listen_options={address: options for address, options in sockets if options is not None},
         backoff=_backoff(backoff),
         crash_loop=_crash_loop(crash_loop),
+        **runas.run_as(table),
         **table.read(_app_converters(base)),
     )
     _check_ports(table, app)
+    _check_recycling(table)
+    _warnings(table, app)
     return app
 
 
 def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
     strings = units.array_of(units.string, "strings")
     return {
-        "instances": units.integer,
-        "env": units.env,
+        "instances": commands.instances,
         "restart": partial(units.choice, kind=Restart),
         "stop_signal": units.stop_signal,
         "stop_timeout": units.duration,
-        "readiness": partial(units.choice, kind=Readiness),
+        "ready_after": units.duration,
         "start_timeout": units.duration,
         "heartbeat_timeout": partial(units.duration, positive=True),
         "max_memory": partial(units.size, positive=True),
         "max_processes": partial(units.integer, lo=1),
         "max_unavailable": _max_unavailable,
+        "max_age": partial(units.duration, positive=True),
+        "max_age_jitter": units.duration,
         "watch": strings,
         "watch_ignore": strings,
-        "listen": units.array_of(partial(units.listen_address, base), "addresses"),
         "depends_on": strings,
         "log_max_size": partial(units.size, positive=True),
         "log_backups": units.integer,
@@ -255,10 +238,30 @@ def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
         "reload_surge": units.integer,
         "placement": partial(units.choice, kind=Placement),
         "singleton": units.boolean,
-        "constraints": _labels,
-        "spread": _label_key,
+        "constraints": cluster.labels,
+        "spread": cluster.label_key,
         "rlimits": _rlimits,
     }
+
+
+def _check_recycling(table: Table) -> None:
+    if "max_age_jitter" in table.raw and "max_age" not in table.raw:
+        table.report(("max_age_jitter",), 'spreads max_age, which is not set: add max_age, like max_age = "24h"')
+
+
+def _warnings(table: Table, app: AppConfig) -> None:
+    """What works but is likely not what was meant: `supervise check` prints these."""
+    command = table.raw.get("command")
+    if not app.shell and isinstance(command, str) and "command" not in table.bad:
+        if found := commands.shell_syntax(command):
+            table.warn(("command",), f"{found} is shell syntax, but no shell runs this command: it reaches the "
+                                     "program as written; set shell = true to run it through /bin/sh -c, or write "
+                                     "command as an array to say it is meant literally")
+    if "ready_after" in table.raw and app.readiness is not Readiness.NONE:
+        table.warn(("ready_after",), f'counts only with readiness = "none": with readiness = "{app.readiness}" '
+                                     "an instance is ready when the readiness signal says so, and this is ignored")
+    for key, message in probes.shared_listen_warnings(app):
+        table.warn((key,), message)
 
 
 def _max_unavailable(value: Any) -> MaxUnavailable:
@@ -305,113 +308,7 @@ def _rlimits(value: Any) -> dict[str, int | None]:
     return limits
 
 
-# -- cluster ------------------------------------------------------------------------
-
-
-def _cluster(table: _Table, base: Path) -> ClusterConfig | None:
-    """``[cluster]``; None (with the problems reported) when it cannot be used."""
-    path = lambda value: units.absolute(base, units.path_text(value))  # noqa: E731
-    values = table.read({
-        "etcd": _etcd_endpoints,
-        "name": _name,
-        "node": _name,
-        "lease_ttl": _lease_ttl,
-        "capacity": units.integer,
-        "labels": _labels,
-        "ca": path,
-        "cert": path,
-        "key": path,
-        "user": units.string,
-        "password": units.string,
-    })
-    if "etcd" not in table.raw:
-        table.check.report(table.path + ("etcd",),
-                           'missing; a cluster needs its etcd endpoints, like etcd = ["127.0.0.1:2379"]')
-    for key in ("ca", "cert", "key"):
-        if key in values and not values[key].is_file():
-            table.check.report(table.path + (key,), f"no such file: {values[key]}")
-    for one, other in (("cert", "key"), ("key", "cert"), ("user", "password"), ("password", "user")):
-        if one in table.raw and other not in table.raw:
-            table.check.report(table.path + (one,), f"needs {other} as well")
-    if "etcd" not in values:
-        return None
-    return ClusterConfig(**values)
-
-
-def _etcd_endpoints(value: Any) -> tuple[str, ...]:
-    endpoints = units.array_of(_etcd_endpoint, "etcd endpoints")([value] if isinstance(value, str) else value)
-    if not endpoints:
-        raise units.expected('at least one etcd endpoint, like ["127.0.0.1:2379"]', value)
-    return endpoints
-
-
-def _etcd_endpoint(value: Any) -> str:
-    text = units.string(value)
-    match = _ETCD_ENDPOINT.fullmatch(text)
-    if not match or not 0 < int(match[3]) < 65536:
-        raise units.expected('an etcd endpoint like "127.0.0.1:2379" or "https://etcd1:2379"', value)
-    return text.rstrip("/")
-
-
-def _name(value: Any) -> str:
-    text = units.string(value)
-    if not _NAME.fullmatch(text):
-        raise units.expected('a name of letters, digits, "_", "." and "-"', value)
-    return text
-
-
-def _lease_ttl(value: Any) -> int:
-    seconds = units.duration(value)
-    if seconds < MIN_LEASE_TTL or seconds != int(seconds):
-        raise units.expected(f"whole seconds, at least {MIN_LEASE_TTL} (etcd's leases count in seconds)", value)
-    return int(seconds)
-
-
-def _labels(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise units.expected('a table of labels like { zone = "a" }', value)
-    errors: list[tuple[tuple[str | int, ...], str]] = []
-    for key, item in value.items():
-        if not _NAME.fullmatch(key):
-            errors.append(((key,), 'label names may use only letters, digits, "_", "." and "-"'))
-        elif not isinstance(item, str) or not item:
-            errors.append(((key,), units.expected("a non-empty string", item).args[0]))
-    if errors:
-        raise Invalid.many(errors)
-    return dict(value)
-
-
-def _label_key(value: Any) -> str:
-    text = units.string(value)
-    if not _NAME.fullmatch(text):
-        raise units.expected('a label name like "zone"', value)
-    return text
-
-
-def _check_placement(apps: _Table, configs: dict[str, AppConfig], clustered: bool) -> None:
-    """Cluster keys make sense together, and only with a [cluster] to run in."""
-    for name, app in configs.items():
-        at = apps.path + (name,)
-        if app.clustered and not clustered:
-            apps.check.report(at + ("placement",),
-                              f'placement = "{app.placement}" needs a [cluster] section (the etcd to place through)')
-        if app.singleton and app.placement is not Placement.CLUSTER:
-            apps.check.report(at + ("singleton",), 'a singleton needs placement = "cluster"')
-        if app.singleton and app.instances != 1:
-            apps.check.report(at + ("instances",), "a singleton runs exactly 1 instance")
-        for key in ("constraints", "spread"):
-            if key in apps.raw[name] and not app.clustered:
-                apps.check.report(at + (key,), f'{key} places instances on nodes: it needs placement = "cluster" '
-                                               'or "every-node"')
-        for index, dependency in enumerate(app.depends_on):
-            other = configs.get(dependency)
-            if other is not None and other.clustered:
-                apps.check.report(at + ("depends_on", index),
-                                  f"{dependency} is a cluster app (its instances may run on other nodes): "
-                                  "only local apps can be waited for")
-
-
-def _check_ports(table: _Table, app: AppConfig) -> None:
+def _check_ports(table: Table, app: AppConfig) -> None:
     """Cross-key rules: {port} needs a port, and every instance's port must exist."""
     if "command" in table.bad or "port" in table.bad:
         return
@@ -426,7 +323,7 @@ def _check_ports(table: _Table, app: AppConfig) -> None:
         table.check.report(table.path + ("port",), message)
 
 
-def _backoff(table: _Table) -> BackoffConfig:
+def _backoff(table: Table) -> BackoffConfig:
     backoff = BackoffConfig(
         **table.read(
             {
@@ -445,27 +342,27 @@ def _backoff(table: _Table) -> BackoffConfig:
     return backoff
 
 
-def _crash_loop(table: _Table) -> CrashLoopConfig:
+def _crash_loop(table: Table) -> CrashLoopConfig:
     return CrashLoopConfig(
         **table.read({"max_restarts": units.integer, "window": units.duration, "cooldown": units.duration})
     )
 
 
-def _check_dependencies(apps: _Table, configs: dict[str, AppConfig]) -> None:
+def _check_dependencies(apps: Apps) -> None:
     """depends_on names real apps, never itself, and has no cycles."""
     graph: dict[str, list[str]] = {}
-    for name, app in configs.items():
+    for name, app in apps.configs.items():
         graph[name] = []
         for index, dependency in enumerate(app.depends_on):
-            at = apps.path + (name, "depends_on", index)
+            at = ("depends_on", index)
             if dependency == name:
-                apps.check.report(at, "an app cannot depend on itself")
+                apps.report(name, at, "an app cannot depend on itself")
             elif dependency not in apps.raw:
-                apps.check.report(at, f"no app named {show(dependency)}{did_you_mean(dependency, apps.raw)}")
-            elif dependency in configs:
+                apps.report(name, at, f"no app named {show(dependency)}{did_you_mean(dependency, apps.raw)}")
+            elif dependency in apps.configs:
                 graph[name].append(dependency)
     for cycle in _cycles(graph):
-        apps.check.report(apps.path + (cycle[0], "depends_on"), "dependency cycle: " + " -> ".join(cycle))
+        apps.report(cycle[0], ("depends_on",), "dependency cycle: " + " -> ".join(cycle))
 
 
 def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:

@@ -310,7 +310,8 @@ BAD = [  # (text, line, key path, message fragment)
     (APP + "crash_loop.max_restart = 2\n", 3, "apps.web.crash_loop.max_restart",
      'did you mean "max_restarts"?'),
     # wrong types, negative values, bool for int
-    (APP + 'instances = "four"\n', 3, "apps.web.instances", 'expected an integer >= 0, got "four"'),
+    (APP + 'instances = "four"\n', 3, "apps.web.instances",
+     'expected an integer >= 0, "max" (one per CPU) or "max-N" (N fewer than the CPUs), got "four"'),
     (APP + "instances = -1\n", 3, "apps.web.instances", "expected an integer >= 0, got -1"),
     (APP + "instances = true\n", 3, "apps.web.instances", "expected an integer >= 0, got true"),
     (APP + "instances = 2.0\n", 3, "apps.web.instances", "expected an integer >= 0, got 2.0"),
@@ -325,7 +326,9 @@ BAD = [  # (text, line, key path, message fragment)
     (APP + 'chaos = "yes"\n', 3, "apps.web.chaos", 'expected true or false, got "yes"'),
     (APP + 'restart = "on_failure"\n', 3, "apps.web.restart",
      'expected one of "always", "on-failure", "never", got "on_failure" (did you mean "on-failure"?)'),
-    (APP + 'readiness = "tcp"\n', 3, "apps.web.readiness", 'expected one of "none", "heartbeat"'),
+    (APP + 'readiness = "tcp"\n', 3, "apps.web.readiness",
+     'readiness = "tcp" probes 127.0.0.1:{port} and needs the app\'s port key'),
+    (APP + 'readiness = "beat"\n', 3, "apps.web.readiness", 'expected one of "none", "heartbeat", "notify"'),
     (APP + 'watch = "*.py"\n', 3, "apps.web.watch", 'expected an array of strings, got "*.py"'),
     (APP + 'watch_ignore = ["*.pyc", 3]\n', 3, "apps.web.watch_ignore[1]", "expected a non-empty string, got 3"),
     # command and its templates
@@ -457,7 +460,8 @@ def test_every_problem_is_reported_at_once_in_line_order() -> None:
     assert str(caught.value).splitlines() == [
         'supervise.toml:2: supervise.log_levl: unknown key (did you mean "log_level"?)',
         "supervise.toml:5: apps.web.command: uses {port} but the app has no port key",
-        'supervise.toml:6: apps.web.instances: expected an integer >= 0, got "four"',
+        'supervise.toml:6: apps.web.instances: expected an integer >= 0, "max" (one per CPU) or "max-N" (N fewer '
+        'than the CPUs), got "four"',
         'supervise.toml:7: apps.web.stop_signal: expected a signal like "SIGTERM" or a number, got "NOPE"',
         'supervise.toml:8: apps.web.backoff.initial: expected a duration like "500ms", "10s" or "5m", got "1x"',
         "supervise.toml:8: apps.web.backoff.jitter: expected a number from 0 to 1, got 2",
