@@ -7,8 +7,10 @@ import os
 import select
 import signal
 import socket
+import subprocess
+import sys
 
-from helpers import free_port, wait_until
+from helpers import external_tool, free_port, wait_until
 
 
 def ask(address) -> dict:
@@ -128,3 +130,72 @@ def test_python_launcher_where_there_is_no_bash(tmp_path):
             os.close(child.pidfd)
     finally:
         listeners.close()
+
+
+def test_a_workers_connections_have_tcp_nodelay_without_asking(supervisor):
+    """TCP_NODELAY is on by default on the daemon's listener, and Linux gives it to every socket a
+    worker accepts: a server that writes headers and body apart is not held up by Nagle's algorithm."""
+    port = free_port()
+    sup = supervisor(f"""
+    [apps.probe]
+    command = ["{{python}}", "-c", '''
+import socket
+sock = socket.socket(fileno=3)
+while True:
+    conn, _ = sock.accept()
+    conn.sendall(b"%d" % conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    conn.close()
+''']
+    listen = ["127.0.0.1:{port}"]
+    """)
+    for _ in range(3):  # waits in the accept queue until the worker is up: nothing to wait for first
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            assert client.makefile("rb").read() == b"1"
+    assert sup.status()["probe:0"]["restarts"] == 0
+
+
+SERVES_BOTH = """
+import socket, threading
+def serve(fd):
+    sock = socket.socket(fileno=fd)
+    while True:
+        conn, _ = sock.accept()
+        tcp = conn.family != socket.AF_UNIX
+        conn.sendall(b"%d" % conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) if tcp else b"unix")
+        conn.close()
+threading.Thread(target=serve, args=(4,), daemon=True).start()
+serve(3)
+"""
+
+
+def options_config(path, port: int, mode: str, nodelay: str) -> str:
+    return f"""
+    [apps.both]
+    command = ["{{python}}", "-c", '''{SERVES_BOTH}''']
+    listen = [{{ address = "unix:{path}", mode = "{mode}" }},
+              {{ address = "127.0.0.1:{port}", nodelay = {nodelay}, backlog = 7 }}]
+    stop_timeout = "2s"
+    """
+
+
+def answer(address) -> bytes:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family) as s:
+        s.settimeout(10)
+        s.connect(address)
+        return s.makefile("rb").read()
+
+
+def test_listen_tables_set_up_the_sockets_and_a_reload_changes_them_live(supervisor, tmp_path):
+    path, port = tmp_path / "both.sock", free_port()
+    sup = supervisor(options_config(path, port, "0600", "false"))
+    assert answer(str(path)) == b"unix" and answer(("127.0.0.1", port)) == b"0"
+    assert path.stat().st_mode & 0o777 == 0o600
+    ss = external_tool("ss", why="the kernel's backlog of a TCP listener is read with ss (iproute2)")
+    ss = subprocess.run([ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    assert ss.split()[2] == "7", ss  # the backlog
+    inode = path.stat().st_ino
+    sup.config.write_text(options_config(path, port, "0660", "true").replace("{python}", sys.executable))
+    assert sup.cli("reload").returncode == 0
+    assert path.stat().st_ino == inode and path.stat().st_mode & 0o777 == 0o660  # the same socket, changed
+    wait_until(lambda: answer(("127.0.0.1", port)) == b"1", message="connections accepted after it have nodelay")

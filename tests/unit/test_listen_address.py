@@ -59,3 +59,28 @@ def test_the_config_check_uses_the_parser_and_makes_unix_paths_absolute(tmp_path
         listen_address(tmp_path, "host:99999")
     with pytest.raises(Invalid, match="expected an address"):
         listen_address(tmp_path, 8080)
+
+
+def test_listen_defaults_are_systemds() -> None:
+    from supervise.runtime.listeners import DEFAULT, UNIX_MODE
+
+    assert (DEFAULT.nodelay, DEFAULT.backlog, DEFAULT.reuseport) == (True, 1024, False)
+    assert DEFAULT.mode is None and UNIX_MODE == 0o666  # SocketMode=0666
+    assert DEFAULT.owner is None and DEFAULT.group is None  # the daemon's
+
+
+def test_a_socket_owner_is_a_name_or_a_number_and_brings_its_group() -> None:
+    import pwd
+
+    from supervise.config.model import ListenOptions
+    from supervise.runtime.listeners import ListenError, _owner
+
+    root = pwd.getpwuid(0)
+    assert _owner("x", ListenOptions()) == (-1, -1)  # left as bind() made it
+    assert _owner("x", ListenOptions(owner=root.pw_name)) == (0, root.pw_gid)  # systemd: the user's group
+    assert _owner("x", ListenOptions(owner="0", group="12345")) == (0, 12345)
+    assert _owner("x", ListenOptions(group="4242")) == (-1, 4242)
+    with pytest.raises(ListenError, match=r"^cannot listen on x: owner '-1': no such user$"):
+        _owner("x", ListenOptions(owner="-1"))
+    with pytest.raises(ListenError, match=r"^cannot listen on x: group 'nope nope': no such group$"):
+        _owner("x", ListenOptions(group="nope nope"))
