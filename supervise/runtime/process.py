@@ -12,23 +12,26 @@ Killing a whole process tree is killing.py's.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import psutil
 
-from supervise.runtime import limits
+from supervise.runtime import identity, limits
 from supervise.runtime.cgroups import Cgroups
 from supervise.runtime.cgroups import owner_name as cgroups_owner
+from supervise.runtime.identity import Identity
 from supervise.runtime.limits import raise_nofile
 
 __all__ = [
-    "START_TOLERANCE", "Cgroups", "Child", "SpawnError", "SpawnSpec", "become_subreaper", "cgroups_owner",
+    "START_TOLERANCE", "Cgroups", "Child", "Identity", "SpawnError", "SpawnSpec", "become_subreaper", "cgroups_owner",
     "environ_of", "is_zombie", "proc_stat", "process_if_same", "raise_nofile", "reap", "same_process", "send_signal",
     "spawn",
 ]
@@ -70,6 +73,26 @@ class SpawnSpec:
     pass_fds: tuple[int, ...] = ()
     launcher: tuple[str, ...] = ()  # run argv through this (it execs argv); e.g. to set LISTEN_PID
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (resource, soft, hard) to set before argv runs: limits.for_child
+    identity: Identity | None = None  # the user, group, supplementary groups to run as; None: the daemon's
+    umask: int | None = None  # None: the daemon's
+
+    def run_as(self, user: str | None, group: str | None, keep: Collection[str] = ()) -> SpawnSpec:
+        """This spec for a worker run as `user` and `group` (an app's settings, names or ids as text).
+
+        Resolved now, at each spawn: a user deleted since the config was loaded
+        is a SpawnError naming it. Given a user, HOME, USER and LOGNAME become
+        that user's, except those in `keep` (the app's own env, which wins).
+        Nothing changes for the daemon's own uid and gid: see identity.is_own.
+        """
+        try:
+            resolved = identity.resolve(user, group)
+        except identity.IdentityError as exc:
+            raise SpawnError(f"cannot run {self.name}: {exc}") from None
+        if resolved is None or identity.is_own(resolved, os.geteuid(), os.getegid()):
+            return self
+        env = dict(self.env)
+        env.update({key: value for key, value in identity.environment(resolved).items() if key not in keep})
+        return dataclasses.replace(self, identity=resolved, env=env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +134,28 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
         raise SpawnError(f"cwd is not a directory: {spec.cwd}")
     # Limits last: the listen launcher moves passed fds down to 3, 4, ... before a lower nofile applies.
     launcher = spec.launcher + limits.launcher(spec.rlimits)
-    if launcher and _resolve(spec.argv[0], spec.cwd, spec.env.get("PATH", os.defpath)) is None:
+    command = _resolve(spec.argv[0], spec.cwd, spec.env.get("PATH", os.defpath))
+    if launcher and command is None:
         # Through a launcher a missing command would only show as its exit 127: say it here.
         raise SpawnError(_explain_spawn_failure(spec, FileNotFoundError(errno.ENOENT, "not found")))
+    if spec.identity is not None:
+        _check_identity(spec, spec.identity, launcher[:1], command)
+    ids = _popen_ids(spec.identity)
     owned = isinstance(spec.output, Path)
     log_fd = _open_log(spec.output) if isinstance(spec.output, Path) else spec.output
     forked_after = time.clock_gettime(time.CLOCK_BOOTTIME)
     try:
         # Popen, not fork+exec by hand: without preexec_fn it uses vfork, which
-        # keeps spawning fast however big the daemon gets.
+        # keeps spawning fast however big the daemon gets. Setting user, group or
+        # extra_groups turns vfork off (CPython's _posixsubprocess.c: the child
+        # would setuid while sharing the parent's memory); umask does not.
         proc = subprocess.Popen(
             launcher + spec.argv, cwd=spec.cwd, env=dict(spec.env),
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
             close_fds=True, pass_fds=spec.pass_fds,
             start_new_session=True,  # own session and process group: pgid == pid
+            umask=-1 if spec.umask is None else spec.umask,
+            **ids,
         )
     except OSError as exc:
         raise SpawnError(_explain_spawn_failure(spec, exc), exc.errno in (errno.EMFILE, errno.ENFILE)) from None
@@ -145,6 +176,47 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
     # CLONE_INTO_CGROUP would close this, but Python cannot ask for it.)
     cgroup = cgroups.adopt(pid, spec.name) if cgroups is not None else None
     return Child(pid=pid, pidfd=pidfd, cgroup=cgroup, create_time=_start_time(pid, forked_after, returned))
+
+
+class _Ids(TypedDict, total=False):
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def _popen_ids(who: Identity | None) -> _Ids:
+    """Popen's user, group and extra_groups for `who`: only those that change something, since
+    any one of them costs the vfork fast path."""
+    ids: _Ids = {}
+    if who is None:
+        return ids
+    ids["group"] = who.gid
+    if who.uid is not None:
+        ids["user"] = who.uid
+    if who.groups is not None:
+        ids["extra_groups"] = list(who.groups)
+    return ids
+
+
+def _check_identity(spec: SpawnSpec, who: Identity, launcher: tuple[str, ...], command: str | None) -> None:
+    """Refuse, saying why, a spawn as `who` that cannot work: no privilege to switch (checked at
+    each spawn: the daemon's euid or capabilities may have changed since the config check), a
+    cwd or a program the user cannot reach."""
+    refused = identity.refusal(spec.name, who, os.geteuid(), os.getegid(), identity.privileged())
+    if refused is not None:
+        raise SpawnError(refused)
+    blocked = identity.denied(spec.cwd, who)
+    if blocked is not None:
+        raise SpawnError(f"cannot run {spec.name} as {who.label}: it cannot enter cwd {spec.cwd} "
+                         f"({identity.describe(blocked)}; it needs x there)")
+    programs = [(program, "launcher") for program in launcher] + [(command, "command")]
+    for program, what in programs:
+        if program is None:  # not found: Popen (or the check before a launcher) says so
+            continue
+        blocked = identity.denied(Path(program), who, execute=True)
+        if blocked is not None:
+            raise SpawnError(f"cannot run {spec.name} as {who.label}: it cannot execute the {what} {program} "
+                             f"({identity.describe(blocked)}; it needs x there)")
 
 
 def _open_log(path: Path) -> int:
@@ -190,6 +262,9 @@ def _explain_spawn_failure(spec: SpawnSpec, exc: OSError) -> str:
             return f"command not found: {command!r} (no such file; relative paths start at cwd {spec.cwd})"
         case errno.ENOENT:
             return f"command not found: {command!r} (cwd {spec.cwd}, PATH {path_var})"
+        case errno.EACCES | errno.EPERM if spec.identity is not None:
+            return (f"permission denied for {spec.identity.label}: {found or command!r} (is it executable by "
+                    "that user? chmod +x; directories searchable?)")
         case errno.EACCES | errno.EPERM:
             return f"permission denied: {found or command!r} (is it executable? chmod +x; directories searchable?)"
         case errno.ENOTDIR:
