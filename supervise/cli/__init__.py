@@ -19,7 +19,7 @@ from supervise.cli import verbs
 from supervise.cli.parser import parse
 from supervise.cli.verbs import import_daemon  # also benchmarks/foundation.py's floor of the daemon's imports
 from supervise.config.errors import BadConfig
-from supervise.control.client import ControlError, NoDaemon
+from supervise.control.client import ClientError
 
 __all__ = ["EXIT_FAILED", "EXIT_NO_DAEMON", "EXIT_OK", "EXIT_USAGE", "VERBS", "import_daemon", "main"]
 
@@ -38,6 +38,7 @@ VERBS: Mapping[str, Callable[[SimpleNamespace], None]] = MappingProxyType({
     "logs": verbs.cmd_logs,
     "events": verbs.cmd_events,
     "top": verbs.cmd_top,
+    "signal": verbs.cmd_signal,
     "shutdown": verbs.cmd_shutdown,
     "chaos": verbs.cmd_chaos,
     "cluster": verbs.cmd_cluster,
@@ -63,18 +64,9 @@ def _outcome(verb: Callable[[SimpleNamespace], None], args: SimpleNamespace) -> 
     except BadConfig as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    except verbs.UsageError as exc:
+    except ClientError as exc:  # UsageError 2, OperationFailed (verbs.Failed) 1, NoDaemon 3: the API's errors
         print(f"supervise: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except NoDaemon as exc:
-        print(f"supervise: {exc}", file=sys.stderr)
-        return EXIT_NO_DAEMON
-    except ControlError as exc:
-        print(f"supervise: {exc}", file=sys.stderr)
-        return EXIT_USAGE if exc.usage else EXIT_FAILED
-    except verbs.Failed as exc:
-        print(f"supervise: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `supervise status | head`: the reader left, nothing to report

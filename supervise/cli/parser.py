@@ -107,6 +107,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=RELOAD_WAIT,
                    help=f"seconds to wait for the rollout (default {RELOAD_WAIT:g})")
+    p = verb("signal", "send a signal to instances' main processes (or, with --tree, every process of "
+             "their trees): HUP to reload a gunicorn, USR1 to reopen logs, TTIN/TTOU to add or remove workers")
+    p.add_argument("signal", metavar="SIGNAL", help="a name (HUP, SIGUSR1, ttin) or a number")
+    p.add_argument("targets", nargs="+", metavar="APP|NAME")
+    p.add_argument("--tree", action="store_true", help="every process of each instance's tree, not only its main "
+                   "process")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = verb("keygen", "make a CURVE key pair for the TCP control endpoint")
     p.add_argument("name", nargs="?", default="supervise", help="file name: NAME.key and NAME.key_secret")
     p.add_argument("--dir", default=".", help="where to write them (default: here)")

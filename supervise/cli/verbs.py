@@ -1,9 +1,11 @@
 """One ``cmd_<verb>`` function per CLI verb: it does the verb's work and prints its output.
 
-A verb returns normally when it is done and raises when it is not:
-:class:`Failed` (exit 1), :class:`UsageError` (exit 2), or the control
-client's NoDaemon / ControlError; ``supervise.cli.main`` is the one place
-that turns those into messages and exit codes. Only what a verb needs is
+The control verbs are thin users of the public Python API (``supervise.client``,
+whose ``Client`` lives in ``control.api``): they call its methods and print.
+A verb returns normally when it is done and raises when it is not: the
+API's errors, :class:`Failed` (its OperationFailed, exit 1),
+:class:`UsageError` (exit 2) or NoDaemon (exit 3); ``supervise.cli.main``
+is the one place that turns those into messages and exit codes. Only what a verb needs is
 imported, and heavy modules only inside the verb that needs them, so that
 `supervise status` imports neither pyzmq nor the daemon.
 """
@@ -17,7 +19,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from supervise.config.locate import locate_state_dir
-from supervise.control.client import Control, ControlError, NoDaemon, Remote
+from supervise.control.api import Client
+from supervise.control.client import Control, ControlError, NoDaemon, OperationFailed, UsageError
 from supervise.wire import protocol, statedir
 from supervise.wire.statedir import StatePaths
 
@@ -31,12 +34,9 @@ if TYPE_CHECKING:
 ENV_CONNECT, ENV_KEY, ENV_SERVER_KEY = "SUPERVISE_CONNECT", "SUPERVISE_KEY", "SUPERVISE_SERVER_KEY"
 
 
-class UsageError(Exception):
-    """The command line asks for something impossible (exit code 2)."""
-
-
-class Failed(Exception):
-    """The operation was tried and did not succeed (exit code 1)."""
+Failed = OperationFailed
+"""The operation was tried and did not succeed (exit code 1). UsageError: the command line asks
+for something impossible (exit code 2). Both are the Python API's own errors."""
 
 
 def cmd_run(args: SimpleNamespace) -> None:
@@ -78,7 +78,8 @@ def import_daemon(allow_ssl: bool = False) -> tuple[ModuleType, ModuleType]:
 
 
 def cmd_check(args: SimpleNamespace) -> None:
-    """Validate the config; when a daemon runs on it, also say what `supervise reload` would change."""
+    """Validate the config and print its warnings (on stderr: they do not fail it, the exit code stays 0);
+    when a daemon runs on it, also say what `supervise reload` would change."""
     from supervise.cli import render  # only when something is printed for people
     from supervise.config import loader
 
@@ -92,7 +93,7 @@ def cmd_check(args: SimpleNamespace) -> None:
     print(f"{args.config}: ok ({summary})")
     from supervise.runtime.limits import check_fds  # warnings only: the config is fine
 
-    for warning in check_fds(cfg) + _metrics_warnings(cfg):
+    for warning in [f"warning: {warning}" for warning in cfg.warnings] + check_fds(cfg) + _metrics_warnings(cfg):
         print(warning, file=sys.stderr)
     try:
         plan = Control(StatePaths(cfg.supervise.state_dir)).request(protocol.Request("reload", dry_run=True))
@@ -110,7 +111,7 @@ def cmd_status(args: SimpleNamespace) -> None:
     if getattr(args, "cluster", False):
         _cluster_status(args)
         return
-    result = _control(args).request(protocol.Request("status", tuple(args.targets)))
+    result = _client(args).status_json(*args.targets)
     if args.json:  # what scripts call in a loop: without the table's module (about 1 ms of ~10)
         print(json.dumps(result))
         return
@@ -202,18 +203,16 @@ def cmd_restart(args: SimpleNamespace) -> None:
 def _settle(verb: str, args: SimpleNamespace) -> None:
     from supervise.cli import render  # only when something is printed for people
 
-    req = protocol.Request(verb, tuple(args.targets), timeout=args.timeout)
-    print(render.status_table(_control(args).request(req, timeout=args.timeout + 5)))
+    client = _client(args)
+    act = {"start": client.start, "stop": client.stop, "restart": client.restart}[verb]
+    print(render.status_table(act(*args.targets, timeout=args.timeout).raw))
 
 
 def cmd_scale(args: SimpleNamespace) -> None:
     """Grow or shrink an app to N instances and wait until they have settled."""
     from supervise.cli import render  # only when something is printed for people
 
-    if args.count < 0:
-        raise UsageError("scale: N must be >= 0")
-    req = protocol.Request("scale", (args.app,), count=args.count, timeout=args.timeout)
-    result = _control(args).request(req, timeout=args.timeout + 5)
+    result = _client(args).scale(args.app, args.count, timeout=args.timeout).raw
     if result.get("cluster"):
         print(f"{args.app}: {args.count} instances across the cluster; the leader places them "
               "(supervise status --cluster)")
@@ -225,8 +224,7 @@ def cmd_reload(args: SimpleNamespace) -> None:
     """Roll the named apps onto fresh processes; with none, re-read the config and apply the difference."""
     from supervise.cli import render  # only when something is printed for people
 
-    req = protocol.Request("reload", tuple(args.targets), timeout=args.timeout, dry_run=args.dry_run)
-    result = _control(args).request(req, timeout=args.timeout + 5)
+    result = _client(args).reload(*args.targets, dry_run=args.dry_run, timeout=args.timeout).raw
     if args.json:
         print(json.dumps(result))
         return
@@ -276,10 +274,26 @@ def cmd_chaos(args: SimpleNamespace) -> None:
     raise Failed("the daemon went away during the chaos")
 
 
+def cmd_signal(args: SimpleNamespace) -> None:
+    """Send a signal to instances' main processes (or trees): one line per instance signalled, and on
+    stderr the instances that had no process and any warning (SIGKILL is a crash to supervise)."""
+    result = _client(args).signal(args.signal, *args.targets, tree=args.tree)
+    if args.json:
+        print(json.dumps(result.raw))
+    else:
+        tree = " and every process of its tree" if result.tree else ""
+        for sent in result.signalled:
+            print(f"sent {result.signal} to {sent.name} (pid {sent.pid}){tree}")
+    for skipped in result.skipped:
+        print(f"supervise: {skipped.name} is {skipped.state}: no process to signal", file=sys.stderr)
+    if result.warning:
+        print(f"supervise: warning: {result.warning}", file=sys.stderr)
+
+
 def cmd_shutdown(args: SimpleNamespace) -> None:
     """Drain everything (or, with --keep-workers, leave it running) and wait until the daemon has exited."""
     keep = args.keep_workers
-    result = _control(args).shutdown(keep_workers=keep)
+    result = _client(args).shutdown(keep_workers=keep)
     if keep:
         print(f"supervise: the daemon has exited and left {result['kept']} workers running; "
               "the next `supervise run` on this state dir adopts them")
@@ -296,7 +310,7 @@ def cmd_events(args: SimpleNamespace) -> None:
     unchanged -- so no script has to learn a flag, and `events | grep` still
     gets JSON. Colour on a terminal unless NO_COLOR is set (or TERM=dumb).
     """
-    events = _control(args).events(args.since, follow=not args.no_follow)
+    events = _client(args).events(args.since, follow=not args.no_follow)
     if getattr(args, "json", False) or not sys.stdout.isatty():
         for event in events:
             print(json.dumps(event), flush=True)
@@ -356,21 +370,27 @@ def cmd_logs(args: SimpleNamespace) -> None:
     if args.lines is not None and args.lines < 0:
         raise UsageError("logs: -n must be 0 or more")
     lines = args.lines if args.lines is not None or since is not None else LOG_LINES
-    result = _control(args).request(protocol.Request("status", (args.target,)))
+    result = _client(args).status_json(args.target)
     paths = StatePaths(locate_state_dir(args.config))
     files = [(inst["name"], paths.log_file(app["name"], inst["index"]))
              for app in result["apps"] for inst in app["instances"]]
     logs_view.show(files, lines=lines, follow=args.follow, since=since, grep=grep)
 
 
-def _control(args: SimpleNamespace) -> Control:
-    """The daemon the command line names: a TCP endpoint with --connect, else the config's state dir."""
+def _client(args: SimpleNamespace) -> Client:
+    """The daemon the command line names: a TCP endpoint with --connect, else the config's state dir
+    (a config that cannot be read stays a BadConfig: its message is printed as it is)."""
     endpoint = args.connect or os.environ.get(ENV_CONNECT)
     if not endpoint:
-        return Control(StatePaths(locate_state_dir(args.config)))
+        return Client.from_state_dir(locate_state_dir(args.config))
     key = args.key or os.environ.get(ENV_KEY)
     server = args.server_key or os.environ.get(ENV_SERVER_KEY)
     if not key or not server:
         raise UsageError(f"--connect {endpoint} needs --key (this client's secret key file) and "
                          "--server-key (the daemon's public key or .key file); make keys with `supervise keygen`")
-    return Control(Remote(endpoint, key, server))
+    return Client(endpoint, key=key, server_key=server)
+
+
+def _control(args: SimpleNamespace) -> Control:
+    """The Client's transport, for the verbs the API does not cover (chaos, cluster, top)."""
+    return _client(args).control

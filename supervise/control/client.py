@@ -1,13 +1,14 @@
-"""The control client used by the CLI.
+"""The control channel's transport, and the errors every control call raises.
 
-It speaks ZMTP directly over the ipc socket (supervise.wire.zmtp) instead of
-importing pyzmq, which alone would cost more than the whole `status` budget.
-Only a TCP endpoint, which needs CURVE, pays for pyzmq.
+``Control`` sends one request and reads its reply (or an events stream);
+``control.api.Client``, the public API's and the CLI's client, builds the
+requests. The errors carry the CLI's exit codes. It speaks ZMTP directly
+over the ipc socket (supervise.wire.zmtp) instead of importing pyzmq, which
+alone would cost more than the whole `status` budget. Only a TCP endpoint,
+which needs CURVE, pays for pyzmq.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 from supervise.wire import protocol, zmtp
 from supervise.wire.statedir import StatePaths
@@ -32,16 +33,46 @@ if TYPE_CHECKING:
                      tb: TracebackType | None, /) -> None: ...
 
 
-class NoDaemon(Exception):
-    """No daemon holds this state dir (exit code 3)."""
+class ClientError(Exception):
+    """Something a request to the daemon could not do; ``str()`` says what, for a person.
+
+    Each kind carries the exit code the CLI gives it (``exit_code``), so a
+    script and the command line agree on what went wrong.
+    """
+
+    exit_code = 1
+    usage = False  # the request was wrong in itself (exit code 2)
 
 
-class ControlError(Exception):
-    """The daemon refused or failed the operation; ``usage`` marks a bad request (exit 2)."""
+class OperationFailed(ClientError):
+    """The operation was tried and did not succeed: an instance gave up, a rollout failed,
+    no answer in time (exit code 1)."""
 
-    def __init__(self, message: str, usage: bool = False) -> None:
-        super().__init__(message)
-        self.usage = usage
+
+class UsageError(ClientError):
+    """A request wrong in itself: an unknown app or instance, a bad signal name, a bad
+    config file (exit code 2)."""
+
+    exit_code = 2
+    usage = True
+
+
+class NoDaemon(ClientError):
+    """No daemon holds this state dir, or none accepts commands there yet (exit code 3)."""
+
+    exit_code = 3
+
+
+ControlError = ClientError
+"""The former name of :class:`ClientError` (``usage`` tells a bad request from a failure)."""
+
+
+def _refused(message: str, usage: bool) -> ClientError:
+    return UsageError(message) if usage else OperationFailed(message)
+
+
+LIVE_ONLY = 2**53 - 1
+"""An ``events`` ``since`` above every sequence number: no history, only live events (and the reply's ``last``)."""
 
 
 class Remote:
@@ -63,7 +94,7 @@ class _CurveConnection:
             client = curve.load_secret(remote.key_file)
             server = curve.load_public(remote.server_key)
         except curve.CurveError as exc:
-            raise ControlError(str(exc), usage=True) from None
+            raise UsageError(str(exc)) from None
         self.endpoint = remote.endpoint
         self._zmq = zmq
         self._ctx = zmq.Context()
@@ -110,12 +141,12 @@ class Control:
             raise NoDaemon(f"the supervise daemon for {paths.root} is not accepting commands "
                            "(it may be starting or stopping; try again)") from None
         except TimeoutError:
-            raise ControlError(f"the daemon for {paths.root} did not answer within {timeout:g}s") from None
+            raise OperationFailed(f"the daemon for {paths.root} did not answer within {timeout:g}s") from None
         except (OSError, zmtp.ZmtpError) as exc:
-            raise ControlError(f"cannot talk to the daemon for {paths.root}: {exc}") from None
+            raise OperationFailed(f"cannot talk to the daemon for {paths.root}: {exc}") from None
 
     def request(self, req: protocol.Request, timeout: float = 10.0) -> JSONObject:
-        """Send one request and return its result; raises ControlError on a refusal."""
+        """Send one request and return its result; raises UsageError or OperationFailed on a refusal."""
         with self._connect(timeout) as conn:
             conn.send([protocol.encode_request(req)])
             reply = self._recv_reply(conn, timeout)
@@ -136,51 +167,88 @@ class Control:
         _wait_unlocked(self.daemon)
         return result
 
-    def events(self, since: int, follow: bool) -> Iterator[JSONObject]:
-        """History after ``since``, then (with ``follow``) live events until the daemon exits."""
-        with self._connect(10.0) as conn:
-            conn.send([protocol.encode_request(protocol.Request("events", since=since, follow=follow))])
+    def events(self, since: int | None, follow: bool, idle: float | None = None) -> EventStream:
+        """History after ``since`` (None: none, only what happens from now), then (with ``follow``) live
+        events until the daemon exits, or until none has come for ``idle`` seconds. Subscribed before
+        this returns: what happens after the call is in the stream."""
+        conn = self._connect(10.0)
+        try:
+            asked = LIVE_ONLY if since is None else since
+            conn.send([protocol.encode_request(protocol.Request("events", since=asked, follow=follow))])
             result = self._result(self._recv_reply(conn, 10.0))
-            last = since
-            for event in result["events"]:
-                last = event["seq"]
-                yield event
-            if not follow:
-                return
-            while True:
-                try:
-                    frames = conn.recv(timeout=None)
-                except zmtp.ZmtpError:
-                    return
-                reply = protocol.decode_reply(frames)
-                if reply.event is not None and reply.event.get("seq", 0) > last:
-                    last = reply.event["seq"]
-                    yield reply.event
+        except BaseException:
+            conn.close()
+            raise
+        return EventStream(conn, result["events"], result["last"] if since is None else since, follow, idle)
 
     def _recv_reply(self, conn: Connection, timeout: float) -> protocol.Reply:
         try:
             frames = conn.recv(timeout)
         except TimeoutError:
             if isinstance(self.daemon, Remote):
-                raise ControlError(f"no answer from {self.daemon.endpoint} within {timeout:g}s: no daemon there, "
+                raise OperationFailed(f"no answer from {self.daemon.endpoint} within {timeout:g}s: no daemon there, "
                                    "or the keys do not match (this client's public key must be in the "
                                    "daemon's control_clients, and --server-key must be the daemon's public "
                                    "key)") from None
-            raise ControlError(f"the daemon did not answer within {timeout:g}s") from None
+            raise OperationFailed(f"the daemon did not answer within {timeout:g}s") from None
         except zmtp.ZmtpError:
-            raise ControlError("the daemon closed the connection (is it shutting down?)") from None
+            raise OperationFailed("the daemon closed the connection (is it shutting down?)") from None
         try:
             return protocol.decode_reply(frames)
         except protocol.ProtocolError as exc:
-            raise ControlError(f"unreadable reply from the daemon: {exc}") from None
+            raise OperationFailed(f"unreadable reply from the daemon: {exc}") from None
 
     @staticmethod
     def _result(reply: protocol.Reply) -> JSONObject:
         if not reply.ok:
-            raise ControlError(reply.error or "failed", usage=reply.usage)
+            raise _refused(reply.error or "failed", reply.usage)
         if not isinstance(reply.result, dict):  # every verb's result is an object (docs/protocol.md)
-            raise ControlError(f"unreadable reply from the daemon: a result of type {type(reply.result).__name__}")
+            raise OperationFailed(f"unreadable reply from the daemon: a result of type {type(reply.result).__name__}")
         return reply.result
+
+
+class EventStream:
+    """The events of one ``events`` request: an iterator over decoded events (dicts) holding its
+    connection until it ends, is closed, or is left (a ``with`` block, or garbage)."""
+
+    def __init__(self, conn: Connection, history: list[JSONObject], last: int, follow: bool,
+                 idle: float | None) -> None:
+        self._conn: Connection | None = conn
+        self._history = iter(history)
+        self._last, self._follow, self._idle = last, follow, idle
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> JSONObject:
+        for event in self._history:
+            self._last = event["seq"]
+            return event
+        while self._conn is not None and self._follow:
+            try:
+                frames = self._conn.recv(timeout=self._idle)
+                reply = protocol.decode_reply(frames)
+            except (zmtp.ZmtpError, TimeoutError, protocol.ProtocolError):
+                break  # the daemon is gone (or said nothing for `idle` seconds): the stream ends
+            if reply.event is not None and reply.event.get("seq", 0) > self._last:
+                self._last = reply.event["seq"]
+                return reply.event
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _wait_unlocked(paths: StatePaths) -> None:

@@ -8,15 +8,16 @@ says which instance gave up and why, or that the command timed out.
 
 from __future__ import annotations
 
+import signal as signals
 from dataclasses import dataclass, field
 
 from supervise.config.model import AppConfig, Config
 from supervise.core import rollout
-from supervise.core.actions import Action, Reply, ScaleCluster
+from supervise.core.actions import Action, Reply, ScaleCluster, Signal, SignalTree
 from supervise.core.events import Cause, CommandReceived, Verb
 from supervise.core.fleet import Fleet, Key
 from supervise.core.group import AppGroup
-from supervise.core.instance import ExitReason, Halt, Instance, Launch, State
+from supervise.core.instance import LIVE_STATES, ExitReason, Halt, Instance, Launch, State
 from supervise.core.registry import RequestTimeout
 from supervise.core.rollout import ChangeAction, RolloutState
 from supervise.core.views import status
@@ -68,6 +69,8 @@ class Commands:
                 return self._reload_config(cmd, cmd.config, now)
             case Verb.RELOAD:
                 return self._reload(cmd, now)
+            case Verb.SIGNAL:
+                return self._signal(cmd)
         return [Reply(rid, False, error=f"unknown command {cmd.verb!r}", usage=True)]
 
     # -- the verbs ---------------------------------------------------------------------
@@ -111,6 +114,45 @@ class Commands:
         self._add_waiter(Waiter(rid, Verb.SCALE, keys, app=group.name), cmd.timeout, now)
         return actions + [self.fleet.registry.publish({"type": "scaled", "app": group.name,
                                                        "instances": group.target})]
+
+    def _signal(self, cmd: CommandReceived) -> list[Action]:
+        """Send a signal to each named live instance's main process (or tree); the reply says to whom, at once.
+
+        What the worker makes of it is its own business: an exit it causes is
+        an exit like any other (SIGKILL is a crash, restarted per the policy).
+        """
+        rid = cmd.request_id
+        if cmd.signal is None:
+            return [Reply(rid, False, error="signal: the request names no signal (its signal field)", usage=True)]
+        name = _signal_name(cmd.signal)
+        if name is None:
+            return [Reply(rid, False, error=f"signal: no signal numbered {cmd.signal}", usage=True)]
+        if not cmd.targets:
+            return [Reply(rid, False, error="signal: name an app or an instance", usage=True)]
+        keys = self.fleet.resolve(cmd.targets)
+        if isinstance(keys, str):
+            return [Reply(rid, False, error=keys, usage=True)]
+        signalled: list[dict[str, object]] = []
+        skipped: list[dict[str, object]] = []
+        actions: list[Action] = []
+        for key in keys:
+            inst = self.fleet.slot(key)
+            if inst is None:
+                continue
+            if inst.state in LIVE_STATES and inst.pid is not None and inst.spawn_id is not None:
+                actions.append(SignalTree(inst.spawn_id, cmd.signal) if cmd.tree else Signal(inst.spawn_id, cmd.signal))
+                signalled.append({"name": inst.name, "pid": inst.pid})
+            else:
+                skipped.append({"name": inst.name, "state": str(inst.state)})
+        if not signalled:
+            what = ", ".join(f"{s['name']} is {s['state']}" for s in skipped) or "no instances"
+            return [Reply(rid, False, error=f"signal: no live process to send {name} to ({what})")]
+        result: dict[str, object] = {"signal": name, "number": cmd.signal, "tree": cmd.tree,
+                                     "signalled": signalled, "skipped": skipped}
+        if warning := SIGNAL_WARNINGS.get(cmd.signal):
+            result["warning"] = warning
+        event = {"type": "signal", "signal": name, "tree": cmd.tree, "names": [s["name"] for s in signalled]}
+        return actions + [self.fleet.registry.publish(event, durable=False), Reply(rid, True, result=result)]
 
     def _reload(self, cmd: CommandReceived, now: float) -> list[Action]:
         """Roll the named apps (or instances) onto a new generation of the same config."""
@@ -298,6 +340,25 @@ class Commands:
                 text += f" (last exit: {inst.last_exit.describe()})"
             parts.append(text)
         return "; ".join(parts)
+
+
+SIGNAL_WARNINGS: dict[int, str] = {
+    signals.SIGKILL: "SIGKILL cannot be handled: the instance dies, its exit counts as a crash, and it is "
+                     "restarted as its restart policy says",
+    signals.SIGSTOP: "SIGSTOP freezes the process until it gets SIGCONT: it stops beating, so an app with a "
+                     "heartbeat_timeout restarts it as hung",
+}
+"""Signals whose effect an operator may not expect; the reply carries the warning."""
+
+
+def _signal_name(number: int) -> str | None:
+    """SIGHUP for 1; SIGRTMIN+3 for a real-time signal; None for a number that is no signal."""
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        pass
+    low, high = signals.SIGRTMIN, signals.SIGRTMAX
+    return f"SIGRTMIN+{number - low}" if low < number < high else None
 
 
 def _count(group: AppGroup, new: AppConfig) -> int:

@@ -22,20 +22,22 @@ VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 
 VERBS = frozenset({"status", "start", "stop", "restart", "scale", "reload", "shutdown", "events", "chaos",
-                   "cluster"})
+                   "cluster", "signal"})
+MAX_SIGNAL = 64  # Linux's signals are 1..64 (NSIG 65); the daemon refuses numbers no signal has
 
 
 class ProtocolError(ValueError):
     """A frame that is not a valid message; the text says what is wrong with it."""
 
 
-Request = namedtuple("Request", "cmd targets count timeout since follow id dry_run keep_workers options",
-                     defaults=((), None, None, 0, False, None, False, False, None))
+Request = namedtuple("Request", "cmd targets count timeout since follow id dry_run keep_workers options signal tree",
+                     defaults=((), None, None, 0, False, None, False, False, None, None, False))
 Request.__doc__ = """A control request. ``count``: scale's new size; ``timeout``: give up waiting
 after this; ``since``/``follow``: events replay and live streaming; ``id``: echoed back;
 ``dry_run``: reload only says what it would do; ``keep_workers``: shutdown leaves the
 workers running for the next daemon to adopt; ``options``: a flat object of a verb's
-other settings (chaos: rate, duration, signal, seed, force)."""
+other settings (chaos: rate, duration, signal, seed, force); ``signal``: the signal
+number `signal` sends; ``tree``: `signal` reaches every process of each instance's tree."""
 
 
 def encode_request(req: Request) -> bytes:
@@ -55,6 +57,10 @@ def encode_request(req: Request) -> bytes:
         body["keep_workers"] = True
     if req.options:
         body["options"] = req.options
+    if req.signal is not None:
+        body["signal"] = req.signal
+    if req.tree:
+        body["tree"] = True
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -135,8 +141,15 @@ def decode_request(frames: list[bytes]) -> Request:
             isinstance(k, str) and len(k) <= 32 and (v is None or isinstance(v, (bool, int, float, str))) and
             (not isinstance(v, str) or len(v) <= 64) for k, v in options.items())):
         raise ProtocolError("options must be an object of at most 16 scalar fields")
+    raw_signal = body.get("signal")
+    sig = _as_int(raw_signal)
+    if raw_signal is not None and (sig is None or not 0 < sig <= MAX_SIGNAL):
+        raise ProtocolError(f"signal must be a signal number from 1 to {MAX_SIGNAL}")
+    tree = body.get("tree", False)
+    if not isinstance(tree, bool):
+        raise ProtocolError("tree must be true or false")
     return Request(cmd, tuple(targets), count, None if timeout is None else float(timeout), since, follow, rid,
-                   dry_run, keep, options)
+                   dry_run, keep, options, sig, tree)
 
 
 def encode_reply(ok: bool, result: object = None, error: str | None = None, usage: bool = False,

@@ -1,6 +1,6 @@
 """The package's layers, and which may import which: imports point down, and never in a circle.
 
-    cli, worker           front ends: the `supervise` command, the library workers import
+    cli, worker, client   front ends: the `supervise` command, the library workers import, the Python API
     control, runtime      the control client; the daemon and everything it does to the OS
     cluster               etcd: the client of its gateway, this node's agent (lease, watch, leader)
     core                  the supervisor, sans-IO: events in, actions out
@@ -32,6 +32,7 @@ MAY_IMPORT = {
     "cluster": {"core", "config", "wire"},
     "runtime": {"cluster", "core", "config", "wire"},
     "worker": {"wire"},
+    "client": {"control"},  # supervise.client: the public face of control.api
     "cli": {"control", "runtime", "cluster", "core", "config", "wire"},
     "__main__": {"cli"},
 }
