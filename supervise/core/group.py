@@ -28,6 +28,7 @@ from supervise.core.events import Cause
 from supervise.core.instance import (
     DISRUPTIONS,
     LIVE_STATES,
+    RECYCLE_RETRY,
     Died,
     ExitReason,
     ForkFailed,
@@ -37,6 +38,7 @@ from supervise.core.instance import (
     LastExit,
     Launch,
     Proceed,
+    RecycleLater,
     State,
 )
 from supervise.core.registry import Registry
@@ -433,6 +435,10 @@ class AppGroup:
                 actions += self.end_rollout(RolloutState.FAILED, why, now)
             if old is not None and old.state is State.STOPPED and old.stop_reason is ExitReason.RELOAD:
                 actions += self.feed(old, Launch(), now)  # surge 0: the old one comes back
+        elif old is not None and old.replace_for is ExitReason.MAX_AGE and old.state in LIVE_STATES:
+            # A recycle whose successor failed: the old one works, so it serves on; tried again later.
+            max_age = old.config.max_age or RECYCLE_RETRY
+            actions += self.feed(old, RecycleLater(now + min(RECYCLE_RETRY, max_age)), now)
         elif old is not None and old.replace_for is not None and old.state in LIVE_STATES:
             # A replace-first restart whose replacement failed: restart in place instead
             # (unless the process that asked has been replaced meanwhile: replace_for is reset).

@@ -179,13 +179,33 @@ class Unheard:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeFailed:
+    """Its liveness probe failed `failures` times in a row (``detail``: the last failure)."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePassed:
+    """Its liveness probe passes again."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecycleLater:
+    """A max-age recycle's successor did not become ready: this one, which works, serves on and
+    is tried again at ``at``."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Proceed:
     """The app's disruption budget has room: the restart this instance is held for goes now, if it
     is still due (a held hung instance that beats again is left alone)."""
 
 
 Input = (Launch | Halt | Forked | ForkFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
-         | Resumed | Unheard | Proceed)
+         | Resumed | Unheard | Proceed | ProbeFailed | ProbePassed | RecycleLater)
 
 DISRUPTIONS = (ExitReason.PROCESSES, ExitReason.HUNG, ExitReason.UNHEALTHY, ExitReason.MEMORY, ExitReason.MAX_AGE)
 """Restarts the supervisor decides on while the process still runs: the disruption budget
@@ -196,10 +216,9 @@ drained; a hung one is not replaced first, it serves nothing)."""
 MEMORY_HYSTERESIS = 3
 """Consecutive samples over max_memory before a restart: a brief spike does not kill."""
 
-TRIAL_SETTLE = 1.0
-"""With readiness = "none", a rollout's new instance counts as ready once it has
-stayed up this long (or start_timeout, if shorter): code that crashes on start
-fails the rollout instead of replacing the old generation."""
+RECYCLE_RETRY = 60.0
+"""Seconds before a max-age recycle whose successor failed is tried again (at most max_age):
+the old instance works, so it serves on meanwhile."""
 
 DRAINED_GRACE = 0.5
 """After reporting drained, a stopping worker gets this long to exit on its own before the kill."""
@@ -250,6 +269,8 @@ class Instance:
     spawned_fence: int | None = None  # the token its current process was given
     held: ExitReason | None = None  # a restart decided on (DISRUPTIONS) that waits for the app's disruption budget
     held_since: float | None = None
+    unhealthy: str | None = None  # its liveness probe's last failure, while it fails
+    recycle_at: float | None = None  # max_age: when it is replaced (successor first)
 
     @property
     def app(self) -> str:
@@ -302,8 +323,10 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
 
         case State.STARTING, Forked(pid=pid):
             inst.pid = pid
-            if ctx.app.readiness is Readiness.NONE and inst.trial:
-                inst.deadline = ctx.now + min(TRIAL_SETTLE, ctx.app.start_timeout)
+            if ctx.app.readiness is Readiness.NONE and ctx.app.ready_after > 0:
+                # Ready once it has stayed up ready_after: code that crashes on start fails its
+                # `start` or its rollout instead of counting as up (supervisord's startsecs).
+                inst.deadline = ctx.now + ctx.app.ready_after
                 return []
             if ctx.app.readiness is Readiness.NONE:
                 return _become_running(inst, ctx)
@@ -372,7 +395,7 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             inst.last_beat = ctx.now  # a full heartbeat_timeout from the moment the loop runs again
             timeout = ctx.app.heartbeat_timeout
             if timeout is not None and inst.deadline is not None:
-                inst.deadline = max(inst.deadline, ctx.now + timeout)
+                inst.deadline = _running_deadline(inst, max(inst.deadline, ctx.now + timeout))
             return []
         case State.STARTING, Unheard(seconds=seconds):
             if inst.deadline is not None:  # a ready message may wait unread: the stall does not count
@@ -381,23 +404,50 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
         case _, Unheard():
             return []  # stops, backoffs and cooldowns are not judged on what a worker said
 
-        case State.STARTING, TimerFired() if inst.trial and ctx.app.readiness is Readiness.NONE:
-            return _become_running(inst, ctx)  # stayed up through TRIAL_SETTLE
+        case State.STARTING, TimerFired() if ctx.app.readiness is Readiness.NONE:
+            return _become_running(inst, ctx)  # stayed up through ready_after
         case State.STARTING, TimerFired():
             # Not ready within start_timeout: a failed start, taken down gracefully.
             return step(inst, Halt(ExitReason.START_TIMEOUT), ctx)
+        case State.RUNNING, TimerFired() if _recycle_due(inst, ctx):
+            inst.deadline = _running_deadline(inst, _heartbeat_due(inst, ctx), recycle=False)
+            return _disrupt(inst, ExitReason.MAX_AGE, ctx)
         case State.RUNNING, TimerFired() if ctx.app.heartbeat_timeout is not None:
             # Beats only move last_beat; the deadline is re-armed lazily here, so
             # a beat costs no timer work and the check still fires on time.
             due = _heard(inst, ctx) + ctx.app.heartbeat_timeout
             if ctx.now < due:
-                inst.deadline = due
+                inst.deadline = _running_deadline(inst, due)
                 _unhold(inst, ExitReason.HUNG)  # it beats again: no longer hung
                 return []
             if inst.held is ExitReason.HUNG:  # still silent: it waits on (the group releases it when there is room)
-                inst.deadline = ctx.now + ctx.app.heartbeat_timeout * HELD_RECHECK
+                inst.deadline = _running_deadline(inst, ctx.now + ctx.app.heartbeat_timeout * HELD_RECHECK)
                 return []
             return _disrupt(inst, ExitReason.HUNG, ctx)
+        case State.RUNNING, TimerFired() if ctx.app.max_age is not None:
+            inst.deadline = _running_deadline(inst, None)  # a recycle held or under way: looked at again later
+            return []
+
+        case (State.STARTING | State.RUNNING), ProbeFailed(detail=detail):
+            first = inst.unhealthy is None
+            inst.unhealthy = detail
+            if inst.state is State.RUNNING and (first or inst.held is not None):
+                return _disrupt(inst, ExitReason.UNHEALTHY, ctx)
+            return []
+        case _, ProbeFailed(detail=detail):
+            inst.unhealthy = detail
+            return []
+        case _, ProbePassed():
+            inst.unhealthy = None
+            _unhold(inst, ExitReason.UNHEALTHY)
+            return []
+        case State.RUNNING, RecycleLater(at=at):
+            inst.replace_for = None
+            inst.recycle_at = at
+            inst.deadline = _running_deadline(inst, _heartbeat_due(inst, ctx))
+            return []
+        case _, RecycleLater():
+            return []
 
         case State.STOPPING, ReportedDrained():
             if not inst.killed and inst.deadline is not None:
@@ -528,8 +578,8 @@ def _disrupt(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
         reason = inst.held  # the most urgent of what is due
     _unhold(inst)
     match reason:
-        case ExitReason.HUNG:
-            return step(inst, Halt(ExitReason.HUNG), ctx)
+        case ExitReason.HUNG | ExitReason.UNHEALTHY:
+            return step(inst, Halt(reason), ctx)  # it serves nothing (well): no replacement first
         case ExitReason.PROCESSES:
             # No grace: a fork bomb would only grow. The whole tree goes.
             inst.state = State.STOPPING
@@ -538,6 +588,12 @@ def _disrupt(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
             inst.killed = True
             inst.deadline = None
             return _kill(inst)
+    if reason is ExitReason.MAX_AGE:
+        if inst.state is State.RUNNING and not inst.trial and ctx.app.surge() > 0:
+            inst.replace_for = ExitReason.MAX_AGE  # successor first: the recycle takes nothing out of service
+            return []
+        # One that cannot have a successor beside it (a fixed {port}, a singleton): stopped, then started.
+        return step(inst, Halt(ExitReason.MAX_AGE, then_start=True), ctx)
     if ctx.app.listen and inst.state is State.RUNNING and not inst.trial and not ctx.app.singleton:
         # Start the replacement first (the shared sockets let two serve one slot for a
         # moment): the core sees replace_for set and starts a successor, then stops this.
@@ -549,12 +605,14 @@ def _disrupt(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
 def _proceed(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
     """The budget has room for the restart `inst` is held for: it goes, unless a hung one beats again.
     One held for memory but hung by now goes as hung: it serves nothing, so no replacement first."""
-    if reason is ExitReason.MEMORY and _overdue(inst, ctx):
+    if reason in (ExitReason.MEMORY, ExitReason.MAX_AGE) and _overdue(inst, ctx):
         reason = ExitReason.HUNG
     elif reason is ExitReason.HUNG and inst.state is State.RUNNING and not _overdue(inst, ctx):
-        timeout = ctx.app.heartbeat_timeout
         _unhold(inst)  # it beats again
-        inst.deadline = None if timeout is None else _heard(inst, ctx) + timeout
+        inst.deadline = _running_deadline(inst, _heartbeat_due(inst, ctx))
+        return []
+    elif reason is ExitReason.UNHEALTHY and inst.unhealthy is None:
+        _unhold(inst)  # its probe passes again
         return []
     return _disrupt(inst, reason, ctx)
 
@@ -563,6 +621,25 @@ def _unhold(inst: Instance, reason: ExitReason | None = None) -> None:
     """The restart `inst` was held for (of `reason`, or any) is no longer waiting."""
     if inst.held is not None and (reason is None or inst.held is reason):
         inst.held = inst.held_since = None
+
+
+def _heartbeat_due(inst: Instance, ctx: Context) -> float | None:
+    timeout = ctx.app.heartbeat_timeout
+    return None if timeout is None else _heard(inst, ctx) + timeout
+
+
+def _recycle_due(inst: Instance, ctx: Context) -> bool:
+    """max_age has passed, and no recycle (nor any other replacement) is held or under way."""
+    return (inst.recycle_at is not None and ctx.now >= inst.recycle_at and inst.replace_for is None
+            and inst.held is None and not inst.trial)
+
+
+def _running_deadline(inst: Instance, due: float | None, recycle: bool = True) -> float | None:
+    """A running instance's one timer: its heartbeat check or its recycle, whichever comes first
+    (a recycle under way or held is not timed again: ``recycle`` False, or replace_for/held set)."""
+    if recycle and inst.recycle_at is not None and inst.replace_for is None and inst.held is None:
+        return inst.recycle_at if due is None else min(due, inst.recycle_at)
+    return due
 
 
 def _heard(inst: Instance, ctx: Context) -> float:
@@ -593,8 +670,8 @@ def _reattach(inst: Instance, pid: int, resumed: Resumed, ctx: Context) -> list[
         inst.state = State.RUNNING
         inst.running_since = ctx.now - (resumed.running_for or 0.0)
         inst.last_beat = ctx.now  # a full heartbeat_timeout to reconnect
-        timeout = ctx.app.heartbeat_timeout
-        inst.deadline = None if timeout is None else ctx.now + timeout
+        inst.recycle_at = _recycle_time(inst, ctx)
+        inst.deadline = _running_deadline(inst, _heartbeat_due(inst, ctx))
     return [Adopt(inst.spawn_id, pid, ctx.app, inst.index)]
 
 
@@ -610,6 +687,7 @@ def _spawn(inst: Instance, ctx: Context) -> list[Action]:
     inst.over_memory = 0
     inst.replace_for = None
     inst.stop_by = None
+    inst.unhealthy = inst.recycle_at = None
     _unhold(inst)
     inst.spawn_id = ctx.new_spawn_id()
     inst.spawned_fence = inst.fence
@@ -620,9 +698,18 @@ def _become_running(inst: Instance, ctx: Context) -> list[Action]:
     inst.state = State.RUNNING
     inst.running_since = ctx.now
     inst.last_beat = ctx.now
-    timeout = ctx.app.heartbeat_timeout
-    inst.deadline = None if timeout is None else inst.last_beat + timeout
+    inst.recycle_at = _recycle_time(inst, ctx)
+    inst.deadline = _running_deadline(inst, _heartbeat_due(inst, ctx))
     return []
+
+
+def _recycle_time(inst: Instance, ctx: Context) -> float | None:
+    """max_age after its spawn, plus its own share of the jitter: instances started together
+    (a whole app at boot, a rollout) are not all recycled in the same minute."""
+    if ctx.app.max_age is None:
+        return None
+    born = inst.spawned_at if inst.spawned_at is not None else ctx.now
+    return born + ctx.app.max_age + ctx.rng.uniform(0.0, ctx.app.max_age_jitter)
 
 
 def _ran_healthy(inst: Instance, ctx: Context) -> bool:

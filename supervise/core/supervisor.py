@@ -44,6 +44,7 @@ from supervise.core.events import (
     Event,
     Exited,
     FilesChanged,
+    Healthy,
     LeaseLost,
     LeaseRenewed,
     Ready,
@@ -54,6 +55,7 @@ from supervise.core.events import (
     Spawned,
     SpawnFailed,
     Stalled,
+    Unhealthy,
     Verb,
 )
 from supervise.core.fleet import Fleet
@@ -70,6 +72,8 @@ from supervise.core.instance import (
     Input,
     Instance,
     MemorySampled,
+    ProbeFailed,
+    ProbePassed,
     ReportedDrained,
     Resumed,
     State,
@@ -130,6 +134,10 @@ class Core:
             case Drained(spawn_id=sid):
                 self.beat(sid, None, now)
                 actions += self._feed_spawn(sid, ReportedDrained(), now)
+            case Unhealthy(spawn_id=sid, detail=detail):
+                actions += self._feed_spawn(sid, ProbeFailed(detail), now)
+            case Healthy(spawn_id=sid):
+                actions += self._feed_spawn(sid, ProbePassed(), now)
             case Sampled(rss=rss, processes=processes, cpu=cpu, cpu_seconds=cpu_seconds):
                 actions += self._sampled(rss, processes or {}, cpu or {}, cpu_seconds or {}, now)
             case CommandReceived(verb=Verb.SHUTDOWN, request_id=rid):

@@ -59,6 +59,8 @@ def instance_json(inst: Instance, now: float) -> dict[str, object]:
         "fields": inst.fields if live else None,
         "last_exit": inst.last_exit.as_json() if inst.last_exit else None,
         **({"fencing_token": inst.spawned_fence} if inst.spawned_fence is not None else {}),
+        **({"unhealthy": inst.unhealthy} if inst.unhealthy is not None and live else {}),  # liveness failing
+        **({"recycle_in": round(inst.recycle_at - now, 3)} if inst.recycle_at is not None and live else {}),
         **_waiting(inst, now),
     }
 

@@ -60,6 +60,9 @@ def config(*apps: AppConfig) -> Config:
 
 
 def app(name: str = "web", **kw: object) -> AppConfig:
+    """An app as the core tests know it: with readiness "none" it is running as soon as it is
+    spawned (ready_after 0) unless a test asks for a settle time."""
+    kw.setdefault("ready_after", 0.0)
     return AppConfig(name, ("x",), Path("/"), **kw)  # type: ignore[arg-type]
 
 

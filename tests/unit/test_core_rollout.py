@@ -9,7 +9,8 @@ from fakeshell import app as plain_app
 
 from supervise.config.model import AppConfig, Readiness
 from supervise.core import DeadlineReached, Ready, Sampled
-from supervise.core.instance import TRIAL_SETTLE
+
+READY_AFTER = 1.0  # the default ready_after of readiness = "none"
 
 
 def app(name="web", **kw) -> AppConfig:
@@ -112,13 +113,13 @@ def test_surge_zero_stops_first_and_brings_the_old_instance_back_on_failure():
 
 
 def test_readiness_none_new_instance_must_stay_up_to_count_as_ready():
-    h = Harness(app(instances=1, readiness=Readiness.NONE))
+    h = Harness(app(instances=1, readiness=Readiness.NONE, ready_after=READY_AFTER))
     old = h.slot_sids()
     mark = len(h.spawns)
     rid = h.command("reload", "web")
     new = h.new_spawns(mark)[0]
     assert h.signalled == []
-    h.tick(TRIAL_SETTLE)
+    h.tick(READY_AFTER)
     assert h.signalled == old
     h.exit(old[0])
     assert h.replies[rid].ok

@@ -30,7 +30,7 @@ from supervise.core.instance import (
 from supervise.core.policy import backoff_bounds
 
 APP = AppConfig(
-    "web", ("x",), Path("/"), stop_timeout=5.0,
+    "web", ("x",), Path("/"), stop_timeout=5.0, ready_after=0.0,
     backoff=BackoffConfig(initial=1.0, max=8.0, multiplier=2.0, jitter=0.0, reset_after=60.0),
     crash_loop=CrashLoopConfig(max_restarts=3, window=100.0, cooldown=300.0),
 )
@@ -125,7 +125,7 @@ def test_transition_running_to_backoff_on_second_crash():
 
 
 def test_backoff_grows_geometrically_and_caps():
-    m = Machine(AppConfig("web", ("x",), Path("/"), backoff=APP.backoff,
+    m = Machine(AppConfig("web", ("x",), Path("/"), ready_after=0.0, backoff=APP.backoff,
                           crash_loop=CrashLoopConfig(max_restarts=100, window=100.0)))
     m.running()
     delays = []
@@ -262,7 +262,7 @@ def test_operator_stop_overrides_a_health_restart():
     (Restart.ALWAYS, 0, State.STARTING),
 ])
 def test_transition_running_by_restart_policy(policy, code, expected):
-    m = Machine(AppConfig("web", ("x",), Path("/"), restart=policy))
+    m = Machine(AppConfig("web", ("x",), Path("/"), restart=policy, ready_after=0.0))
     m.running()
     m(Died(code, None), at=1.0)
     assert m.state is expected

@@ -37,7 +37,7 @@ MUTANTS = [
            "return len(self.restarts) < cfg.max_restarts", "return True",
            "a crash loop trips the breaker after max_restarts in window"),
     Mutant("hang-never-stopped", "core/instance.py",
-           "            return step(inst, Halt(ExitReason.HUNG), ctx)",
+           "            return step(inst, Halt(reason), ctx)  # it serves nothing (well): no replacement first",
            "            inst.deadline = None\n            return []",
            "a hung instance gets its stop signal within heartbeat_timeout"),
     Mutant("memory-never-enforced", "core/instance.py",
