@@ -305,7 +305,10 @@ class Commands:
             group = fleet.groups.get(waiter.app)
             if group is not None and any(not group.wanted(i) for i in group.slots):
                 return None
-        gave_up = [i for i in insts if i is not None and self._gave_up(i)]
+        # A start or restart whose process died before it was ready has failed, and says so at once
+        # (it goes on trying in backoff): the operator learns now, not after the breaker trips.
+        died = waiter.verb in (Verb.START, Verb.RESTART)
+        gave_up = [i for i in insts if i is not None and (self._gave_up(i) or died and i.state is State.BACKOFF)]
         if gave_up:
             return False, self._describe(frozenset((i.app, i.index) for i in gave_up))
         for key, inst in zip(keys, insts, strict=True):

@@ -991,8 +991,10 @@ def settle(sim: Simulation) -> None:
         sim.check(not [r["name"] for r in rows if "waiting" in r], f"{name}: restarts still held at the end: {app}")
         reply = sim.replies.get(("final", name))
         # A fault still in flight when `start` was typed (a late readiness, a hang) can trip
-        # the breaker again; the reply must then say which instance failed and why.
-        sim.check(reply is not None and (reply.ok or " is failed (last exit: " in str(reply.error)),
+        # the breaker again, or the code (fixed only after) crash again before it is ready; the
+        # reply must then say which instance failed and why.
+        sim.check(reply is not None and (reply.ok or " is failed (last exit: " in str(reply.error)
+                                         or " is backoff (last exit: " in str(reply.error)),
                   f"final start of {name}: {reply}")
     extra = sorted(set(status) - set(sim.config.apps))
     sim.check(not extra, f"apps removed from the config still there: {extra}")
