@@ -58,7 +58,7 @@ class HeartbeatServer:
 
     def __init__(self, ctx: zmq.Context, path: Path, loop: asyncio.AbstractEventLoop,
                  deliver: Callable[[Event], None], beat: Callable[[int, Mapping[str, object] | None], None],
-                 log: log_module.Log | None = None) -> None:
+                 log: log_module.Log | None = None, others: frozenset[int] = frozenset()) -> None:
         self.loop = loop
         self.deliver = deliver
         self.beat = beat  # the hot path: straight to the core, no event queue
@@ -75,7 +75,7 @@ class HeartbeatServer:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_HEARTBEAT_BYTES)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        bind_ipc(self.sock, path)
+        bind_ipc(self.sock, path, others)  # others: the uids of apps run as another user
         self._fd = self.sock.getsockopt(zmq.FD)
         self._paused: asyncio.TimerHandle | None = None
         self._reading = False

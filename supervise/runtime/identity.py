@@ -21,11 +21,17 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from supervise.config.model import AppConfig
 
 __all__ = [
-    "Identity", "IdentityError", "denied", "describe", "environment", "is_own", "privileged", "refusal", "resolve",
+    "Identity", "IdentityError", "app_uids", "denied", "describe", "environment", "is_own", "privileged", "refusal",
+    "resolve",
 ]
 
 CAP_SETGID = 6
@@ -221,3 +227,18 @@ def _has_acl(path: Path) -> bool:
         return _ACL_XATTR in os.listxattr(path)
     except OSError:
         return False
+
+
+def app_uids(apps: Iterable[AppConfig]) -> frozenset[int]:
+    """The uids apps run as, other than the daemon's: they are let in to the heartbeat socket (whose
+    uid filter is set once, at the daemon's start: an app given a new user by a reload needs a
+    daemon restart for its heartbeats). An unknown user is the spawn's error to report, not this."""
+    uids = set()
+    for app in apps:
+        try:
+            who = resolve(app.user, app.group)
+        except IdentityError:
+            continue
+        if who is not None and who.uid is not None and who.uid != os.geteuid():
+            uids.add(who.uid)
+    return frozenset(uids)

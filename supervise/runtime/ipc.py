@@ -19,15 +19,19 @@ __all__ = ["SOCKET_MODE", "allow_own_uid", "bind_ipc"]
 SOCKET_MODE = 0o600
 
 
-def bind_ipc(sock: zmq.Socket, path: Path) -> None:
-    """Bind `sock` at ``ipc://<path>``, for our own user (and root) only.
+def bind_ipc(sock: zmq.Socket, path: Path, others: frozenset[int] = frozenset()) -> None:
+    """Bind `sock` at ``ipc://<path>``, for our own user (and root) only, and the uids `others`.
+
+    `others` are the users apps run as (``user = ...``): the heartbeat socket
+    must let their workers in. The file is then 0666, and the peer uid check
+    (with each spawn's token, for heartbeats) is what keeps everyone else out.
 
     Any file already at `path` is removed first: the caller holds the state
     dir's lock, so a socket file found there was left by a daemon that died.
     Raises zmq.ZMQError when the bind fails (e.g. a path too long for a
     unix socket).
     """
-    allow_own_uid(sock)
+    allow_own_uid(sock, others)
     path.unlink(missing_ok=True)
     # libzmq creates the file in bind(), with the modes of the umask: a umask
     # of 077 makes it owner-only from its first instant, where a chmod after
@@ -39,16 +43,16 @@ def bind_ipc(sock: zmq.Socket, path: Path) -> None:
         sock.bind(f"ipc://{path}")
     finally:
         os.umask(old_umask)
-    os.chmod(path, SOCKET_MODE)  # 0600, not the 0700 the umask gave: a socket has no use for x
+    os.chmod(path, SOCKET_MODE if not others else 0o666)  # not the 0700 the umask gave: a socket has no use for x
 
 
-def allow_own_uid(sock: zmq.Socket) -> None:
+def allow_own_uid(sock: zmq.Socket, others: frozenset[int] = frozenset()) -> None:
     """Accept ipc connections only from our own user (and root), by the peer's SO_PEERCRED.
 
     Call before bind: libzmq applies the filter to the connections its
     listener accepts.
     """
-    for uid in {os.getuid(), 0}:
+    for uid in {os.getuid(), 0, *others}:
         try:
             sock.setsockopt(zmq.IPC_FILTER_UID, uid)
         except (zmq.ZMQError, AttributeError):  # a libzmq built without it: the file modes remain
