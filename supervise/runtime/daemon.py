@@ -50,6 +50,7 @@ from supervise.core import (
     SendDrain,
     ShutdownRequested,
     Signal,
+    SignalTree,
     Spawn,
     SpawnFailed,
     StopStray,
@@ -57,8 +58,9 @@ from supervise.core import (
 )
 from supervise.core.actions import ExtendFence, ScaleCluster
 from supervise.core.events import Cause, Stalled
-from supervise.runtime import adoption, checkpoint, dashboard, killing, process, reloading, sdnotify
+from supervise.runtime import adoption, checkpoint, dashboard, identity, killing, process, reloading, sdnotify
 from supervise.runtime.chaos_sessions import ChaosSessions
+from supervise.runtime.checks import InstanceChecks
 from supervise.runtime.chores import Checkpointer, LogChecks, Sampling, ServiceManager
 from supervise.runtime.control_server import Controls, ControlServer, curve_security
 from supervise.runtime.heartbeats import HeartbeatServer
@@ -135,6 +137,8 @@ class Daemon:
         self.outputs = Outputs(loop, self._publish)
         self.workers = WorkerTable(loop, self.paths, self.listeners, self.heartbeats, self._executor, self.dispatch,
                                    self.log, self._base_env, lambda: self.core.view.shutting_down, self.outputs)
+        self.checks = self.workers.checks = InstanceChecks(loop, self.paths.root / "notify", self.dispatch, self._beat,
+                                                           self.log, self._base_env)
         self._dispatching = True  # what the start sets off reports back through the queue, after it
         leftovers = self._recover()
         self._start_chores()
@@ -146,7 +150,7 @@ class Daemon:
         try:
             for app in self.config.apps.values():
                 for address in app.listen:
-                    self.listeners.bind(address)
+                    self.listeners.bind(address, app.listen_option(address))
         except ListenError:
             self.listeners.close()
             self.heartbeats.close()
@@ -159,6 +163,8 @@ class Daemon:
         self.log.info("daemon started", pid=os.getpid(), config=str(self.config.path),
                       state_dir=str(self.paths.root), apps=len(self.config.apps),
                       subreaper=subreaper, cgroups=self.workers.cgroups is not None)
+        for warning in self.config.warnings:  # what `supervise check` prints
+            self.log.warning("config", warning=warning)
         if leftovers is not None:
             self.log.info("adopted the workers of the previous daemon", adopted=len(self.workers),
                           lost=list(leftovers.lost), unrecorded=leftovers.strays)
@@ -199,8 +205,11 @@ class Daemon:
                                              self._finish_status, tcp=tcp, request_ids=ids,
                                              log=self.log))
             self.control = Controls(servers)
+            others = identity.app_uids(self.config.apps.values())
+            if others:  # workers running as another user must reach the heartbeat and notify sockets
+                os.chmod(self.paths.root, 0o711)
             self.heartbeats = HeartbeatServer(self.ctx, self.paths.heartbeat_socket, self.loop, self.dispatch,
-                                              self._beat, log=self.log)
+                                              self._beat, log=self.log, others=others)
         except (zmq.ZMQError, CannotStart) as exc:
             for server in servers:
                 server.close()
@@ -282,6 +291,7 @@ class Daemon:
                     self.log.warning("killed what adopted workers left behind", pids=sorted(strays))
             self.workers.reap()
         self.workers.close()
+        self.checks.close(unlink=not self._keeping_workers)
         self.outputs.close_all()  # workers kept for the next daemon hold their pipes' read ends themselves
         self.heartbeats.close()
         self.listeners.close(unlink=not self._keeping_workers)
@@ -416,6 +426,8 @@ class Daemon:
                 self.workers.adopt(action, self._inherited.pop(pid, Inherited(None, None)))
             case Signal(spawn_id=sid, signal=sig):
                 self.workers.signal(sid, sig)
+            case SignalTree(spawn_id=sid, signal=sig):
+                self.workers.signal_tree(sid, sig)
             case KillTree(spawn_id=sid):
                 self.workers.kill_tree(sid)
             case SendDrain(spawn_id=sid):
@@ -471,7 +483,7 @@ class Daemon:
             self._reload_config(rid, req.dry_run, Cause.RELOAD, req.timeout)
         else:
             self.dispatch(CommandReceived(rid, Verb(req.cmd), req.targets, req.count, req.timeout,
-                                          dry_run=req.dry_run))
+                                          dry_run=req.dry_run, signal=req.signal, tree=req.tree))
 
     def _on_sighup(self) -> None:
         self.log.info("SIGHUP received: re-reading the config", config=str(self.config.path))
@@ -486,7 +498,7 @@ class Daemon:
         before anything has changed.
         """
         try:
-            new = reloading.reread(self.config, self.listeners, bind=not dry_run)
+            new = reloading.reread(self.config, self.listeners, bind=not dry_run, log=self.log)
         except (ConfigError, ListenError) as exc:
             self.log.error("config reload rejected; nothing changed", error=str(exc))
             if rid is not None:
@@ -556,7 +568,7 @@ class Daemon:
         for app in new.apps.values():
             for address in app.listen:
                 try:
-                    self.listeners.bind(address)
+                    self.listeners.bind(address, app.listen_option(address))
                 except ListenError as exc:
                     self.log.error("cannot listen", error=str(exc))
         self._switch_config(new)
@@ -571,12 +583,22 @@ class Daemon:
         the action was carried out: the replacement's spawn comes before the publish."""
         stamped = self.history.append(event, self._event_time or time.time())
         log_event(self.log, event)
+        if event.get("type") == "state" and event.get("to") == "running":
+            self._now_running(event)
         self.control.push(stamped)
         if self.cluster is not None:
             self.cluster.noticed(event)
         for listener in self.event_listeners:  # /metrics counters, the dashboard's live stream
             listener(event, stamped)
         return self.history.last_seq
+
+    def _now_running(self, event: dict[str, object]) -> None:
+        """An instance became ready: its liveness probe (if it has one) judges it from now on."""
+        pid = event.get("pid")
+        worker = self.workers.by_pid(pid) if isinstance(pid, int) else None
+        index = event.get("index")
+        if worker is not None and isinstance(index, int):
+            self.checks.running(worker.spawn_id, worker.app, index)
 
     def _finish_status(self, result: dict[str, object]) -> dict[str, object]:
         """The core's `status` reply, with what only the shell knows: each live instance's
@@ -587,6 +609,9 @@ class Daemon:
                 worker = self.workers.by_pid(row["pid"]) if row.get("pid") else None
                 out = self.outputs.get(worker.spawn_id) if worker is not None else None
                 row["log_dropped"] = out.dropped_lines if out is not None else None
+                failing = self.checks.probe_failure(worker.spawn_id) if worker is not None else None
+                if failing is not None:
+                    row["probe"] = failing  # why its readiness or liveness probe fails, while it does
         return {**result, "daemon": self._status_extra()}
 
     def _status_extra(self) -> dict[str, object]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import signal
 from collections.abc import Callable, Iterator, Mapping
@@ -20,9 +21,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from supervise.config.model import AppConfig
 from supervise.core import Adopt, Event, Exited, Spawn, Spawned, SpawnFailed
 from supervise.runtime import killing, limits, output, process
+from supervise.runtime.checks import InstanceChecks
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.listeners import environment as listen_environment
@@ -80,6 +84,7 @@ class WorkerTable:
         self.base_env = dict(base_env)  # what every worker inherits, before its app's env
         self.draining = draining  # while everything drains, leftovers wait for the daemon's last sweep
         self.cgroups: process.Cgroups | None = None
+        self.checks: InstanceChecks | None = None  # probes and notify sockets, started and stopped with each worker
         self._by_pid: dict[int, Worker] = {}
         self._by_spawn: dict[int, Worker] = {}
         self._rlimit_warned: dict[str, list[str]] = {}  # app -> the clamped limits logged, once per change
@@ -124,13 +129,19 @@ class WorkerTable:
         if app.listen:
             try:
                 for address in app.listen:  # bound already, unless a reload closed it since
-                    self.listeners.bind(address)
+                    self.listeners.bind(address, app.listen_option(address))
             except ListenError as exc:
                 self._spawn_failed(action, str(exc))
                 return
             fds = self.listeners.fds(app.listen)
             launcher = self.listeners.launcher(fds)
             env.update(listen_environment(app.listen))
+        if self.checks is not None:
+            try:
+                env.update(self.checks.environment(action.spawn_id, app, index))
+            except OSError as exc:
+                self._spawn_failed(action, f"cannot make its notify socket: {exc.strerror or exc}")
+                return
         log_path = self.paths.log_file(app.name, index)
         rlimits, clamped = limits.for_child(app.rlimits)
         if clamped and self._rlimit_warned.get(app.name) != clamped:
@@ -146,9 +157,11 @@ class WorkerTable:
             self._spawn_failed(action, out_of_fds or what, daemon_fault=out_of_fds is not None)
             return
         # The worker holds a read end too (read_fd, passed): its pipe outlives a dead daemon.
-        spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, output=write_fd, name=name,
-                                 pass_fds=(*fds, read_fd), launcher=launcher, rlimits=rlimits)
         try:
+            # run_as: the app's user and group, resolved now; their HOME, USER, LOGNAME under the app's env.
+            spec = process.SpawnSpec(argv=tuple(app.argv(index)), cwd=app.cwd, env=env, output=write_fd, name=name,
+                                     pass_fds=(*fds, read_fd), launcher=launcher, rlimits=rlimits,
+                                     umask=app.umask).run_as(app.user, app.group, keep=app.env)
             child = process.spawn(spec, self.cgroups)
         except process.SpawnError as exc:
             os.close(read_fd)
@@ -163,10 +176,14 @@ class WorkerTable:
         self.heartbeats.register(token, action.spawn_id, name)
         if worker.pidfd is not None:
             self.loop.add_reader(worker.pidfd, self.reap)
+        if self.checks is not None:
+            self.checks.spawned(action.spawn_id, child.pid, app, index)
         self.report(Spawned(action.spawn_id, child.pid))
 
     def _spawn_failed(self, action: Spawn, error: str, daemon_fault: bool = False) -> None:
         self.log.error("spawn failed", name=f"{action.app.name}:{action.index}", error=error)
+        if self.checks is not None:
+            self.checks.gone(action.spawn_id)  # its notify socket, if it got that far
         self.report(SpawnFailed(action.spawn_id, error, daemon_fault))
 
     @property
@@ -193,6 +210,8 @@ class WorkerTable:
         if inherited.token:
             self.heartbeats.register(inherited.token, action.spawn_id, name)
             self.heartbeats.await_ready(action.spawn_id)  # harmless for a running one: Ready is then a no-op
+        if self.checks is not None:
+            self.checks.adopted(action.spawn_id, action.pid, action.app, action.index, process.environ_of(action.pid))
         listen = action.app.listen if inherited.listen is None else inherited.listen
         if listen:
             self.listeners.take_over(pidfd, action.pid, tuple(listen))
@@ -211,8 +230,40 @@ class WorkerTable:
         worker = self._by_spawn.get(spawn_id)
         if worker is not None:
             signal_worker(worker, sig)
-            if sig != signal.SIGKILL:
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):  # an operator's SIGSTOP must not be undone
                 signal_worker(worker, signal.SIGCONT)
+
+    def signal_tree(self, spawn_id: int, sig: int) -> None:
+        """An operator's `signal --tree`: the main process, then every descendant of it (and whatever
+        else its cgroup holds: a daemonized grandchild). psutil sends only to the very process it
+        listed (it checks the start time), so a pid reused meanwhile is not hit."""
+        worker = self._by_spawn.get(spawn_id)
+        if worker is None:
+            return
+        signal_worker(worker, sig)
+        seen = {worker.child.pid}
+        try:
+            procs = psutil.Process(worker.child.pid).children(recursive=True)
+        except psutil.Error:
+            procs = []
+        if worker.child.cgroup is not None:
+            try:
+                pids = (worker.child.cgroup / "cgroup.procs").read_text().split()
+            except OSError:
+                pids = []
+            for pid in pids:
+                try:
+                    procs.append(psutil.Process(int(pid)))
+                except (psutil.Error, ValueError):
+                    pass
+        for proc in procs:
+            if proc.pid in seen:
+                continue
+            seen.add(proc.pid)
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
 
     def kill_tree(self, spawn_id: int) -> None:
         worker = self._by_spawn.get(spawn_id)
@@ -275,6 +326,8 @@ class WorkerTable:
         del self._by_spawn[worker.spawn_id]
         self._forget_pidfd(worker)
         self.outputs.close(worker.spawn_id)  # its last words are in the log before its exit is reported
+        if self.checks is not None:
+            self.checks.gone(worker.spawn_id)
         self.heartbeats.unregister(worker.token, worker.spawn_id)
         if worker.adopted:  # its children went to init, where the shutdown's last sweep does not look
             self.sweep(worker)
@@ -295,11 +348,51 @@ class WorkerTable:
 def signal_worker(worker: Worker, sig: int) -> None:
     """Through its pidfd, which a reused pid cannot fool; by pid only where there is no pidfd,
     which is safe for a worker still in the table: our child, not yet reaped (adopted ones
-    always have a pidfd while they are tracked)."""
-    if worker.pidfd is not None:
+    always have a pidfd while they are tracked). A ``shell`` app's whole process group."""
+    if worker.app.shell:
+        signal_group(worker, sig)
+    elif worker.pidfd is not None:
         pidfd_signal(worker.pidfd, sig)
     else:
         process.send_signal(worker.child.pid, sig)
+
+
+PIDFD_SIGNAL_PROCESS_GROUP = 4
+"""pidfd_send_signal's flag (Linux 6.9) to signal the process group the pidfd's process leads."""
+
+
+def signal_group(worker: Worker, sig: int) -> None:
+    """Signal the process group of a ``shell`` worker: /bin/sh and what it runs.
+
+    sh -c "a | b" forks a and b and waits; sent to the shell alone, the stop
+    signal kills the shell and leaves the pipeline running until the tree is
+    swept with SIGKILL, never asked to stop. A non-interactive shell does no job
+    control, so the pipeline stays in the shell's process group, and the worker
+    was started in a session of its own: pgid == its pid.
+
+    killpg by that number is safe while the worker is in the table, i.e. not
+    reaped: a pid, and so a pgid, is not reused before its process is reaped,
+    even while it is a zombie; and a zombie leader's group may still hold the
+    pipeline, which then still gets the signal, as it should. Once reaped, the
+    worker is out of the table and nothing is sent. An adopted worker is not
+    our child: its pid may be reaped by init and reused at any moment, so its
+    group is signalled through its pidfd (PIDFD_SIGNAL_PROCESS_GROUP names the
+    group by the very process), or where the kernel is older, the shell alone:
+    the tree sweep after stop_timeout gets the rest.
+    """
+    if not worker.adopted:
+        try:
+            os.killpg(worker.child.pid, sig)
+        except OSError:  # ESRCH: nothing left in the group
+            pass
+        return
+    if worker.pidfd is None:
+        return
+    try:
+        signal.pidfd_send_signal(worker.pidfd, sig, None, PIDFD_SIGNAL_PROCESS_GROUP)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # a kernel before 6.9
+            pidfd_signal(worker.pidfd, sig)
 
 
 def pidfd_signal(pidfd: int, sig: int) -> None:
