@@ -37,6 +37,7 @@ class Waiter:
     verb: Verb
     keys: frozenset[Key]
     spawn_ids: dict[Key, int | None] = field(default_factory=dict)  # restart: the spawn each key had
+    since: float | None = None  # start, restart: when it was asked (a process spawned since is its doing)
     app: str | None = None  # scale: the app scaled
     generations: dict[str, int] = field(default_factory=dict)  # reload: the rollouts it waits for
     plan: list[dict[str, object]] | None = None  # reload: what it changed
@@ -90,7 +91,7 @@ class Commands:
         for app_name, index in keys:
             group = groups[app_name]
             actions += group.operate(group.slots[index], OPERATOR_INPUT[cmd.verb], now)
-        self._add_waiter(Waiter(cmd.request_id, cmd.verb, frozenset(keys), spawn_ids), cmd.timeout, now)
+        self._add_waiter(Waiter(cmd.request_id, cmd.verb, frozenset(keys), spawn_ids, since=now), cmd.timeout, now)
         return actions
 
     def _scale(self, cmd: CommandReceived, now: float) -> list[Action]:
@@ -306,9 +307,9 @@ class Commands:
             if group is not None and any(not group.wanted(i) for i in group.slots):
                 return None
         # A start or restart whose process died before it was ready has failed, and says so at once
-        # (it goes on trying in backoff): the operator learns now, not after the breaker trips.
-        died = waiter.verb in (Verb.START, Verb.RESTART)
-        gave_up = [i for i in insts if i is not None and (self._gave_up(i) or died and i.state is State.BACKOFF)]
+        # (it goes on trying in backoff): the operator learns now, not after the breaker trips. Only a
+        # process spawned since the command: one in backoff for an earlier death is still to be started.
+        gave_up = [i for i in insts if i is not None and (self._gave_up(i) or self._died_since(i, waiter.since))]
         if gave_up:
             return False, self._describe(frozenset((i.app, i.index) for i in gave_up))
         for key, inst in zip(keys, insts, strict=True):
@@ -319,6 +320,11 @@ class Commands:
             if waiter.verb is Verb.RESTART and inst.spawn_id == waiter.spawn_ids.get(key):
                 return None
         return True, ""
+
+    @staticmethod
+    def _died_since(inst: Instance, since: float | None) -> bool:
+        return (since is not None and inst.state is State.BACKOFF and inst.spawned_at is not None
+                and inst.spawned_at >= since)
 
     def _gave_up(self, inst: Instance) -> bool:
         """Failed, or stopped for good: not stopped a moment by a rollout that replaces it (surge 0)."""

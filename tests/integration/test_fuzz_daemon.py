@@ -501,7 +501,9 @@ def test_daemon_survives_hostile_traffic(supervisor):
     assert monitor.samples >= 5
     # Exactly what was sent: nothing slipped through uncounted, nothing valid was miscounted.
     assert after["malformed"] - before["malformed"] == tally.hb_malformed
-    assert after["rejected"] - before["rejected"] == tally.hb_spoofed
+    # The killed worker's own last beat may still wait in the socket when its exit is reaped (its
+    # token then stale): one rejection more than the flood's, at most.
+    assert tally.hb_spoofed <= after["rejected"] - before["rejected"] <= tally.hb_spoofed + 1
     assert after["control_malformed"] - before["control_malformed"] == tally.ctl_malformed
     assert after["accepted"] > before["accepted"], "real heartbeats stopped flowing"
     assert after_raw["rejected"] == after["rejected"]  # raw bytes carry no well-formed heartbeat

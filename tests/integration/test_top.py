@@ -255,6 +255,8 @@ def test_no_color_daemon_restart_and_ctrl_c(supervisor, terminal):
                   and all(term.row(n) for n in NAMES), timeout=20, message="the new daemon's instances")
     term.wait_for(lambda: "connected to the daemon" in term.text(), message="the reconnection noted")
 
+    # The new daemon's instances are `starting` for ready_after, then `running`.
+    term.wait_for(lambda: term.colour_of("running", "web:0") is not None, message="web:0 running again")
     assert _colour_sgr(bytes(term.raw)) == []
     assert term.colour_of("running", "web:0") == "default"
     term.press("\x03")  # Ctrl-C: SIGINT through the terminal
