@@ -20,8 +20,10 @@ from enum import StrEnum
 from supervise.config.model import AppConfig
 from supervise.core.events import Cause
 
-PROCESS_FIELDS = ("command", "cwd", "env", "listen", "port", "heartbeat_timeout")
-"""Keys that change what a running process was given: changing one rolls the app.
+PROCESS_FIELDS = ("command", "cwd", "env", "listen", "port", "heartbeat_timeout", "user", "group", "umask", "shell",
+                  "readiness")
+"""Keys that change what a running process was given (its ids, its umask, its NOTIFY_SOCKET, how
+its command is run): changing one rolls the app (env_file's values are part of env).
 The others (restart policy, timeouts, limits, watch, ...) apply to running
 instances in place."""
 
