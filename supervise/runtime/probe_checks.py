@@ -3,8 +3,8 @@
 A check is one run of one probe (probe_net.py: HTTP and TCP; probe_exec.py:
 exec), a small callback-driven state machine on a non-blocking socket or on
 pipes: no task, no future, no stream object. That is what keeps 500
-instances probed every second at about 3 % of a core (benchmarks/probes.py),
-where a task per instance with asyncio.open_connection costs 20-28 %. A check
+instances probed every second at 3-4 % of a core (benchmarks/probes.py),
+where a task per instance with asyncio.open_connection costs about 20 %. A check
 ends exactly once, by calling ``done(None)`` (passed) or ``done(reason)``;
 ``expire()`` ends it as timed out, ``cancel()`` silently. Nothing in a check
 raises into the loop: every error becomes the failure's reason.

@@ -111,8 +111,10 @@ class _Connection:
 
     On loopback a non-blocking connect() has usually finished by the time it
     returns EINPROGRESS (the handshake runs before the call releases the
-    socket), so the request is sent at once and only a failed attempt waits
-    for writability: one add_reader per probe, not a writer and a reader.
+    socket), so the request is sent at once, and only a handshake still on
+    its way waits for writability. The response is read after the context's
+    Pause, with the others of its batch; only one not there by then is
+    waited for with add_reader.
     """
 
     __slots__ = ("_ctx", "_loop", "_endpoint", "_request", "_url", "_timeout", "_done", "_sock", "_fd",

@@ -655,6 +655,25 @@ def test_forget_kills_an_exec_probe_in_flight(tmp_path: Path) -> None:
     run(body)
 
 
+def test_an_app_without_probes_starts_nothing_and_a_second_start_replaces_the_first() -> None:
+    async def body(h: Harness) -> None:
+        plain = AppConfig(name="web", command=("true",), cwd=Path("/"))
+        assert not h.prober.start_readiness(1, plain, 0) and not h.prober.start_liveness(1, plain, 0)
+        assert not h.prober.probing(1)
+        web = await Web().start()
+        web.hang = True
+        h.prober.start_readiness(2, app("http", f"http://127.0.0.1:{web.port}/old", timeout=10), 0)
+        await until(lambda: web.open == 1)
+        web.hang = False
+        assert h.prober.start_readiness(2, app("http", f"http://127.0.0.1:{web.port}/new"), 0)
+        await until(lambda: h.of(2))
+        assert h.of(2) == [Ready(2)] and web.paths() == ["/old", "/new"]
+        await until(lambda: web.open == 0, message="the old check's connection closed")
+        web.close()
+
+    run(body)
+
+
 def test_close_forgets_every_spawn() -> None:
     async def body(h: Harness) -> None:
         web = await Web().start()
