@@ -12,200 +12,39 @@ import itertools
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from supervise.config.model import AppConfig, Readiness
 from supervise.core.actions import Action, Adopt, KillTree, SendDrain, Signal, Spawn
-from supervise.core.policy import CrashLoopBreaker, backoff_delay, should_restart
-from supervise.wire.protocol import describe_exit
-
-
-class State(StrEnum):
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    BACKOFF = "backoff"
-    FAILED = "failed"
-
-
-LIVE_STATES = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
-"""States in which a process may exist for the slot."""
-
-
-class ExitReason(StrEnum):
-    CRASHED = "crashed"
-    EXITED = "exited"
-    HUNG = "hung"
-    UNHEALTHY = "unhealthy"  # its liveness probe failed `failures` times in a row
-    MEMORY = "memory"
-    PROCESSES = "processes"
-    START_TIMEOUT = "start-timeout"
-    RELOAD = "reload"
-    STOPPED = "stopped"
-    LOST = "lost"
-    FENCED = "fenced"  # a cluster instance whose node lost its lease (or whose slot moved away)
-    MAX_AGE = "max-age"  # recycled after max_age (+ jitter), its successor ready first
-
-
-FAILURE_REASONS = frozenset(
-    {ExitReason.CRASHED, ExitReason.HUNG, ExitReason.UNHEALTHY, ExitReason.MEMORY, ExitReason.PROCESSES,
-     ExitReason.START_TIMEOUT, ExitReason.LOST}
+from supervise.core.inputs import (
+    BecameReady,
+    Died,
+    Forked,
+    ForkFailed,
+    Halt,
+    Input,
+    Launch,
+    MemorySampled,
+    ProbeFailed,
+    ProbePassed,
+    Proceed,
+    RecycleLater,
+    ReportedDrained,
+    Resumed,
+    TimerFired,
+    Unheard,
 )
-"""Exits that count towards backoff and the crash-loop breaker."""
+from supervise.core.policy import CrashLoopBreaker, backoff_delay, should_restart
+from supervise.core.states import FAILURE_REASONS, LIVE_STATES, ExitReason, InvalidTransition, LastExit, State
 
+# The states (states.py) and the inputs (inputs.py) are named here too: this module is where
+# the core and its tests meet the state machine.
+__all__ = [
+    "DISRUPTIONS", "FAILURE_REASONS", "LIVE_STATES", "BecameReady", "Context", "Died", "ExitReason", "ForkFailed",
+    "Forked", "Halt", "Input", "Instance", "InvalidTransition", "LastExit", "Launch", "MemorySampled", "ProbeFailed",
+    "ProbePassed", "Proceed", "RecycleLater", "ReportedDrained", "Resumed", "State", "TimerFired", "Unheard",
+    "record_if_idle", "step",
+]
 
-class InvalidTransition(Exception):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class LastExit:
-    reason: ExitReason
-    code: int | None = None
-    signal: int | None = None
-    error: str | None = None  # why a spawn failed, when it did
-
-    def as_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"reason": str(self.reason), "code": self.code, "signal": self.signal}
-        if self.error:
-            out["error"] = self.error
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> LastExit:
-        """From ``as_json``'s shape (a checkpoint's); ValueError/TypeError for anything else."""
-        code, sig, error = data.get("code"), data.get("signal"), data.get("error")
-        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (code, sig)):
-            raise TypeError(f"exit code and signal must be integers, got {code!r}, {sig!r}")
-        return cls(ExitReason(str(data["reason"])), code, sig, None if error is None else str(error))  # type: ignore[arg-type]  # checked above
-
-    def describe(self) -> str:
-        """One wording for people, shared with the CLI's table: ``crashed (exit code 1)``."""
-        return describe_exit(self.as_json())
-
-
-# Inputs to the state machine --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    """Bring the slot up. ``manual`` (an operator's start) also closes the breaker."""
-
-    manual: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Halt:
-    """Take the process down gracefully, for ``reason``; ``then_start`` respawns after.
-
-    ``grace`` shortens ``stop_timeout`` (a fence must finish before the lease can expire).
-    """
-
-    reason: ExitReason = ExitReason.STOPPED
-    then_start: bool = False
-    grace: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Forked:
-    """The process of the spawn asked for exists now."""
-
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class ForkFailed:
-    """The spawn failed. ``daemon_fault``: for want of the daemon's own file descriptors (or the
-    system's), not through anything of the worker's: retried shortly, never counted against it."""
-
-    error: str
-    daemon_fault: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BecameReady:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Died:
-    code: int | None
-    signal: int | None
-    lost: bool = False  # no exit status: it was adopted (not our child) or died while no daemon watched
-
-
-@dataclass(frozen=True, slots=True)
-class TimerFired:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ReportedDrained:
-    """The worker says it has no work in flight: it may be stopped at once."""
-
-
-@dataclass(frozen=True, slots=True)
-class MemorySampled:
-    """A sampling pass's figures for the instance's whole process tree."""
-
-    rss: int  # bytes: its cgroup's charge or its processes' PSS (not an RSS sum; the status field's name)
-    processes: int | None = None  # how many processes that tree has
-    cpu: float | None = None  # CPU % of one core since the last pass
-    cpu_seconds: float | None = None  # CPU time so far, never decreasing
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """A fresh instance takes over where a previous daemon's left off (adoption).
-
-    ``pid`` set: its process lives on, to be watched from now on. ``pid``
-    None: it died while no daemon watched (if it was live), or it was
-    waiting (backoff, failed) and tries again now.
-    """
-
-    pid: int | None
-    was: State
-    age: float = 0.0  # seconds since its process was spawned
-    running_for: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Unheard:
-    """The daemon's own loop stood still for ``seconds``: what a worker said meanwhile waits unread, so
-    its silence proves nothing. Liveness is judged afresh from now; a start gets the time back."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeFailed:
-    """Its liveness probe failed `failures` times in a row (``detail``: the last failure)."""
-
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ProbePassed:
-    """Its liveness probe passes again."""
-
-
-@dataclass(frozen=True, slots=True)
-class RecycleLater:
-    """A max-age recycle's successor did not become ready: this one, which works, serves on and
-    is tried again at ``at``."""
-
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Proceed:
-    """The app's disruption budget has room: the restart this instance is held for goes now, if it
-    is still due (a held hung instance that beats again is left alone)."""
-
-
-Input = (Launch | Halt | Forked | ForkFailed | BecameReady | Died | TimerFired | ReportedDrained | MemorySampled
-         | Resumed | Unheard | Proceed | ProbeFailed | ProbePassed | RecycleLater)
 
 DISRUPTIONS = (ExitReason.PROCESSES, ExitReason.HUNG, ExitReason.UNHEALTHY, ExitReason.MEMORY, ExitReason.MAX_AGE)
 """Restarts the supervisor decides on while the process still runs: the disruption budget
