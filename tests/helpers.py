@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -131,14 +132,40 @@ def kill_marked(marker: str) -> list[int]:
     return [p.pid for p in leftovers]
 
 
+_APP_TABLE = re.compile(r"^\[apps\.([A-Za-z0-9_.-]+?)\]\s*$")
+
+
+def settled_at_once(text: str) -> str:
+    """The config with ``ready_after = 0`` in each app table that says nothing of readiness.
+
+    The default ready_after (1 s: an app with readiness = "none" is `starting` that long) would add
+    a second to every start and restart the tests wait for. Tests of what it does write it (or a
+    readiness) in their config; the rest mean "running once spawned", as before it existed.
+    Only the tables of this text (not subtables like [apps.web.backoff], not included files).
+    """
+    lines = text.split("\n")
+    headers = [i for i, line in enumerate(lines) if line.strip().startswith("[")]
+    ends = []  # where to add the line: after each such table's last line, so no line above it moves
+    for n, i in enumerate(headers):
+        if not _APP_TABLE.match(lines[i].strip()) or lines[i].strip().count(".") != 1:
+            continue
+        end = headers[n + 1] if n + 1 < len(headers) else len(lines)
+        if not re.search(r"^\s*(ready_after|readiness)\s*=", "\n".join(lines[i + 1:end]), flags=re.M):
+            ends.append(end)
+    out = list(lines)
+    for end in reversed(ends):
+        out.insert(end, "ready_after = 0")
+    return "\n".join(out)
+
+
 class Supervisor:
     """A daemon on a config in a temp dir, driven through the real CLI."""
 
     def __init__(self, tmp: Path, config: str) -> None:
         self.dir = tmp
         self.config = tmp / "supervise.toml"
-        self.config.write_text(textwrap.dedent(config).replace("{python}", sys.executable)
-                               .replace("{workers}", str(WORKERS)))
+        self.config.write_text(settled_at_once(textwrap.dedent(config).replace("{python}", sys.executable)
+                                               .replace("{workers}", str(WORKERS))))
         self.marker = uuid.uuid4().hex
         self.env = dict(os.environ, SUPERVISE_TEST_MARKER=self.marker, PYTHONUNBUFFERED="1")
         self.proc: subprocess.Popen | None = None
