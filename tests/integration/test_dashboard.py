@@ -152,6 +152,20 @@ def poll(browser: Any, condition: Callable[[Any], Any], timeout: float, interval
     return WebDriverWait(browser, timeout, poll_frequency=interval).until(condition)
 
 
+def click_row(browser: Any, selector: str, timeout: float = 10) -> None:
+    """Click the table row `selector` names. The page redraws its rows at every status update: a
+    row found a moment before may be gone (stale) when clicked, so find it and click it again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def clicked(driver: Any) -> bool:
+        try:
+            driver.find_element("css selector", selector).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+    poll(browser, clicked, timeout)
+
+
 # -- the page in a browser -----------------------------------------------------------------------
 
 def test_the_page_shows_every_instance_a_restart_within_a_second_and_logs_on_click(daemon, browser):
@@ -194,10 +208,10 @@ def test_the_page_shows_every_instance_a_restart_within_a_second_and_logs_on_cli
 
     # Click an instance: its last log lines appear.
     pid0 = status["web:0"]["pid"]
-    browser.find_element("css selector", 'tr[data-name="web:0"][data-role="slot"]').click()
+    click_row(browser, 'tr[data-name="web:0"][data-role="slot"]')
     poll(browser, lambda d: f"up web:0 {pid0}" in d.find_element("id", "log-lines").text, timeout=5)
     assert browser.find_element("id", "log-title").text == "web:0"
-    browser.find_element("css selector", 'tr[data-name="burst:0"][data-role="slot"]').click()
+    click_row(browser, 'tr[data-name="burst:0"][data-role="slot"]')
     poll(browser, lambda d: d.find_element("id", "log-lines").text.endswith(f"burst line {BURST_LINES - 1}"),
          timeout=5)
     assert "web:0" not in browser.find_element("id", "log-lines").text
@@ -244,7 +258,7 @@ def test_daemon_text_is_shown_as_text_never_as_markup(supervisor, browser):
     browser.get(base + "/")
     poll(browser, lambda d: "<img src=x onerror=window.pwned=1>" in shown(d).get("broken:0", {}).get("exit", ""),
          timeout=15)
-    browser.find_element("css selector", 'tr[data-name="echo:0"]').click()
+    click_row(browser, 'tr[data-name="echo:0"]')
     poll(browser, lambda d: MARKUP in d.find_element("id", "log-lines").text,
          timeout=5)
     assert browser.execute_script("return [window.pwned, document.querySelectorAll('img, b, main script').length]") \
@@ -428,7 +442,7 @@ def screenshot(path: Path) -> None:
             browser = start_browser(Path(tmp) / "profile", 1440, 1000)
             browser.get(base + "/")
             poll(browser, lambda d: len(shown(d)) == 8, timeout=15)
-            browser.find_element("css selector", 'tr[data-name="worker:0"][data-role="slot"]').click()
+            click_row(browser, 'tr[data-name="worker:0"][data-role="slot"]')
             poll(browser, lambda d: d.find_element("id", "log-lines").get_attribute("data-count"), timeout=5)
             reload = subprocess.Popen([sys.executable, "-m", "supervise", "reload", "web", "-c", str(sup.config)],
                                       env=sup.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
