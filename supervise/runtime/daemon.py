@@ -58,14 +58,13 @@ from supervise.core import (
 )
 from supervise.core.actions import ExtendFence, ScaleCluster
 from supervise.core.events import Cause, Stalled
-from supervise.runtime import adoption, checkpoint, dashboard, identity, killing, process, reloading, sdnotify
+from supervise.runtime import adoption, checkpoint, identity, killing, process, reloading, sdnotify
 from supervise.runtime.chaos_sessions import ChaosSessions
 from supervise.runtime.checks import InstanceChecks
 from supervise.runtime.chores import Checkpointer, LogChecks, Sampling, ServiceManager
 from supervise.runtime.control_server import Controls, ControlServer, curve_security
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.history import EVENTS_FILE, History
-from supervise.runtime.http import HttpServer
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.log import Log, log_event
 from supervise.runtime.output import Outputs
@@ -76,6 +75,7 @@ from supervise.wire.statedir import StatePaths
 
 if TYPE_CHECKING:
     from supervise.runtime.clustering import ClusterLink
+    from supervise.runtime.http import HttpServer
     from supervise.runtime.metrics import Metrics
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -225,7 +225,10 @@ class Daemon:
         address = self.config.supervise.metrics
         if address is None:
             return
-        from supervise.runtime.metrics import Metrics, Source, host_port  # only a daemon with metrics loads them
+        # Only a daemon with metrics loads them: every start pays for what is imported before its first spawn.
+        from supervise.runtime import dashboard
+        from supervise.runtime.http import HttpServer
+        from supervise.runtime.metrics import Metrics, Source, host_port
 
         self.metrics = Metrics(self.loop, Source(
             status=lambda: self._finish_status(self.core.view.status(self.loop.time())),

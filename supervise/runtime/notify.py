@@ -32,7 +32,6 @@ import array
 import asyncio
 import os
 import re
-import secrets
 import socket
 import stat
 import struct
@@ -211,7 +210,8 @@ class NotifySockets:
             sock, inode = _bind_file(path, owner_uid, owner_gid)
             return self._register(spawn_id, _Bound(sock, name, str(path), path, inode))
         for attempt in range(3):  # a random name taken already is vanishingly rare: retry, then give up
-            address = f"@supervise-{secrets.token_hex(12)}"
+            # os.urandom, as secrets.token_hex does, without the OpenSSL that secrets loads via hmac.
+            address = f"@supervise-{os.urandom(12).hex()}"
             try:
                 sock = _bind_abstract(address)
             except OSError:
@@ -403,7 +403,7 @@ def _file_name(name: str) -> str:
 
 
 def _temporary(path: Path) -> Path:
-    return path.with_name(f".{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{os.urandom(4).hex()}.tmp")
 
 
 def _fits(path: Path) -> bool:
