@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Cgroups", "kill_cgroup", "owner_name"]
+__all__ = ["Cgroups", "cgroup_pids", "kill_cgroup", "owner_name"]
 
 _CGROUP_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _SWEEP_PASSES = 5
@@ -177,7 +177,7 @@ def kill_cgroup(path: Path) -> set[int] | None:
     """SIGKILL all of a cgroup and its sub-cgroups; the pids it held, or None on failure."""
     if not path.is_dir():
         return None
-    pids = _cgroup_pids(path)
+    pids = cgroup_pids(path)
     try:
         # cgroup.kill (Linux 5.14+) kills the whole subtree atomically: a
         # process forking at that moment cannot slip out.
@@ -197,7 +197,7 @@ def _kill_cgroup_by_pids(path: Path) -> set[int] | None:
     signalled: set[int] = set()
     try:
         for _ in range(_SWEEP_PASSES):
-            pids = _cgroup_pids(path) - signalled
+            pids = cgroup_pids(path) - signalled
             if not pids:
                 break
             for pid in pids:
@@ -212,7 +212,8 @@ def _kill_cgroup_by_pids(path: Path) -> set[int] | None:
     return signalled if path.is_dir() else None
 
 
-def _cgroup_pids(path: Path) -> set[int]:
+def cgroup_pids(path: Path) -> set[int]:
+    """Every process in the cgroup at `path` and the cgroups below it (empty where unreadable)."""
     pids: set[int] = set()
     for dirpath, _, _ in os.walk(path):
         try:

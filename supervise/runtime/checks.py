@@ -75,13 +75,15 @@ class InstanceChecks:
         self._main_pid[spawn_id] = pid
         self.prober.start_readiness(spawn_id, app, index)
 
-    def adopted(self, spawn_id: int, pid: int, app: AppConfig, index: int, environ: Mapping[str, str]) -> None:
+    def adopted(self, spawn_id: int, pid: int, app: AppConfig, index: int,
+                environ: Callable[[int], Mapping[str, str]]) -> None:
         """A worker a previous daemon started: its notify socket is bound again at the path its
         environment names (what it said while no daemon listened is lost: a `READY=1` among it is why
         an adopted instance still starting gets its readiness probe, and a notify one its start_timeout)."""
         self._main_pid[spawn_id] = pid
-        address = environ.get(NOTIFY_ENV)
-        if app.readiness is Readiness.NOTIFY and address:
+        # Its environment is read (from /proc) only for a notify app: adopting thousands reads none.
+        address = environ(pid).get(NOTIFY_ENV) if app.readiness is Readiness.NOTIFY else None
+        if address:
             try:
                 self._sockets().reopen(spawn_id, f"{app.name}:{index}", address)
             except (OSError, ValueError) as exc:

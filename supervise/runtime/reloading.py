@@ -15,7 +15,7 @@ from supervise.runtime.listeners import Listeners
 from supervise.runtime.log import Log
 
 
-def reread(current: Config, listeners: Listeners, bind: bool, log: Log | None = None) -> Config:
+def reread(current: Config, listeners: Listeners, bind: bool, log: Log) -> Config:
     """The config file as it is now; ConfigError or ListenError (nothing changed) when it cannot be run."""
     new = loader.load(current.path)
     if new.supervise.state_dir != current.supervise.state_dir:
@@ -25,8 +25,7 @@ def reread(current: Config, listeners: Listeners, bind: bool, log: Log | None = 
         for app in new.apps.values():
             for address in app.listen:
                 for note in listeners.bind(address, app.listen_option(address)):
-                    if log is not None:
-                        log.warning("a listen option is not applied", note=note)
+                    log.warning("a listen option is not applied", note=note)
     return new
 
 

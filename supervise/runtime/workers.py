@@ -26,6 +26,7 @@ import psutil
 from supervise.config.model import AppConfig
 from supervise.core import Adopt, Event, Exited, Spawn, Spawned, SpawnFailed
 from supervise.runtime import killing, limits, output, process
+from supervise.runtime.cgroups import cgroup_pids
 from supervise.runtime.checks import InstanceChecks
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.listeners import ListenError, Listeners
@@ -211,7 +212,7 @@ class WorkerTable:
             self.heartbeats.register(inherited.token, action.spawn_id, name)
             self.heartbeats.await_ready(action.spawn_id)  # harmless for a running one: Ready is then a no-op
         if self.checks is not None:
-            self.checks.adopted(action.spawn_id, action.pid, action.app, action.index, process.environ_of(action.pid))
+            self.checks.adopted(action.spawn_id, action.pid, action.app, action.index, process.environ_of)
         listen = action.app.listen if inherited.listen is None else inherited.listen
         if listen:
             self.listeners.take_over(pidfd, action.pid, tuple(listen))
@@ -246,16 +247,11 @@ class WorkerTable:
             procs = psutil.Process(worker.child.pid).children(recursive=True)
         except psutil.Error:
             procs = []
-        if worker.child.cgroup is not None:
+        for pid in cgroup_pids(worker.child.cgroup) if worker.child.cgroup is not None else ():
             try:
-                pids = (worker.child.cgroup / "cgroup.procs").read_text().split()
-            except OSError:
-                pids = []
-            for pid in pids:
-                try:
-                    procs.append(psutil.Process(int(pid)))
-                except (psutil.Error, ValueError):
-                    pass
+                procs.append(psutil.Process(pid))
+            except psutil.Error:
+                pass
         for proc in procs:
             if proc.pid in seen:
                 continue
