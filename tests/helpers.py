@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -48,11 +49,51 @@ def external_tool(*names: str, why: str) -> str:
     raise AssertionError("unreachable")  # pytest.skip raises
 
 
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class _PortPicker:
+    """Hands out loopback ports that were free a moment ago, never the same one twice in a run.
+
+    ``bind(0)`` draws from the kernel's ephemeral range, so two calls can return
+    the same port once the first probe socket is closed (CI once started an etcd
+    cluster whose members shared a peer port), and any outgoing connection may
+    take the port before the test binds it. So ports come from below the
+    ephemeral range, in order from a random start, and each is checked free.
+    """
+
+    def __init__(self) -> None:
+        low = 32768
+        try:
+            low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        self.low = 10000 if low > 20000 else 1024
+        self.high = low - 1 if low > 20000 else 65535
+        self.next = random.randint(self.low, self.high)
+        self.given: set[int] = set()
+
+    def __call__(self, count: int = 1) -> int:
+        """The first of ``count`` consecutive free ports (instances use port + index)."""
+        for _ in range(self.high - self.low + 1):
+            base = self.next
+            self.next = base + 1 if base + count <= self.high else self.low
+            run = range(base, base + count)
+            if base + count - 1 > self.high or any(p in self.given or not self._bindable(p) for p in run):
+                continue
+            self.given.update(run)
+            self.next = base + count if base + count <= self.high else self.low
+            return base
+        raise RuntimeError(f"no run of {count} free loopback ports left")
+
+    @staticmethod
+    def _bindable(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+
+free_port = _PortPicker()
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, message: str = "",

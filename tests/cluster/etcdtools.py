@@ -29,16 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import external_tool
+from helpers import external_tool, free_port
 
 START_TIMEOUT = 30.0  # generous: a loaded 2-core CI machine
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def etcd_binary() -> str:

@@ -9,7 +9,6 @@ failing liveness probe restarts one instance as `unhealthy` and leaves the other
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import textwrap
 import time
@@ -33,20 +32,7 @@ def set_status(path: Path, text: str) -> None:
 
 def free_ports(count: int) -> int:
     """A base port with `count` consecutive ports free a moment ago (instances use port + index)."""
-    for _ in range(100):
-        base = free_port()
-        if base + count < 65536 and all(_bindable(base + i) for i in range(count)):
-            return base
-    raise AssertionError("no run of free ports found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return free_port(count)
 
 
 def health(port: int) -> tuple[int, str]:
