@@ -10,6 +10,11 @@ a status field, and serves on the socket the daemon passes (LISTEN_FDS)
 instead of binding --port when there is one. On a drain request or SIGTERM
 it stops accepting, finishes the requests in flight, tells the daemon it has
 drained, and exits 0. Standalone, the heartbeat calls do nothing.
+
+With STARTUP_SECONDS it takes that long to start (a model to load, a cache to
+warm), which is what warm spares are for: run as a spare (``spares = N``), it
+starts, says it is ready, and waits for a slot without accepting anything;
+once promoted it serves at once, as the instance whose slot it took.
 """
 
 import argparse
@@ -103,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         time.sleep(delay)  # the "work"
         self.reply(200, {
-            "instance": os.environ.get("SUPERVISE_NAME", "standalone"),
+            "instance": self.server.hb.name or "standalone",  # type: ignore[attr-defined]
             "pid": os.getpid(),
             "path": self.path,
             "delay": delay,
@@ -138,9 +143,11 @@ def main() -> int:
     args = parser.parse_args()
 
     hb = Heartbeat.from_env()
+    time.sleep(float(os.environ.get("STARTUP_SECONDS", "0")))  # the slow start a spare has done already
     inflight = InFlight()
     passed = hb.listen_sockets()
     server = Server((args.host, args.port), Handler, inflight, passed[0] if passed else None)
+    server.hb = hb  # type: ignore[attr-defined]
     # SIGTERM (and Ctrl-C) mean the same as a drain request. The handler only
     # sets an event: the main thread sits in serve_forever() and never waits
     # on that event itself, so setting it here cannot deadlock on its lock.
@@ -154,6 +161,13 @@ def main() -> int:
     print(f"listening on http://{host}:{port} ({origin}) as pid {os.getpid()}", flush=True)
     hb.ready(inflight=0)
     hb.start()
+    if hb.spare:  # started and ready, but serving nothing until it takes a slot
+        print(f"spare {hb.name}: waiting for a slot", flush=True)
+        if hb.wait_for_slot() is None:
+            print("stopped as a spare", flush=True)
+            hb.close()
+            return 0
+        print(f"promoted: now {hb.name}", flush=True)
 
     server.serve_forever(poll_interval=0.1)  # how often it checks for shutdown(): bounds the drain's start
     server.server_close()  # stop accepting: new connections go to the other instances

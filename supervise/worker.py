@@ -11,6 +11,10 @@ beats with status fields, the drain handshake, and sockets passed by the daemon.
         finish_in_flight_work()
         hb.drained()
 
+A warm spare (``SUPERVISE_ROLE=spare``) starts the same way, then waits for
+its slot before it takes any work: ``slot = hb.wait_for_slot()`` (None: the
+spare is being stopped, exit).
+
 It imports only the standard library and ``supervise.wire.protocol``; pyzmq is
 imported on the first call that sends, so a standalone (inert) run neither
 pays for nor needs it. The wire format is ``protocol.encode_heartbeat``.
@@ -25,12 +29,13 @@ import socket
 import threading
 import time
 import warnings
+from collections import namedtuple
 from collections.abc import Callable, Mapping
 from types import ModuleType
 
 from supervise.wire import protocol
 
-__all__ = ["Heartbeat", "listen_fds"]
+__all__ = ["Heartbeat", "Slot", "listen_fds"]
 
 DEFAULT_INTERVAL = 1.0
 SEND_HWM = 4  # messages queued towards a connected but busy daemon; beats past it are dropped
@@ -39,6 +44,12 @@ RECONNECT_MS = 50  # how often a worker retries a daemon that is not (yet, or an
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
 FENCED_EXIT = 75  # EX_TEMPFAIL: the exit status of a singleton whose fencing deadline passed
 FENCE_HOOK_TIME = 0.2  # seconds on_fenced gets before the process exits regardless
+
+# A namedtuple, not a dataclass or typing.NamedTuple: every worker imports this module, and
+# neither dataclasses nor typing is otherwise imported (protocol.py says what they cost).
+Slot = namedtuple("Slot", "name index port")
+Slot.__doc__ = """Where an instance serves: its ``name`` (``web:2``), its ``index`` in its app
+(None when unknown) and its own ``port`` (None when its app has no ``port`` key)."""
 
 
 class Heartbeat:
@@ -78,6 +89,20 @@ class Heartbeat:
     a daemon connected but not reading. The context is private, so closing
     it cannot disturb the worker's own ZeroMQ use.
 
+    **Spares.** An app with ``spares = N`` keeps N extra instances started,
+    ready and idle (``SUPERVISE_ROLE=spare``: ``spare`` is True, ``index``
+    and ``port`` are None, ``promoted`` is not set). When an active instance
+    dies, the daemon promotes a spare into its slot with a ``promote``
+    message; the I/O thread takes the slot's name, index and port, beats at
+    once under the new name, sets ``promoted`` and wakes ``wait_for_slot()``.
+    Until then a spare must not accept work: load and warm up, then call
+    ``wait_for_slot()`` (it says ``ready()`` if the worker has not), and only
+    when it returns a Slot call ``listen_sockets()`` and accept, or bind
+    ``slot.port`` for an app with a ``port``. None means the spare is being
+    stopped (``draining`` is set): exit. For an active instance, and in
+    inert mode, ``wait_for_slot()`` returns the slot at once, so the same
+    code runs either way.
+
     **Fork safety.** Create the Heartbeat in the process that reports. A
     ZeroMQ context does not survive ``fork()`` (its threads are not copied),
     so in a forked child every call on the parent's Heartbeat is ignored;
@@ -87,7 +112,8 @@ class Heartbeat:
     def __init__(self, endpoint: str | None = None, name: str = "", token: str = "",
                  interval: float = DEFAULT_INTERVAL, environ: Mapping[str, str] | None = None,
                  fencing_token: int | None = None, fencing_deadline: float | None = None,
-                 on_fenced: Callable[[], object] | None = None) -> None:
+                 on_fenced: Callable[[], object] | None = None, *, index: int | None = None,
+                 port: int | None = None, spare: bool = False) -> None:
         """Prefer ``from_env()``. ``environ`` holds the LISTEN_* variables for ``listen_sockets()``.
 
         **Fencing (cluster singletons).** ``fencing_token`` is this placement's token
@@ -100,14 +126,24 @@ class Heartbeat:
         Then ``on_fenced`` (if set) is called, given at most ``FENCE_HOOK_TIME``
         seconds, and the process exits with status ``FENCED_EXIT`` (75) through
         ``os._exit``: no cleanup that could outlast the lease.
+
+        ``index`` and ``port`` (``SUPERVISE_INSTANCE``, ``SUPERVISE_PORT``) are the slot's;
+        ``spare`` (``SUPERVISE_ROLE=spare``) makes this a spare waiting for a slot (ignored
+        in inert mode: with no daemon to promote it, a program runs as it would standalone).
         """
         if not (math.isfinite(interval) and interval > 0):
             raise ValueError(f"supervise.worker: interval must be a positive number of seconds, got {interval!r}")
         self.active = bool(endpoint and name and token)
         self.endpoint = endpoint
         self.name = name
+        self.index = index
+        self.port = port
+        self.spare = spare and self.active
         self.interval = interval
-        self.draining = threading.Event()
+        self.draining: threading.Event = _Flag(self._wake_waiters)
+        self.promoted = threading.Event()
+        if not self.spare:
+            self.promoted.set()
         self._token = token
         self._environ = dict(environ or {})  # for listen_sockets()
         self._pid = os.getpid()
@@ -120,6 +156,8 @@ class Heartbeat:
         self._channel: _Channel | None = None
         self._opening = False
         self._listen: list[socket.socket] | None = None
+        self._slot_changed = threading.Condition(self._lock)  # promoted, draining or closed
+        self._async_waiters: list[Callable[[], None]] = []  # wake each wait_for_slot_async, from any thread
         self.fencing_token = fencing_token
         self.on_fenced = on_fenced
         self._guard: _FenceGuard | None = None
@@ -133,9 +171,16 @@ class Heartbeat:
         """When this singleton stops unless the daemon extends it (monotonic seconds); None: no guard."""
         return None if self._guard is None else self._guard.deadline
 
+    @property
+    def slot(self) -> Slot:
+        """The slot this instance serves now (name, index, port); a spare's changes at promotion."""
+        with self._lock:
+            return Slot(self.name, self.index, self.port)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Heartbeat:
         """The Heartbeat described by the ``SUPERVISE_*`` variables, inert without them."""
+        spare = environ.get(protocol.ENV_ROLE) == protocol.ROLE_SPARE
         return cls(
             endpoint=environ.get(protocol.ENV_HEARTBEAT) or None,
             name=environ.get(protocol.ENV_NAME, ""),
@@ -144,10 +189,13 @@ class Heartbeat:
             environ={k: v for k, v in environ.items() if k.startswith("LISTEN_")},
             fencing_token=_fencing_token(environ.get(protocol.ENV_FENCING_TOKEN)),
             fencing_deadline=_deadline(environ.get(protocol.ENV_FENCING_DEADLINE)),
+            index=None if spare else _decimal(environ.get(protocol.ENV_INSTANCE), 0, 10**9),
+            port=None if spare else _decimal(environ.get(protocol.ENV_PORT), 1, 65535),
+            spare=spare,
         )
 
     def __repr__(self) -> str:
-        mode = f"{self.name} -> {self.endpoint}" if self.active else "inert"
+        mode = f"{self.name}{' (spare)' if self.spare else ''} -> {self.endpoint}" if self.active else "inert"
         return f"<Heartbeat {mode} every {self.interval}s>"
 
     def ready(self, **status: str | float | None) -> None:
@@ -173,6 +221,65 @@ class Heartbeat:
                 self._wake()
         return self
 
+    def wait_for_slot(self, timeout: float | None = None) -> Slot | None:
+        """Block until this spare is promoted, and return its Slot; at once for an active
+        instance or in inert mode. None when ``timeout`` seconds pass first, or when the
+        daemon asks the spare to drain (it is being stopped: exit), or after ``close()``.
+
+        A spare must be ready to be promoted, so this says ``ready()`` unless the worker
+        has; the I/O thread receives the promotion and wakes this call directly.
+        """
+        if os.getpid() != self._pid:
+            return None if self.spare else self.slot  # a forked child: nobody will promote it
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if self._unsettled():
+                self._await_promotion()
+            while self._unsettled():
+                if deadline is None:
+                    self._slot_changed.wait()
+                elif (left := deadline - time.monotonic()) > 0:
+                    self._slot_changed.wait(left)
+                else:
+                    break
+            return self._outcome()
+
+    async def wait_for_slot_async(self, timeout: float | None = None) -> Slot | None:
+        """``wait_for_slot()`` for asyncio: the I/O thread resolves a future on this loop,
+        so the wait neither blocks the loop nor holds a thread. Cancellable."""
+        import asyncio  # deferred: a coroutine calling this has it imported already
+
+        if os.getpid() != self._pid:
+            return None if self.spare else self.slot
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def resolve() -> None:  # on the loop
+            if not future.done():  # timed out, cancelled or woken already
+                future.set_result(None)
+
+        def waiter() -> None:  # on the I/O thread (or whichever sets draining or closes)
+            try:
+                loop.call_soon_threadsafe(resolve)
+            except RuntimeError:
+                pass  # the loop is closed: nobody awaits the future any more
+
+        with self._lock:
+            if not self._unsettled():
+                return self._outcome()
+            self._await_promotion()
+            self._async_waiters.append(waiter)
+        timer = None if timeout is None else loop.call_later(max(0.0, timeout), resolve)
+        try:
+            await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                self._async_waiters.remove(waiter)
+        with self._lock:
+            return self._outcome()
+
     def close(self) -> None:
         """Stop beating and close the socket, first giving a pending ready or
         drained up to ``LINGER`` seconds to leave. Idempotent."""
@@ -182,6 +289,7 @@ class Heartbeat:
             if self._closed:
                 return
             self._closed = True
+            self._wake_waiters()  # a spare closed while waiting will never be promoted
             channel = self._channel
             if channel is None:
                 return
@@ -226,6 +334,42 @@ class Heartbeat:
             if kind not in self._outbox:  # coalesce: a queued message is encoded with the latest status
                 self._outbox.append(kind)
             self._wake()
+
+    # -- spares ----------------------------------------------------------------------
+
+    def _unsettled(self) -> bool:
+        """A spare that may still be promoted (caller holds the lock)."""
+        return self.spare and not self._closed and not self.draining.is_set()
+
+    def _outcome(self) -> Slot | None:
+        """What a wait returns once it ends: the slot if promoted, else None (caller holds the lock)."""
+        return None if self.spare else Slot(self.name, self.index, self.port)
+
+    def _await_promotion(self) -> None:
+        """Ready to be promoted: say ready unless said, and have the I/O thread running to
+        hear the promotion (caller holds the lock)."""
+        if not (self._said_ready or "ready" in self._outbox):
+            self._post("ready", {})
+        else:
+            self._wake()
+
+    def _promote(self, name: str, index: int, port: int | None) -> bool:
+        """For the I/O thread, with the lock held: take the slot. False (nothing
+        changes) unless this is a spare not yet promoted."""
+        if not self.spare or self._closed:
+            return False
+        self.name, self.index, self.port = name, index, port
+        self.spare = False  # from here every message is encoded with the new name
+        return True
+
+    def _wake_waiters(self) -> None:
+        """Wakes every wait_for_slot(): promoted, draining or closed. Takes the lock."""
+        if os.getpid() != self._pid:
+            return  # a forked child: ``draining.set()`` must not take a lock held at fork()
+        with self._lock:
+            self._slot_changed.notify_all()
+            for waiter in self._async_waiters:
+                waiter()
 
     def _wake(self) -> None:
         """Wakes the I/O thread, starting it on first use (caller holds the lock)."""
@@ -332,7 +476,7 @@ class _Channel:
                 if periodic:  # a daemon (maybe a new one) is there: tell it at once we are alive
                     next_beat = None
             if events.get(self._dealer, 0) & zmq.POLLIN:
-                self._receive()
+                self._receive(held)
             if events.get(self._dealer, 0) & zmq.POLLOUT:
                 self._flush(held)
         self._close(held)
@@ -368,7 +512,7 @@ class _Channel:
         while self._wake_r.poll(0):
             self._wake_r.recv()
 
-    def _receive(self) -> None:
+    def _receive(self, held: list[bytes]) -> None:
         zmq = self._zmq
         while True:
             try:
@@ -386,6 +530,26 @@ class _Channel:
                     self._owner._guard.extend(protocol.decode_fence(frames))
                 except protocol.ProtocolError:
                     continue
+            elif kind == "promote":
+                self._promote(frames, held)
+
+    def _promote(self, frames: list[bytes], held: list[bytes]) -> None:
+        """Take the slot, tell the daemon under the new name at once, then wake the waiters.
+
+        All under the owner's lock, so that a waiter sees the promotion complete. The beat
+        is delivered like a ready (held, not dropped, if it cannot leave now): it is what
+        tells the daemon the spare has taken over."""
+        try:
+            name, index, port = protocol.decode_promote(frames)
+        except protocol.ProtocolError:
+            return
+        owner = self._owner
+        with owner._lock:
+            if not owner._promote(name, index, port):
+                return  # not a spare (any more): a duplicate or a stray message
+            self._deliver("promote", owner._encode("beat"), held)
+            owner.promoted.set()
+            owner._wake_waiters()
 
     def _close(self, held: list[bytes]) -> None:
         zmq = self._zmq
@@ -460,6 +624,27 @@ class _FenceGuard:
             runner.start()
             runner.join(FENCE_HOOK_TIME)  # the hook's budget: the lease will not wait for it
         os._exit(FENCED_EXIT)
+
+
+class _Flag(threading.Event):
+    """``draining``: an Event that also wakes ``wait_for_slot()`` when set, by the
+    daemon's drain message or by the worker's own code (a SIGTERM handler)."""
+
+    def __init__(self, on_set: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_set = on_set
+
+    def set(self) -> None:
+        super().set()
+        self._on_set()
+
+
+def _decimal(text: str | None, low: int, high: int) -> int | None:
+    """A decimal integer from ``low`` to ``high``, None for anything else (absent, junk, out of range)."""
+    if not (text and text.isascii() and text.isdigit() and len(text) <= 10):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
 
 
 def _fencing_token(text: str | None) -> int | None:

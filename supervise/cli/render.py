@@ -258,6 +258,11 @@ def _replaced(e: Mapping[str, object]) -> _Words:
             "good")
 
 
+def _promoted(e: Mapping[str, object]) -> _Words:
+    old = f", pid {e['old_pid']} stopping" if e.get("old_pid") else ""
+    return str(e["name"]), f"spare {e['spare']} promoted, pid {e['pid']} ({e['reason']}{old})", "good"
+
+
 def _config(e: Mapping[str, object]) -> _Words:
     changes = e.get("changes") or []
     listed = ", ".join(f"{c['app']} {c['action']}" for c in changes)  # type: ignore[attr-defined]
@@ -356,6 +361,6 @@ def _value(v: object) -> str:
 
 _WORDS: Mapping[str, Callable[[Mapping[str, object]], _Words]] = {
     "state": _state, "removed": _removed, "scaled": _scaled, "daemon": _daemon, "rollout": _rollout,
-    "replaced": _replaced, "config": _config, "app": _app, "chaos": _chaos, "watch": _watch,
+    "replaced": _replaced, "promoted": _promoted, "config": _config, "app": _app, "chaos": _chaos, "watch": _watch,
     "output": _output, "checkpoint": _checkpoint, "budget": _budget, "cluster": _cluster,
 }

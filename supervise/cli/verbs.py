@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from supervise.config.locate import locate_state_dir
 from supervise.control.api import Client
@@ -372,9 +373,15 @@ def cmd_logs(args: SimpleNamespace) -> None:
     lines = args.lines if args.lines is not None or since is not None else LOG_LINES
     result = _client(args).status_json(args.target)
     paths = StatePaths(locate_state_dir(args.config))
-    files = [(inst["name"], paths.log_file(app["name"], inst["index"]))
-             for app in result["apps"] for inst in app["instances"]]
+    files = [(inst["name"], _log_file(paths, app["name"], inst)) for app in result["apps"] for inst in app["instances"]]
     logs_view.show(files, lines=lines, follow=args.follow, since=since, grep=grep)
+
+
+def _log_file(paths: StatePaths, app: str, inst: dict[str, Any]) -> Path:
+    """An instance's log; a spare's (no index) by its number, the end of its name ``app:spare-N``."""
+    if inst.get("role") == "spare":
+        return paths.log_file(app, int(inst["name"].rpartition("-")[2]), spare=True)
+    return paths.log_file(app, inst["index"])
 
 
 def _client(args: SimpleNamespace) -> Client:

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from supervise.config import cluster, commands, dotenv, includes, listen, probes, runas
+from supervise.config import cluster, commands, dotenv, includes, listen, probes, runas, spares
 from supervise.config import units as units
 from supervise.config.errors import ConfigError, Problem
 from supervise.config.hints import FOREIGN_APP_KEYS
@@ -209,6 +209,7 @@ def _app(apps: Table, name: str, raw: Any, base: Path) -> AppConfig | None:
     )
     _check_ports(table, app)
     _check_recycling(table)
+    spares.check(table, app)
     _warnings(table, app)
     return app
 
@@ -241,6 +242,7 @@ def _app_converters(base: Path) -> dict[str, Callable[[Any], Any]]:
         "constraints": cluster.labels,
         "spread": cluster.label_key,
         "rlimits": _rlimits,
+        "spares": partial(units.integer, lo=0, hi=spares.MAX_SPARES),
     }
 
 

@@ -199,6 +199,7 @@ class AppConfig:
     shell: bool = False  # run `command` (one string) through /bin/sh -c
     max_age: float | None = None  # recycle an instance running longer, successor first
     max_age_jitter: float = 0.0  # each instance's age limit is max_age + uniform(0, jitter)
+    spares: int = 0  # warm spares: started, ready and idle, promoted into a slot whose restart is due
 
     def listen_option(self, address: str) -> ListenOptions:
         return self.listen_options.get(address, DEFAULT_LISTEN_OPTIONS)

@@ -41,11 +41,13 @@ class LastExit:
 @dataclass(frozen=True, slots=True)
 class InstanceStatus:
     """One instance, as a row of `status --json`. Figures the daemon has not measured
-    (or not for a process that is not live) are None. ``role``: None for the serving
-    instance of its slot; ``new`` or ``old`` for one beside it during a replacement."""
+    (or not for a process that is not live) are None. ``role``: ``active`` for the serving
+    instance of its slot (None from a daemon older than spares), ``spare`` for a warm spare
+    (whose ``index`` is None: it has no slot yet), ``new`` or ``old`` for one beside a slot
+    during a replacement."""
 
     name: str
-    index: int
+    index: int | None
     state: str
     pid: int | None
     restarts: int
@@ -86,12 +88,15 @@ class AppStatus:
     instances: tuple[InstanceStatus, ...]
     replacing: tuple[InstanceStatus, ...] = ()
     raw: JSONObject = field(default_factory=dict, repr=False, compare=False)
+    spares: tuple[InstanceStatus, ...] = ()  # warm spares (``spares = N``), started and ready, serving nothing yet
 
     @classmethod
     def from_json(cls, data: JSONObject) -> AppStatus:
+        rows = [InstanceStatus.from_json(i) for i in data.get("instances", ())]
         return cls(name=data["name"], target=data.get("target"), generation=data.get("generation"),
-                   instances=tuple(InstanceStatus.from_json(i) for i in data.get("instances", ())),
-                   replacing=tuple(InstanceStatus.from_json(i) for i in data.get("replacing", ())), raw=data)
+                   instances=tuple(i for i in rows if i.role != "spare"),
+                   replacing=tuple(InstanceStatus.from_json(i) for i in data.get("replacing", ())), raw=data,
+                   spares=tuple(i for i in rows if i.role == "spare"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from supervise.core.actions import (
     Exit,
     KillTree,
     Notify,
+    PromoteSpare,
     Publish,
     ReleaseListeners,
     Reply,
@@ -58,7 +59,8 @@ from supervise.core.views import View
 __all__ = [
     "Action", "Adopt", "Adopted", "AppRecord", "Beat", "Cause", "Checkpoint", "CommandReceived", "Core",
     "DaemonStarted", "DeadlineReached", "Drained", "EndChaos", "Event", "Exit", "Exited", "FilesChanged", "Healthy",
-    "KillTree", "Notify", "Publish", "Ready", "Recovered", "ReleaseListeners", "Reply", "Resample", "Role", "Sampled",
+    "KillTree", "Notify", "PromoteSpare", "Publish", "Ready", "Recovered", "ReleaseListeners", "Reply", "Resample",
+    "Role", "Sampled",
     "SendDrain", "ServiceState", "ShutdownRequested", "Signal", "SignalTree", "Spawn", "SpawnFailed", "Spawned",
     "StopStray", "Unhealthy", "Verb", "View",
 ]

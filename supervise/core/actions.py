@@ -25,6 +25,17 @@ class Spawn:
     index: int
     fencing_token: int | None = None  # a cluster instance's SUPERVISE_FENCING_TOKEN
     fencing_deadline: float | None = None  # a singleton's: monotonic time it must stop by unless extended
+    spare: bool = False  # a warm spare: ``index`` numbers it among the app's spares, it has no slot yet
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteSpare:
+    """The spare running as ``spawn_id`` is instance ``index`` of ``app`` from now on: tell it (over the
+    heartbeat channel), and give it that instance's name, log and heartbeat identity."""
+
+    spawn_id: int
+    app: AppConfig
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,7 @@ class Adopt:
     pid: int
     app: AppConfig
     index: int
+    spare: bool = False  # a warm spare, numbered ``index`` among the app's spares
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,4 +168,5 @@ class Exit:
 
 
 Action = (Spawn | Adopt | Signal | SignalTree | KillTree | SendDrain | StopStray | Resample | Reply | Publish
-          | Checkpoint | Notify | ReleaseListeners | EndChaos | Exit | ExtendFence | ScaleCluster)
+          | Checkpoint | Notify | ReleaseListeners | EndChaos | Exit | ExtendFence | ScaleCluster
+          | PromoteSpare)

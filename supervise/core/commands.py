@@ -91,6 +91,9 @@ class Commands:
         for app_name, index in keys:
             group = groups[app_name]
             actions += group.operate(group.slots[index], OPERATOR_INPUT[cmd.verb], now)
+        if cmd.verb is Verb.RESTART:  # a whole app restarted: its spares too (stop and start follow the slots)
+            for app_name in dict.fromkeys(t for t in cmd.targets if ":" not in t and t in groups):
+                actions += groups[app_name].restart_spares(now)
         self._add_waiter(Waiter(cmd.request_id, cmd.verb, frozenset(keys), spawn_ids, since=now), cmd.timeout, now)
         return actions
 

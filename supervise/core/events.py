@@ -43,6 +43,7 @@ class Role(StrEnum):
     SLOT = "slot"  # the serving instance of its index
     SUCCESSOR = "successor"  # a new one starting beside it
     RETIRING = "retiring"  # a replaced one, its process stopping
+    SPARE = "spare"  # a warm spare (its index numbers it among the app's spares)
 
 
 @dataclass(frozen=True, slots=True)

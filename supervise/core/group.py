@@ -9,6 +9,14 @@ serving one; once ready it is promoted into the slot and the old one
 it is ready is dropped, and a rollout it belonged to fails: the slots not
 yet replaced keep the old generation.
 
+An app with ``spares`` also keeps that many *warm spares*: instances started
+and ready but idle, outside the slots. A restart that is due (after a crash,
+or one the supervisor decides on) *promotes* a ready spare of the slot's
+generation into the slot instead of starting a process: the spare takes the
+slot's index and history, is told so (``PromoteSpare``), and a new spare
+starts behind it. Backoff and the crash-loop breaker pace promotions exactly
+as they pace restarts, since they are the slot's.
+
 The group also keeps the app's disruption budget (``max_unavailable``): the
 restarts the supervisor decides on (hung, memory, max_processes) and a
 rollout's stop-first steps may have at most that many slots *disrupted* at
@@ -23,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from supervise.config.model import AppConfig
-from supervise.core.actions import Action
+from supervise.core.actions import Action, PromoteSpare
 from supervise.core.events import Cause
 from supervise.core.instance import (
     DISRUPTIONS,
@@ -40,6 +48,7 @@ from supervise.core.instance import (
     Proceed,
     RecycleLater,
     State,
+    never,
 )
 from supervise.core.registry import Registry
 from supervise.core.rollout import Rollout, RolloutState
@@ -67,6 +76,8 @@ class AppGroup:
     assigned: dict[int, int] | None = None
     held: frozenset[int] = frozenset()
     waiting: list[Instance] = field(default_factory=list)  # restarts held by the disruption budget, oldest first
+    spares: dict[int, Instance] = field(default_factory=dict)  # warm spares by number, 0 .. config.spares - 1
+    halted: bool = False  # stopped for good (a shutdown): no spare comes back
 
     @property
     def name(self) -> str:
@@ -77,6 +88,7 @@ class AppGroup:
         yield from self.slots.values()
         yield from self.successors.values()
         yield from self.retiring
+        yield from self.spares.values()
 
     @property
     def rolling(self) -> bool:
@@ -86,7 +98,7 @@ class AppGroup:
     def busy(self) -> bool:
         """Anything for ``advance`` to do."""
         return bool(self.successors or self.retiring or self.rolling or self.removed or self.deferred
-                    or self.waiting)
+                    or self.waiting or self.spares or self.config.spares)
 
     def up(self) -> bool:
         """Every slot is there and running (none due a restart the budget holds): apps that depend on
@@ -122,18 +134,24 @@ class AppGroup:
             inst.fence = self.slots[index].fence
         return self.registry.track(inst)
 
+    def new_spare(self, number: int) -> Instance:
+        return self.registry.track(Instance(self.config, number, self.generation, spare=True))
+
     # -- feeding one instance -------------------------------------------------------
 
     def feed(self, inst: Instance, event: Input, now: float) -> list[Action]:
         if inst.generation in self.abandoned and (inst.spawn_id is None or isinstance(event, Died | ForkFailed)):
             self._leave_abandoned(inst)  # its process is gone (or going): its next start runs what works
         asked_replacement = inst.replace_for is None
-        held = inst.held
-        actions = self.registry.step(inst, event, now, self._budget_for(inst))
+        held, before, before_exit = inst.held, inst.state, inst.last_exit
+        spare_ready = partial(self._spare_ready_for, inst) if self.spares else never
+        actions = self.registry.step(inst, event, now, self._budget_for(inst), spare_ready)
         if asked_replacement and inst.replace_for is not None:
             actions += self._replace_first(inst, inst.replace_for, now)
         if inst.held is not held:
             actions.append(self._hold_changed(inst, held))
+        if inst.wants_spare:
+            actions += self._promote_spare(inst, before, inst.last_exit is not before_exit, now)
         return actions + self._retire_if_surplus(inst)
 
     def _leave_abandoned(self, inst: Instance) -> None:
@@ -142,6 +160,7 @@ class AppGroup:
         inst.config, inst.generation = self.abandoned[inst.generation]
 
     def halt_all(self, now: float) -> list[Action]:
+        self.halted = True
         actions: list[Action] = []
         for inst in list(self.instances()):
             actions += self.feed(inst, Halt(ExitReason.STOPPED), now)
@@ -170,7 +189,7 @@ class AppGroup:
                 actions += self._retire_if_surplus(inst)
             else:  # also a stopping one, to cancel a pending restart
                 actions += self.feed(inst, Halt(ExitReason.STOPPED), now)
-        return actions
+        return actions + self._keep_spares(now)
 
     def launch(self, inst: Instance, now: float) -> list[Action]:
         """Start `inst`; a singleton's waits until no other process of its slot lives (a rollout's
@@ -343,9 +362,17 @@ class AppGroup:
     # -- replacements ------------------------------------------------------------------
 
     def _replace_first(self, inst: Instance, reason: ExitReason, now: float) -> list[Action]:
-        """Start a successor beside `inst`, which stops once that one is ready."""
+        """Promote a ready spare into `inst`'s slot, or start a successor beside `inst`; `inst`
+        stops once the new one serves."""
         if self.slots.get(inst.index) is not inst or inst.index in self.successors:
             return []  # a rollout's successor is already on its way for this slot
+        spare = self._ready_spare(inst)
+        if spare is not None:
+            return self._take_slot(spare, inst, reason, now)
+        if reason in (ExitReason.HUNG, ExitReason.UNHEALTHY) or (reason is ExitReason.MEMORY
+                                                                 and not inst.config.listen):
+            inst.replace_for = None  # asked for a spare that is not there after all: in place, as without one
+            return self.feed(inst, Halt(reason), now)
         return self._start_successor(inst.index, inst.config, inst.generation, reason, now)
 
     def _start_successor(self, index: int, config: AppConfig, generation: int, purpose: ExitReason,
@@ -379,7 +406,7 @@ class AppGroup:
             for old in [i for i in self.retiring if i.state is State.STOPPED]:
                 self.retiring.remove(old)
                 self.registry.untrack(old)
-                heir = self.slots.get(old.index)
+                heir = None if old.spare else self.slots.get(old.index)
                 if heir is not None and heir.last_exit is not None and heir.last_exit.code is None \
                         and heir.last_exit.signal is None and heir.last_exit.reason is old.stop_reason:
                     heir.last_exit = old.last_exit  # now with the code or signal it ended with
@@ -389,6 +416,8 @@ class AppGroup:
                 progressed |= self._step_rollout(now, actions)
         if self.deferred:
             actions += self._launch_deferred(now)
+        if self.spares or self.config.spares:
+            actions += self._keep_spares(now)
         return actions
 
     def _promote(self, index: int, succ: Instance, now: float) -> list[Action]:
@@ -456,6 +485,110 @@ class AppGroup:
         if old is not None:
             old.replace_for = None
         return self.feed(succ, Halt(ExitReason.STOPPED), now)
+
+    # -- warm spares -------------------------------------------------------------------
+
+    def _spares_wanted(self) -> int:
+        """config.spares while the app runs: not while it waits, is stopped or is going away."""
+        if not self.config.spares or self.halted or self.removed:
+            return 0
+        runs = any(inst.state is not State.STOPPED or inst.then_start or inst.wants_spare
+                   for index, inst in self.slots.items() if self.wanted(index))
+        return self.config.spares if runs else 0
+
+    def _keep_spares(self, now: float) -> list[Action]:
+        """Start the missing spares; retire those beyond the count, and (outside a rollout) those of
+        an older generation: a new generation's spares run the new generation."""
+        wanted = self._spares_wanted()
+        actions: list[Action] = []
+        for number, spare in list(self.spares.items()):
+            if number < wanted and (spare.generation == self.generation or self.rolling):
+                continue
+            del self.spares[number]
+            if spare.state is State.STOPPED:
+                self.registry.untrack(spare)
+                continue
+            spare.retired = True
+            self.retiring.append(spare)
+            actions += self.feed(spare, Halt(ExitReason.STOPPED), now)
+        for number in range(wanted):
+            if number not in self.spares:
+                self.spares[number] = spare = self.new_spare(number)
+                actions += self.feed(spare, Launch(), now)
+        return actions
+
+    def restart_spares(self, now: float) -> list[Action]:
+        """An operator's `restart APP`: its spares start afresh too, or they would run the code
+        the app ran before (a `reload` replaces them as a new generation)."""
+        actions: list[Action] = []
+        for spare in list(self.spares.values()):
+            actions += self.feed(spare, Halt(ExitReason.STOPPED, then_start=True), now)
+        return actions
+
+    def _ready_spare(self, inst: Instance) -> Instance | None:
+        """The spare that would take `inst`'s slot now: the lowest-numbered running one of the slot's
+        generation. None for anything but a wanted slot's own instance with no successor on the way."""
+        if (not self.spares or inst.spare or self.slots.get(inst.index) is not inst or inst.index in self.successors
+                or not self.wanted(inst.index)):
+            return None
+        for number in sorted(self.spares):
+            spare = self.spares[number]
+            if (spare.state is State.RUNNING and spare.generation == inst.generation and spare.held is None
+                    and spare.replace_for is None and not spare.retired):
+                return spare
+        return None
+
+    def _spare_ready_for(self, inst: Instance) -> bool:
+        return self._ready_spare(inst) is not None
+
+    def _promote_spare(self, old: Instance, before: State, exited: bool, now: float) -> list[Action]:
+        """`old` is stopped, its restart due and counted (``wants_spare``): a ready spare takes its slot.
+        `before`: the slot's state before this step, `exited`: its process ended in it (its state event
+        was not published: the slot goes from `before` to running in one event that says it was a
+        promotion, with the exit if there was one)."""
+        old.wants_spare = False
+        spare = self._ready_spare(old)
+        assert spare is not None, f"{old.name}: a spare was promised and is gone"  # asked in this very step
+        return self._take_slot(spare, old, old.last_exit.reason if old.last_exit else ExitReason.CRASHED, now,
+                               before, exited)
+
+    def _take_slot(self, spare: Instance, old: Instance, reason: ExitReason, now: float,
+                   before: State | None = None, exited: bool = False) -> list[Action]:
+        """Promote `spare` into `old`'s slot. The slot's history goes with it (restarts, the backoff's
+        failures, the crash-loop breaker), and it counts as running in the slot from now: a
+        promoted spare that crashes at once is the slot crashing again. An `old` still running (hung,
+        unhealthy, over its memory, due a recycle) is retired and stopped beside it."""
+        del self.spares[spare.index]
+        spare_name, index, before = spare.name, old.index, old.state if before is None else before
+        spare.spare, spare.index, spare.fence = False, index, old.fence
+        spare.restarts, spare.reloads, spare.operator_restarts = old.restarts, old.reloads, old.operator_restarts
+        spare.failures, spare.breaker, spare.last_exit = old.failures, old.breaker, old.last_exit
+        spare.running_since = now
+        self.slots[index] = spare
+        actions: list[Action] = [PromoteSpare(spare.spawn_id, spare.config, index)] if spare.spawn_id else []
+        if old.state is State.STOPPED:  # its process is gone: the restart was counted already
+            self.registry.untrack(old)
+        else:  # a restart decided on while it runs: counted here, as the breaker would count it
+            spare.restarts += 1
+            spare.breaker.record_restart(now)
+            if reason in (ExitReason.HUNG, ExitReason.UNHEALTHY):
+                spare.failures += 1
+            spare.last_exit = LastExit(reason)
+            old.retired, old.replace_for = True, None
+            self.retiring.append(old)
+            actions += self.feed(old, Halt(reason), now)
+        actions.append(self.registry.publish({
+            "type": "promoted", "name": spare.name, "app": self.name, "index": index, "spare": spare_name,
+            "pid": spare.pid, "old_pid": old.pid, "reason": str(reason), "generation": spare.generation}))
+        # The slot runs again: said as any state change is, for whoever follows the slot by its name
+        # (after a crash, in this one event, with the exit: the slot was never seen without a process).
+        event: dict[str, object] = {
+            "type": "state", "name": spare.name, "app": self.name, "index": index, "from": str(before),
+            "to": str(spare.state), "pid": spare.pid, "generation": spare.generation, "promoted": spare_name}
+        if exited and old.last_exit is not None:
+            event["exit"] = old.last_exit.as_json()
+        actions.append(self.registry.publish(event))
+        return actions
 
     # -- rollouts ----------------------------------------------------------------------
 

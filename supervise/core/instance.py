@@ -42,7 +42,7 @@ __all__ = [
     "DISRUPTIONS", "FAILURE_REASONS", "LIVE_STATES", "BecameReady", "Context", "Died", "ExitReason", "ForkFailed",
     "Forked", "Halt", "Input", "Instance", "InvalidTransition", "LastExit", "Launch", "MemorySampled", "ProbeFailed",
     "ProbePassed", "Proceed", "RecycleLater", "ReportedDrained", "Resumed", "State", "TimerFired", "Unheard",
-    "record_if_idle", "step",
+    "never", "record_if_idle", "step",
 ]
 
 
@@ -110,6 +110,8 @@ class Instance:
     held_since: float | None = None
     unhealthy: str | None = None  # its liveness probe's last failure, while it fails
     recycle_at: float | None = None  # max_age: when it is replaced (successor first)
+    spare: bool = False  # a warm spare: `index` numbers it among the app's spares until it is promoted
+    wants_spare: bool = False  # its restart is due and a ready spare takes the slot (the group promotes it)
 
     @property
     def app(self) -> str:
@@ -117,7 +119,7 @@ class Instance:
 
     @property
     def name(self) -> str:
-        return f"{self.config.name}:{self.index}"
+        return f"{self.config.name}:spare-{self.index}" if self.spare else f"{self.config.name}:{self.index}"
 
 
 def _counter() -> Callable[[], int]:
@@ -127,6 +129,11 @@ def _counter() -> Callable[[], int]:
 def always() -> bool:
     """A disruption budget that always has room: an instance alone, outside any app (the tests of ``step``)."""
     return True
+
+
+def never() -> bool:
+    """No spare to promote: an app without spares, or an instance alone (the tests of ``step``)."""
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +146,9 @@ class Context:
     # Whether the app's disruption budget lets a restart the supervisor decides on take this instance
     # down now (asked only when one is due: it counts the app's instances).
     may_disrupt: Callable[[], bool] = always
+    # Whether a ready spare of the app could take this instance's slot now (asked only when a
+    # restart is due): the restart then promotes it instead of starting a process.
+    spare_ready: Callable[[], bool] = never
 
 
 def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
@@ -316,10 +326,10 @@ def step(inst: Instance, event: Input, ctx: Context) -> list[Action]:
             return _kill(inst)
         case State.BACKOFF, TimerFired():
             inst.restarts += 1
-            return _spawn(inst, ctx)
+            return _restart(inst, ctx)
         case State.FAILED, TimerFired():
             inst.restarts += 1
-            return _spawn(inst, ctx)  # the half-open try
+            return _restart(inst, ctx)  # the half-open try
 
         case State.STOPPED, Resumed(pid=pid, was=was) if inst.spawn_id is None:
             if pid is not None:
@@ -416,6 +426,11 @@ def _disrupt(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
     if inst.held is not None and DISRUPTIONS.index(inst.held) < DISRUPTIONS.index(reason):
         reason = inst.held  # the most urgent of what is due
     _unhold(inst)
+    if reason is not ExitReason.PROCESSES and _spare_at_once(inst, ctx):
+        # A ready spare takes the slot now, and this one stops beside it: the group sees
+        # replace_for set and promotes the spare (as it would start a successor).
+        inst.replace_for = reason
+        return []
     match reason:
         case ExitReason.HUNG | ExitReason.UNHEALTHY:
             return step(inst, Halt(reason), ctx)  # it serves nothing (well): no replacement first
@@ -428,17 +443,28 @@ def _disrupt(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
             inst.deadline = None
             return _kill(inst)
     if reason is ExitReason.MAX_AGE:
-        if inst.state is State.RUNNING and not inst.trial and ctx.app.surge() > 0:
+        if inst.state is State.RUNNING and not inst.trial and not inst.spare and ctx.app.surge() > 0:
             inst.replace_for = ExitReason.MAX_AGE  # successor first: the recycle takes nothing out of service
             return []
         # One that cannot have a successor beside it (a fixed {port}, a singleton): stopped, then started.
         return step(inst, Halt(ExitReason.MAX_AGE, then_start=True), ctx)
-    if ctx.app.listen and inst.state is State.RUNNING and not inst.trial and not ctx.app.singleton:
+    if ctx.app.listen and inst.state is State.RUNNING and not inst.trial and not inst.spare and not ctx.app.singleton:
         # Start the replacement first (the shared sockets let two serve one slot for a
         # moment): the core sees replace_for set and starts a successor, then stops this.
         inst.replace_for = ExitReason.MEMORY
         return []
     return step(inst, Halt(ExitReason.MEMORY), ctx)
+
+
+def _spare_at_once(inst: Instance, ctx: Context) -> bool:
+    """A restart decided on while the process still runs may promote a spare before this one has
+    stopped: unless the instances bind their own {port} (the old one holds it until it exits: the
+    spare is promoted then), or the crash-loop breaker would refuse this restart."""
+    if inst.spare or inst.trial or inst.state is not State.RUNNING:
+        return False
+    if ctx.app.port is not None and not ctx.app.listen:
+        return False
+    return inst.breaker.allows_restart(ctx.app.crash_loop, ctx.now) and ctx.spare_ready()
 
 
 def _proceed(inst: Instance, reason: ExitReason, ctx: Context) -> list[Action]:
@@ -511,7 +537,19 @@ def _reattach(inst: Instance, pid: int, resumed: Resumed, ctx: Context) -> list[
         inst.last_beat = ctx.now  # a full heartbeat_timeout to reconnect
         inst.recycle_at = _recycle_time(inst, ctx)
         inst.deadline = _running_deadline(inst, _heartbeat_due(inst, ctx))
-    return [Adopt(inst.spawn_id, pid, ctx.app, inst.index)]
+    return [Adopt(inst.spawn_id, pid, ctx.app, inst.index, inst.spare)]
+
+
+def _restart(inst: Instance, ctx: Context) -> list[Action]:
+    """A restart the supervisor decided on (paced by backoff and the breaker as always): a ready
+    spare takes the slot when there is one, else a new process starts. The instance is left
+    stopped with ``wants_spare`` set, and its group promotes the spare in its place."""
+    if not inst.spare and not inst.trial and ctx.spare_ready():
+        inst.state = State.STOPPED
+        inst.deadline = None
+        inst.wants_spare = True
+        return []
+    return _spawn(inst, ctx)
 
 
 def _spawn(inst: Instance, ctx: Context) -> list[Action]:
@@ -527,10 +565,12 @@ def _spawn(inst: Instance, ctx: Context) -> list[Action]:
     inst.replace_for = None
     inst.stop_by = None
     inst.unhealthy = inst.recycle_at = None
+    inst.wants_spare = False
     _unhold(inst)
     inst.spawn_id = ctx.new_spawn_id()
     inst.spawned_fence = inst.fence
-    return [Spawn(inst.spawn_id, ctx.app, inst.index, inst.fence, ctx.fence_at if ctx.app.singleton else None)]
+    return [Spawn(inst.spawn_id, ctx.app, inst.index, inst.fence, ctx.fence_at if ctx.app.singleton else None,
+                  inst.spare)]
 
 
 def _become_running(inst: Instance, ctx: Context) -> list[Action]:
@@ -590,7 +630,7 @@ def _after_exit(inst: Instance, last_exit: LastExit, ctx: Context) -> list[Actio
     delay = backoff_delay(ctx.app.backoff, inst.failures, ctx.rng)
     if delay <= 0:
         inst.restarts += 1
-        return _spawn(inst, ctx)
+        return _restart(inst, ctx)
     inst.state = State.BACKOFF
     inst.deadline = ctx.now + delay
     return []

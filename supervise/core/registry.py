@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from supervise.core.actions import Action, Publish
-from supervise.core.instance import Context, Input, Instance, State, always, step
+from supervise.core.instance import Context, Input, Instance, State, always, never, step
 from supervise.core.timers import Timers
 
 
@@ -64,13 +64,15 @@ class Registry:
         self.census_changed = True
         self.timers.set(inst, None)
 
-    def step(self, inst: Instance, event: Input, now: float, may_disrupt: Callable[[], bool] = always) -> list[Action]:
+    def step(self, inst: Instance, event: Input, now: float, may_disrupt: Callable[[], bool] = always,
+             spare_ready: Callable[[], bool] = never) -> list[Action]:
         """Apply `event` to `inst` through the transition function, and keep the books.
 
-        `may_disrupt`: whether the app's disruption budget lets a restart decided on take `inst` down now.
+        `may_disrupt`: whether the app's disruption budget lets a restart decided on take `inst` down now;
+        `spare_ready`: whether a ready spare could take its slot instead of a new process.
         """
         before, before_exit, before_sid = inst.state, inst.last_exit, inst.spawn_id
-        ctx = Context(inst.config, now, self.rng, self.new_spawn_id, self.fence_at, may_disrupt)
+        ctx = Context(inst.config, now, self.rng, self.new_spawn_id, self.fence_at, may_disrupt, spare_ready)
         actions = step(inst, event, ctx)
         if inst.spawn_id != before_sid:
             if before_sid is not None and self.by_spawn.get(before_sid) is inst:
@@ -82,7 +84,8 @@ class Registry:
             self.census[before] -= 1
             self.census[inst.state] += 1
             self.census_changed = True
-            actions.append(self.publish(_state_event(inst, before, exited)))
+            if not inst.wants_spare:  # else its group says it with the promotion: the slot runs on
+                actions.append(self.publish(_state_event(inst, before, exited)))
         self.timers.set(inst, inst.deadline)
         return actions
 
@@ -101,9 +104,12 @@ class Registry:
 
 
 def _state_event(inst: Instance, before: State, exited: bool) -> dict[str, object]:
-    event: dict[str, object] = {"type": "state", "name": inst.name, "app": inst.app, "index": inst.index,
+    event: dict[str, object] = {"type": "state", "name": inst.name, "app": inst.app,
+                                "index": None if inst.spare else inst.index,
                                 "from": str(before), "to": str(inst.state), "pid": inst.pid,
                                 "generation": inst.generation}
+    if inst.spare:
+        event["role"] = "spare"
     if inst.state is State.STOPPING and before is not State.STOPPING:
         event["reason"] = str(inst.stop_reason)  # why it is taken down: hung, memory, reload, stopped, ...
     if exited and inst.last_exit is not None:

@@ -421,7 +421,7 @@ class Core:
 
     def _adopt(self, found: Adopted, now: float) -> list[Action]:
         group = self._fleet.groups.get(found.app)
-        name = f"{found.app}:{found.index}"
+        name = f"{found.app}:spare-{found.index}" if found.role is Role.SPARE else f"{found.app}:{found.index}"
         if group is None:
             return [] if found.pid is None else [StopStray(found.pid, name)]
         generation = group.generation if found.generation is None else found.generation
@@ -430,12 +430,19 @@ class Core:
         if not slot and found.pid is None:
             return []  # an extra instance whose process is gone: nothing to take over
         inst = group.new_instance(found.index, generation=generation)
+        inst.spare = found.role is Role.SPARE
+        # A spare is kept as one while the app still wants it, of the generation it runs now; any
+        # other goes (a new spare starts in its place).
+        spare = (inst.spare and found.index < group.config.spares and found.index not in group.spares
+                 and generation == group.generation and found.state in (State.STARTING, State.RUNNING))
         # Its history, as recorded: counts and the last exit are data, not a change of state.
         inst.restarts, inst.failures, inst.last_exit = found.restarts, found.failures, found.last_exit
         inst.reloads, inst.operator_restarts = found.reloads, found.operator_restarts
         inst.fence = inst.spawned_fence = found.fence
         if slot:
             group.slots[found.index] = inst
+        elif spare:
+            group.spares[found.index] = inst
         else:  # a rollout's new or old instance cut short by the daemon's death, or a duplicate: it stops
             inst.retired = True
             group.retiring.append(inst)

@@ -20,10 +20,12 @@ def status(fleet: Fleet, now: float, keys: Iterable[Key] | None = None) -> dict[
     wanted = set(keys) if keys is not None else None
     apps = []
     for name, group in fleet.groups.items():
-        rows = [instance_json(group.slots[index], now) for index in sorted(group.slots)
+        rows = [{**instance_json(group.slots[index], now), "role": "active"} for index in sorted(group.slots)
                 if wanted is None or (name, index) in wanted]
         if wanted is not None and not rows:
             continue
+        if group.spares and len(rows) == len(group.slots):  # the whole app: its spares too
+            rows += [{**instance_json(group.spares[n], now), "role": "spare"} for n in sorted(group.spares)]
         entry: dict[str, object] = {"name": name, "target": group.target, "generation": group.generation,
                                     "instances": rows, "budget": group.budget_json()}
         if group.rollout is not None:
@@ -43,7 +45,7 @@ def instance_json(inst: Instance, now: float) -> dict[str, object]:
     live = inst.state in LIVE_STATES and inst.spawned_at is not None
     return {
         "name": inst.name,
-        "index": inst.index,
+        "index": None if inst.spare else inst.index,
         "generation": inst.generation,
         "state": str(inst.state),
         "pid": inst.pid,
@@ -110,6 +112,7 @@ def snapshot(fleet: Fleet) -> Snapshot:
         roles = [(i, Role.SLOT) for i in group.slots.values()]
         roles += [(i, Role.SUCCESSOR) for i in group.successors.values()]
         roles += [(i, Role.RETIRING) for i in group.retiring]
+        roles += [(i, Role.SPARE) for i in group.spares.values()]
         for inst, role in roles:
             if role is not Role.SLOT and inst.spawn_id is None:
                 continue

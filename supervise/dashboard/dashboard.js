@@ -146,6 +146,7 @@
         if (inst.waiting) td.append(el("span", { class: "tag" }, `waits: ${inst.waiting}`));
       } else if (key === "name") {
         td.append(cells.name);
+        if (role === "spare") td.append(el("span", { class: "tag" }, "spare"));
         if (role === "replacing") {
           const newer = inst.generation === app.generation;
           td.append(el("span", { class: "tag" }, newer ? `new, gen ${inst.generation}` : `old, gen ${inst.generation}`));
@@ -159,11 +160,13 @@
   }
 
   function appSection(app) {
-    const rows = app.instances || [];
+    const rows = (app.instances || []).filter((i) => i.role !== "spare");
+    const spares = (app.instances || []).filter((i) => i.role === "spare");
     const replacing = app.replacing || [];
     const running = rows.filter((i) => i.state === "running").length;
     const restarts = rows.reduce((sum, i) => sum + (i.restarts || 0), 0);
     const facts = [`${running}/${app.target ?? rows.length} running`, `generation ${app.generation}`];
+    if (spares.length) facts.push(`${spares.filter((i) => i.state === "running").length}/${spares.length} spares ready`);
     if (restarts) facts.push(`${restarts} restart${restarts === 1 ? "" : "s"}`);
     if (app.budget && app.budget.waiting) facts.push(`${app.budget.waiting} waiting for the disruption budget`);
     const head = el("div", { class: "app-head" },
@@ -187,8 +190,9 @@
     table.append(el("thead", {}, headRow));
     const body = el("tbody", {});
     for (const inst of rows) body.append(instanceRow(inst, app, "slot"));
+    for (const inst of spares) body.append(instanceRow(inst, app, "spare"));
     for (const inst of replacing) body.append(instanceRow(inst, app, "replacing"));
-    if (!rows.length && !replacing.length) {
+    if (!rows.length && !replacing.length && !spares.length) {
       body.append(el("tr", {}, el("td", { colspan: COLUMNS.length, class: "empty" }, "no instances")));
     }
     table.append(body);
@@ -236,6 +240,7 @@
         const progress = typeof e.total === "number" ? ` ${e.replaced || 0}/${e.total}` : "";
         return `${e.app} rollout ${e.event}: generation ${e.generation}${progress}${e.error ? " — " + e.error : ""}`;
       }
+      case "promoted": return `${e.spare} promoted to ${e.name} (${e.reason}): pid ${e.pid}`;
       case "replaced": return `${e.name} replaced (${e.reason}): ${e.old_pid ? `pid ${e.old_pid} → ` : "now pid "}${e.pid}`;
       case "config": return `config ${e.event}`;
       case "app": return `${e.app} ${e.event}`;

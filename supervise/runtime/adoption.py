@@ -77,7 +77,7 @@ def adopted_from_record(record: InstanceRecord, alive: bool, wall: float) -> Ado
 def adopted_from_stray(stray: Stray, wall: float) -> Adopted:
     """A live worker no checkpoint names: running, of its app's current generation."""
     return Adopted(stray.app, stray.index, None, State.RUNNING, stray.pid, age=wall - stray.create_time,
-                   running_for=0.0)
+                   running_for=0.0, role=Role.SPARE if stray.spare else Role.SLOT)
 
 
 def app_records(apps: Mapping[str, Mapping[str, object]]) -> dict[str, AppRecord]:
@@ -168,8 +168,9 @@ class Stray:
     pid: int
     create_time: float
     app: str
-    index: int
+    index: int  # a spare's number, for a spare
     token: str
+    spare: bool = False
 
 
 def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
@@ -189,13 +190,22 @@ def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
         env = process.environ_of(pid)
         if env.get(protocol.ENV_HEARTBEAT) != heartbeat_endpoint or not env.get(protocol.ENV_TOKEN):
             continue
+        spare = env.get(protocol.ENV_ROLE) == "spare"
         try:
-            index = int(env.get(protocol.ENV_INSTANCE, ""))
+            index = spare_number(env.get(protocol.ENV_NAME, "")) if spare else int(env.get(protocol.ENV_INSTANCE, ""))
             create_time = psutil.Process(pid).create_time()
         except (ValueError, psutil.Error):
             continue
-        found.append(Stray(pid, create_time, env.get(protocol.ENV_APP, ""), index, env[protocol.ENV_TOKEN]))
+        found.append(Stray(pid, create_time, env.get(protocol.ENV_APP, ""), index, env[protocol.ENV_TOKEN], spare))
     return found
+
+
+def spare_number(name: str) -> int:
+    """The N of a spare's name, ``app:spare-N``; ValueError for any other name."""
+    number = name.rpartition(":spare-")[2]
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError(f"not a spare's name: {name!r}")
+    return int(number)
 
 
 def _is_session_leader(pid: int) -> bool:

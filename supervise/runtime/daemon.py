@@ -43,6 +43,7 @@ from supervise.core import (
     Exit,
     KillTree,
     Notify,
+    PromoteSpare,
     Publish,
     ReleaseListeners,
     Reply,
@@ -435,6 +436,12 @@ class Daemon:
                 self.workers.kill_tree(sid)
             case SendDrain(spawn_id=sid):
                 self.heartbeats.send_drain(sid)
+            case PromoteSpare(spawn_id=sid):
+                if not self.workers.promote(action):
+                    # Not told, it would sit idle in the slot: killed, the slot restarts as after a crash.
+                    self.log.warning("a promoted spare could not be told: killed, its slot restarts",
+                                     app=action.app.name, index=action.index)
+                    self.workers.kill_tree(sid)
             case StopStray(pid=pid, name=name):
                 self.workers.stop_stray(pid, name)
             case Resample(after=after):

@@ -67,9 +67,11 @@ class HeartbeatServer:
         self._bug = log_module.BugLog(log if log is not None else log_module.default(),
                                       "heartbeat message dropped: internal error", clock=loop.time)
         self._tokens: dict[str, tuple[int, str]] = {}  # token -> (spawn id, instance name)
+        self._spare_names: dict[str, str] = {}  # a promoted spare's token -> its spare name, still accepted
         self._routes: dict[int, bytes] = {}  # spawn id -> routing id of its last valid message
         self._awaiting_ready: set[int] = set()  # adopted while starting: a beat saying ready counts
         self._fence_pending: dict[int, float] = {}  # singleton spawn id -> an extension it could not get yet
+        self._promote_pending: dict[int, bytes] = {}  # spawn id -> a promotion for its first message
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -95,9 +97,11 @@ class HeartbeatServer:
     def unregister(self, token: str, spawn_id: int) -> None:
         """The spawn is gone: its token is stale from now on, its messages rejected."""
         self._tokens.pop(token, None)
+        self._spare_names.pop(token, None)
         self._routes.pop(spawn_id, None)
         self._awaiting_ready.discard(spawn_id)
         self._fence_pending.pop(spawn_id, None)
+        self._promote_pending.pop(spawn_id, None)
 
     def await_ready(self, spawn_id: int) -> None:
         """An adopted instance still `starting`: its ready message may have gone to the dead
@@ -111,6 +115,31 @@ class HeartbeatServer:
             return False
         try:
             self.sock.send_multipart([route, protocol.DRAIN], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+        finally:
+            self._recheck()
+
+    def promote(self, spawn_id: int, token: str, name: str, index: int, port: int | None) -> bool:
+        """A spare is instance `name` from now on: its messages may carry that name (and, for those
+        already on their way, its spare name), and it is told which slot it took."""
+        known = self._tokens.get(token)
+        if known is None or known[0] != spawn_id:
+            return False
+        if known[1] != name:
+            self._spare_names[token] = known[1]
+            self._tokens[token] = (spawn_id, name)
+        message = protocol.promote_message(name, index, port)
+        route = self._routes.get(spawn_id)
+        if route is None:  # adopted, not heard from since: told with its first message
+            self._promote_pending[spawn_id] = message
+            return True
+        return self._send(route, message)
+
+    def _send(self, route: bytes, message: bytes) -> bool:
+        try:
+            self.sock.send_multipart([route, message], zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
@@ -182,13 +211,15 @@ class HeartbeatServer:
         exactly one counter (one whose handling raised: ``internal_errors``).
         """
         known = self._tokens.get(msg.token)
-        if known is None or known[1] != msg.name:
+        if known is None or (known[1] != msg.name and self._spare_names.get(msg.token) != msg.name):
             self.counters.rejected += 1
             return
         spawn_id = known[0]
         self._routes[spawn_id] = route
         if self._fence_pending and spawn_id in self._fence_pending:
             self.send_fence(spawn_id, self._fence_pending.pop(spawn_id))
+        if self._promote_pending and spawn_id in self._promote_pending:
+            self._send(route, self._promote_pending.pop(spawn_id))
         if msg.type == "beat":
             self.beat(spawn_id, msg.status)
             if msg.ready and self._awaiting_ready and spawn_id in self._awaiting_ready:

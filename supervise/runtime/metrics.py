@@ -387,13 +387,18 @@ def _app_families(apps: Iterable[Mapping[str, Any]], restarts: Counter[tuple[str
         name = app["name"]
         a = f'app="{_label(name)}"'
         counts = dict.fromkeys(STATES, 0)
-        for role, rows in (("slot", app.get("instances") or ()), ("replacing", app.get("replacing") or ())):
+        instances = app.get("instances") or ()
+        for role, rows in (("slot", [r for r in instances if r.get("role") != "spare"]),
+                           ("spare", [r for r in instances if r.get("role") == "spare"]),
+                           ("replacing", app.get("replacing") or ())):
             seen: set[object] = set()
             for row in rows:
-                if row["index"] in seen:  # a successor and an old one still draining: the successor (first) speaks
+                # A spare has no index: it goes by its number (``spare-0``, the end of its name).
+                index = row["name"].rpartition(":")[2] if role == "spare" else row["index"]
+                if index in seen:  # a successor and an old one still draining: the successor (first) speaks
                     continue
-                seen.add(row["index"])
-                labels = f'{a},index="{row["index"]}",role="{role}"'
+                seen.add(index)
+                labels = f'{a},index="{index}",role="{role}"'
                 current = row["state"]
                 if role == "slot":
                     counts[current] = counts.get(current, 0) + 1

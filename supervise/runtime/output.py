@@ -131,6 +131,23 @@ class Outputs:
             return None
         return self.attach(spawn_id, name, app, read_fd, log_path, rotate)
 
+    def retarget(self, spawn_id: int, name: str, log_path: Path) -> None:
+        """A promoted spare: what it wrote so far stays in the spare's log, what it writes from now on
+        goes to its slot's (appended after the slot's earlier processes', as a restart's would)."""
+        out = self._by_spawn.get(spawn_id)
+        if out is None or out.log_path == log_path:
+            return
+        try:
+            while data := os.read(out.read_fd, READ_CHUNK):
+                self._write(out, data)
+        except OSError:  # BlockingIOError: the pipe is empty
+            pass
+        if out.log_fd is not None:
+            os.close(out.log_fd)
+        self._close_index(out)
+        out.name, out.log_path, out._file_partial = name, log_path, False
+        self._open_log(out)
+
     def _open_log(self, out: Output) -> None:
         try:
             out.log_fd = log_fd_for(out.log_path)

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from supervise.config.model import AppConfig
-from supervise.core import Adopt, Event, Exited, Spawn, Spawned, SpawnFailed
+from supervise.core import Adopt, Event, Exited, PromoteSpare, Spawn, Spawned, SpawnFailed
 from supervise.runtime import killing, limits, output, process
 from supervise.runtime.cgroups import cgroup_pids
 from supervise.runtime.checks import InstanceChecks
@@ -109,18 +109,26 @@ class WorkerTable:
 
     def spawn(self, action: Spawn) -> None:
         app, index = action.app, action.index
-        name = f"{app.name}:{index}"
+        name = instance_name(app.name, index, action.spare)
         token = os.urandom(16).hex()  # not secrets.token_hex: that loads OpenSSL (3.4 MiB) for two calls
         env = dict(self.base_env)
         env.update(app.env)
         env.update({
             protocol.ENV_APP: app.name,
-            protocol.ENV_INSTANCE: str(index),
             protocol.ENV_NAME: name,
             protocol.ENV_HEARTBEAT: self.heartbeat_endpoint,
             protocol.ENV_TOKEN: token,
             protocol.ENV_HEARTBEAT_INTERVAL: str(beat_interval(app)),
         })
+        if action.spare:  # no slot yet: its index and port come with its promotion
+            env[protocol.ENV_ROLE] = "spare"
+            env.pop(protocol.ENV_INSTANCE, None)
+            env.pop(protocol.ENV_PORT, None)
+        else:
+            env[protocol.ENV_INSTANCE] = str(index)
+            env.pop(protocol.ENV_ROLE, None)
+            if app.port is not None:
+                env[protocol.ENV_PORT] = str(app.port + index)
         if action.fencing_token is not None:
             env[protocol.ENV_FENCING_TOKEN] = str(action.fencing_token)
         if action.fencing_deadline is not None:  # the loop's clock is time.monotonic: the worker's too
@@ -143,7 +151,7 @@ class WorkerTable:
             except OSError as exc:
                 self._spawn_failed(action, f"cannot make its notify socket: {exc.strerror or exc}")
                 return
-        log_path = self.paths.log_file(app.name, index)
+        log_path = self.paths.log_file(app.name, index, action.spare)
         rlimits, clamped = limits.for_child(app.rlimits)
         if clamped and self._rlimit_warned.get(app.name) != clamped:
             self._rlimit_warned[app.name] = clamped
@@ -182,7 +190,7 @@ class WorkerTable:
         self.report(Spawned(action.spawn_id, child.pid))
 
     def _spawn_failed(self, action: Spawn, error: str, daemon_fault: bool = False) -> None:
-        self.log.error("spawn failed", name=f"{action.app.name}:{action.index}", error=error)
+        self.log.error("spawn failed", name=instance_name(action.app.name, action.index, action.spare), error=error)
         if self.checks is not None:
             self.checks.gone(action.spawn_id)  # its notify socket, if it got that far
         self.report(SpawnFailed(action.spawn_id, error, daemon_fault))
@@ -193,7 +201,7 @@ class WorkerTable:
 
     def adopt(self, action: Adopt, inherited: Inherited) -> None:
         """Watch a live worker a previous daemon started: its pidfd, its token, its sockets."""
-        name = f"{action.app.name}:{action.index}"
+        name = instance_name(action.app.name, action.index, action.spare)
         try:
             pidfd = os.pidfd_open(action.pid)
         except OSError:  # gone this very moment
@@ -201,7 +209,7 @@ class WorkerTable:
             return
         group = Path(inherited.cgroup) if inherited.cgroup and Path(inherited.cgroup).is_dir() else None
         child = process.Child(pid=action.pid, pidfd=None, cgroup=group, create_time=inherited.create_time or 0.0)
-        log_path = inherited.log_path or str(self.paths.log_file(action.app.name, action.index))
+        log_path = inherited.log_path or str(self.paths.log_file(action.app.name, action.index, action.spare))
         worker = Worker(action.spawn_id, name, action.app, child, inherited.token or "", pidfd, log_path,
                         adopted=True)
         self._add(worker)
@@ -218,6 +226,19 @@ class WorkerTable:
             self.listeners.take_over(pidfd, action.pid, tuple(listen))
         # Exited between the check and now: the pidfd is readable already, and the loop says so.
         self.loop.add_reader(pidfd, self._adopted_exited, action.pid)
+
+    def promote(self, action: PromoteSpare) -> bool:
+        """A spare takes slot ``action.index``: its name, log and heartbeat identity become the slot's,
+        and it is told (``promote`` on the heartbeat channel). False when it could not be told."""
+        worker = self._by_spawn.get(action.spawn_id)
+        if worker is None:
+            return False  # gone this very moment: its exit is on its way to the core
+        app = action.app
+        worker.name = instance_name(app.name, action.index)
+        worker.log_path = str(self.paths.log_file(app.name, action.index))
+        self.outputs.retarget(action.spawn_id, worker.name, Path(worker.log_path))
+        port = None if app.port is None else app.port + action.index
+        return self.heartbeats.promote(action.spawn_id, worker.token, worker.name, action.index, port)
 
     def _add(self, worker: Worker) -> None:
         self._by_pid[worker.child.pid] = worker
@@ -402,3 +423,8 @@ def beat_interval(app: AppConfig) -> float:
     if app.heartbeat_timeout is None:
         return HEARTBEAT_INTERVAL
     return round(min(HEARTBEAT_INTERVAL, app.heartbeat_timeout / 3), 3)
+
+
+def instance_name(app: str, index: int, spare: bool = False) -> str:
+    """``web:0``, or a spare's ``web:spare-0``."""
+    return f"{app}:spare-{index}" if spare else f"{app}:{index}"

@@ -245,6 +245,15 @@ ENV_FENCING_TOKEN = "SUPERVISE_FENCING_TOKEN"
 ENV_FENCING_DEADLINE = "SUPERVISE_FENCING_DEADLINE"
 """A singleton's deadline on the host's monotonic clock (CLOCK_MONOTONIC seconds, decimal): the
 worker stops by itself when it passes unrenewed (``fence`` messages extend it)."""
+ENV_ROLE = "SUPERVISE_ROLE"
+"""``"spare"`` (``ROLE_SPARE``) for a warm spare: started, ready and idle until a ``promote`` message
+gives it a slot; absent for an active instance."""
+ENV_PORT = "SUPERVISE_PORT"
+"""The instance's own port (the app's ``port`` + index), decimal text: set for instances of apps with
+a ``port`` key; absent for a spare, which learns its port from the ``promote`` message."""
+
+ROLE_SPARE = "spare"
+"""The value of ``SUPERVISE_ROLE`` that makes a worker a spare."""
 
 
 # -- heartbeat channel ---------------------------------------------------------------
@@ -312,8 +321,14 @@ def fence_message(until: float) -> bytes:
     return json.dumps({"v": VERSION, "type": "fence", "until": until}, separators=(",", ":")).encode()
 
 
+def promote_message(name: str, index: int, port: int | None) -> bytes:
+    """Daemon -> spare worker: take over slot ``index`` as ``name`` (serving on ``port``, if the app has one)."""
+    return json.dumps({"v": VERSION, "type": "promote", "name": name, "index": index, "port": port},
+                      separators=(",", ":")).encode()
+
+
 def decode_daemon_message(frames: list[bytes]) -> str:
-    """The type of a message from the daemon to a worker (``drain``, ``fence``)."""
+    """The type of a message from the daemon to a worker (``drain``, ``fence``, ``promote``)."""
     return _daemon_body(frames)[0]
 
 
@@ -325,6 +340,25 @@ def decode_fence(frames: list[bytes]) -> float:
             or not math.isfinite(until):
         raise ProtocolError("a fence message needs a finite number until")
     return float(until)
+
+
+def decode_promote(frames: list[bytes]) -> tuple[str, int, int | None]:
+    """The ``(name, index, port)`` of a ``promote`` message. Strict, because a spare acts on it:
+    a wrong name would make every later message of the worker be rejected."""
+    kind, body = _daemon_body(frames)
+    if kind != "promote":
+        raise ProtocolError(f"expected a promote message, got type {kind!r}")
+    name = body.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= 256:
+        raise ProtocolError("name must be the instance name, e.g. \"web:2\"")
+    index = _as_int(body.get("index"))
+    if index is None or index < 0:
+        raise ProtocolError("index must be an integer >= 0")
+    raw_port = body.get("port")
+    port = _as_int(raw_port)
+    if raw_port is not None and (port is None or not 0 < port <= 65535):
+        raise ProtocolError("port must be null or an integer from 1 to 65535")
+    return name, index, port
 
 
 def _daemon_body(frames: list[bytes]) -> tuple[str, dict[str, object]]:

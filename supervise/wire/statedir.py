@@ -44,8 +44,9 @@ class StatePaths:
     def logs(self) -> Path:
         return self.root / "logs"
 
-    def log_file(self, app: str, index: int) -> Path:
-        return self.logs / f"{app}.{index}.log"
+    def log_file(self, app: str, index: int, spare: bool = False) -> Path:
+        """An instance's log; a spare's (``app.spare-N.log``) holds what it wrote before its promotion."""
+        return self.logs / (f"{app}.spare-{index}.log" if spare else f"{app}.{index}.log")
 
     def lock_holder(self) -> int | None:
         """The pid of the live daemon holding this state dir, or None.

@@ -31,6 +31,7 @@ from supervise.core import (
     Exited,
     KillTree,
     Notify,
+    PromoteSpare,
     Publish,
     Ready,
     Recovered,
@@ -82,10 +83,12 @@ class Proc:
     stop_signalled_at: float | None = None
     drain_asked: bool = False
     killed: bool = False
+    spare: bool = False  # a warm spare not promoted yet (index: its number among the spares)
+    promoted_at: float | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.app.name}:{self.index}"
+        return f"{self.app.name}:spare-{self.index}" if self.spare else f"{self.app.name}:{self.index}"
 
 
 @dataclass(order=True)
@@ -182,6 +185,13 @@ class FakeShell:
                     self.signalled.append(sid)
                     proc.killed = True
                     self.at(self.now + KILL_LATENCY, lambda p=proc: self.exit_process(p, None, 9))
+                case PromoteSpare(spawn_id=sid, index=index):
+                    proc = self.by_spawn[sid]
+                    # (An adopted one may have been promoted already, under a core that died before its
+                    # checkpoint said so: the real worker then keeps the slot it took first, and its
+                    # beats under that name are rejected until it is restarted as hung.)
+                    assert proc.alive and (proc.spare or proc.adopted), f"promoted {proc.name}, not a live spare"
+                    proc.spare, proc.index, proc.promoted_at = False, index, self.now
                 case SendDrain(spawn_id=sid):
                     self.by_spawn[sid].drain_asked = True
                     self.on_drain(self.by_spawn[sid])
@@ -226,7 +236,7 @@ class FakeShell:
 
     def on_spawn(self, action: Spawn) -> None:
         """Start a fake process and report it at once."""
-        proc = Proc(next(self._pids), action.spawn_id, action.app, action.index, self.now)
+        proc = Proc(next(self._pids), action.spawn_id, action.app, action.index, self.now, spare=action.spare)
         self.add(proc)
         self.feed(Spawned(action.spawn_id, proc.pid))
 
@@ -315,7 +325,12 @@ class FakeShell:
         return {a["name"]: a for a in self.core.view.status(self.now)["apps"]}  # type: ignore[index, union-attr]
 
     def slots(self, name: str = "web") -> list[dict[str, object]]:
-        return list(self.status()[name]["instances"])  # type: ignore[call-overload]
+        """The app's active instances in `status`, by index."""
+        return [i for i in self.status()[name]["instances"] if i["role"] != "spare"]  # type: ignore[attr-defined, index]
+
+    def spares(self, name: str = "web") -> list[dict[str, object]]:
+        """The app's warm spares in `status`."""
+        return [i for i in self.status()[name]["instances"] if i["role"] == "spare"]  # type: ignore[attr-defined, index]
 
     def slot_sids(self, name: str = "web") -> list[int]:
         """The spawn ids of an app's serving instances, by index (None: no process)."""

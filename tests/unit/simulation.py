@@ -220,7 +220,7 @@ class Simulation(FakeShell):
         proc = SimProc(next(self._pids), action.spawn_id, action.app, action.index, self.now,
                        ignores_term=self.faults and self.rng.random() < 0.2, broken=is_broken(action.app),
                        last_beat=self.now, heartbeat_timeout=action.app.heartbeat_timeout,
-                       token=action.fencing_token, may_run_until=action.fencing_deadline)
+                       token=action.fencing_token, may_run_until=action.fencing_deadline, spare=action.spare)
         self.add(proc)
         self.feed(Spawned(action.spawn_id, proc.pid))
         if proc.broken:
@@ -355,19 +355,28 @@ class Simulation(FakeShell):
 
     def _state_event(self, event: dict[str, object]) -> None:
         name, before, after = str(event["name"]), event["from"], event["to"]
+        # A spare promoted into the slot: the slot's restart, in one event (from the slot's state to running).
+        promoted = event.get("promoted") is not None
+        if promoted:
+            self.restarts.pop(str(event["promoted"]), None)  # the next spare of that number is a new instance
         track = self.restarts.setdefault(name, Restarts())
         exit_ = event.get("exit")
-        if after == "running":
-            track.running_since = self.now
         if exit_ is not None and track.running_since is not None:
             cfg = self.config.apps.get(name.partition(":")[0])
             if cfg is not None and self.now - track.running_since >= cfg.backoff.reset_after:
                 track.times.clear()  # a healthy run closes the breaker
-        if before in ("stopped", "failed"):
+        if after == "running":
+            track.running_since = self.now
+        if before in ("stopped", "failed") and not promoted:
             track.times.clear()  # a launch from stopped, or the half-open try, starts afresh
         if exit_ is not None and after != "running":
             track.running_since = None
-        if isinstance(exit_, dict) and exit_["reason"] not in REQUESTED_STOPS and after in ("starting", "backoff"):
+        restarted = after in ("starting", "backoff") or promoted
+        if before == "failed" and promoted:
+            track.times.clear()  # the half-open try
+        elif promoted and exit_ is None:  # after a backoff: the restart counted at the exit
+            restarted = False
+        if isinstance(exit_, dict) and exit_["reason"] not in REQUESTED_STOPS and restarted:
             # The instance may run an older config than the file's (a failed rollout): the most
             # any config of the app allowed is the bound; all use the same window.
             limit = self.max_restarts.get(name.partition(":")[0], 0)
@@ -375,15 +384,15 @@ class Simulation(FakeShell):
             window = [t for t in track.times if t > self.now - CRASH_WINDOW]
             self.check(len(window) <= limit, f"{name}: {len(window)} automatic restarts in {CRASH_WINDOW}s, "
                                              f"more than max_restarts = {limit}, and not failed")
-        if isinstance(exit_, dict) and exit_["reason"] not in REQUESTED_STOPS and after == "starting":
-            failures = self._failures(name, State.STARTING)
+        if isinstance(exit_, dict) and exit_["reason"] not in REQUESTED_STOPS and (after == "starting" or promoted):
+            failures = self._failures(name, State.RUNNING if promoted else State.STARTING)
             self.check(failures is None or failures <= 1,  # backoff_bounds: only the first restart is at once
                        f"{name} restarted at once after {failures} failures in a row: no backoff")
         if after == "backoff":
             self.backoff_since[name] = (self.now, *self._backoff_bounds(name))
         elif before == "backoff":
             since, low, high = self.backoff_since.pop(name, (self.now, 0.0, 1e9))
-            if after == "starting" and self.commanded_at != self.now:  # not an operator's start
+            if (after == "starting" or promoted) and self.commanded_at != self.now:  # not an operator's start
                 waited = self.now - since
                 self.check(low - EPSILON <= waited <= high + EPSILON,
                            f"{name}: backoff of {waited:.3f}s outside [{low:.3f}, {high:.3f}]")
@@ -391,6 +400,8 @@ class Simulation(FakeShell):
     def _failures(self, name: str, state: State) -> int | None:
         """Consecutive failures of the slot `name` in `state`, as the core's view says."""
         app_name, _, index = name.partition(":")
+        if not index.isdigit():
+            return None  # a spare: its own backoff, not a slot's
         slot = [i for i in self.core.view.snapshot().instances
                 if i.app == app_name and i.index == int(index) and i.state is state and i.role is Role.SLOT]
         return slot[0].failures if slot else None
@@ -879,6 +890,9 @@ def make_app(rng: random.Random, name: str, deps: tuple[str, ...]) -> AppConfig:
         ready_after=rng.choice([0.5, 1.0]),  # longer than a broken start lives: ready_after 0 cannot tell
         max_age=rng.choice([None, None, 15.0, 40.0]),
         max_age_jitter=rng.choice([0.0, 5.0]),
+        # Warm spares (they need heartbeat readiness), drawn from a generator of their own so that
+        # every other draw of every schedule stays as it was (the mutants' seeds were found with them).
+        spares=random.Random(hash(rng.getstate()[1])).choice([0, 0, 1, 2]) if health else 0,
     )
 
 
@@ -982,13 +996,11 @@ def settle(sim: Simulation) -> None:
         app = status.get(name)
         sim.check(app is not None, f"{name} missing after the config says it exists")
         assert app is not None
-        rows = app["instances"]
-        assert isinstance(rows, list)
-        sim.check(len(rows) == app["target"] and all(r["state"] == "running" for r in rows) and
-                  "replacing" not in app and not (isinstance(app.get("rollout"), dict) and
-                                                   app["rollout"]["state"] == "running"),  # type: ignore[index]
+        sim.check(_settled(sim, app) and not (isinstance(app.get("rollout"), dict) and
+                                               app["rollout"]["state"] == "running"),  # type: ignore[index]
                   f"{name} did not converge: {app}")
-        sim.check(not [r["name"] for r in rows if "waiting" in r], f"{name}: restarts still held at the end: {app}")
+        sim.check(not [r["name"] for r in app["instances"] if "waiting" in r],  # type: ignore[attr-defined]
+                  f"{name}: restarts still held at the end: {app}")
         reply = sim.replies.get(("final", name))
         # A fault still in flight when `start` was typed (a late readiness, a hang) can trip
         # the breaker again, or the code (fixed only after) crash again before it is ready; the
@@ -1035,16 +1047,26 @@ def _last_fence(sim: Simulation) -> None:
 
 
 def _up(app: dict[str, object]) -> bool:
-    rows = app["instances"]
-    assert isinstance(rows, list)
+    """Every instance of its count running (its spares do not count: they serve nothing yet)."""
+    rows = [r for r in app["instances"] if r["role"] != "spare"]  # type: ignore[attr-defined]
     return len(rows) >= app["target"] and all(r["state"] == "running" for r in rows)  # type: ignore[operator]
 
 
 def converged(sim: Simulation) -> bool:
     status = sim.status()
-    return set(status) == set(sim.config.apps) and all(
-        len(app["instances"]) == app["target"] and all(r["state"] == "running" for r in app["instances"])  # type: ignore[arg-type, union-attr]
-        and "replacing" not in app for app in status.values())
+    return set(status) == set(sim.config.apps) and all(_settled(sim, app) for app in status.values())
+
+
+def _settled(sim: Simulation, app: dict[str, object]) -> bool:
+    """Its count of instances and of spares, every one running, nothing being replaced."""
+    rows = app["instances"]
+    assert isinstance(rows, list)
+    active = [r for r in rows if r["role"] != "spare"]
+    spares = [r for r in rows if r["role"] == "spare"]
+    cfg = sim.config.apps.get(str(app["name"]))
+    wanted_spares = cfg.spares if cfg is not None and app["target"] else 0
+    return (len(active) == app["target"] and len(spares) == wanted_spares
+            and all(r["state"] == "running" for r in rows) and "replacing" not in app)
 
 
 def run_shutdown(seed: int, steps: int = 20, known_bugs: frozenset[str] = KNOWN_BUGS) -> Simulation:
