@@ -88,6 +88,9 @@ def cmd_check(args: SimpleNamespace) -> None:
     local = sum(app.instances for app in cfg.apps.values() if not app.clustered)
     clustered = [app for app in cfg.apps.values() if app.clustered]
     summary = f"{len(cfg.apps)} apps, {local} {'local ' if clustered else ''}instances"
+    spares = sum(app.spares for app in cfg.apps.values())
+    if spares:
+        summary += f" and {spares} spare{'' if spares == 1 else 's'}"
     if cfg.cluster is not None and clustered:
         summary += f"; cluster {cfg.cluster.name!r} through {', '.join(cfg.cluster.etcd)}: "
         summary += ", ".join(f"{app.name} ({_cluster_count(app)})" for app in clustered)

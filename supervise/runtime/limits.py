@@ -214,7 +214,7 @@ def check_fds(config: Config) -> list[str]:
     than the hard limit of this process allows a daemon started from it; an rlimit above it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     warnings = []
-    instances = sum(app.instances for app in config.apps.values())
+    instances = sum(app.instances + app.spares for app in config.apps.values())  # a spare is an instance too
     listens = len({address for app in config.apps.values() for address in app.listen})
     need = BASE_FDS + FDS_PER_INSTANCE * instances + FDS_PER_LISTEN * listens
     if _above(need, hard):
