@@ -39,8 +39,6 @@ def kill_tree(child: Child, token: str | None, workers: Collection[int] = (), an
     children (an adopted worker's: its children are not re-parented to us).
     """
     signalled: set[int] = set()
-    if anywhere and token:
-        signalled |= kill_leftovers((token,), ())
     if child.cgroup is not None:
         in_cgroup = kill_cgroup(child.cgroup)
         if in_cgroup is not None:
@@ -49,7 +47,12 @@ def kill_tree(child: Child, token: str | None, workers: Collection[int] = (), an
             # and the move, a fast binary) is still in its process group or,
             # if it setsid'ed and its parent exited, an orphan of ours with the
             # token: both are cheap to reach, so the full /proc walks are skipped.
-            return len(signalled | in_cgroup | _kill_process_group(child) | _kill_token_holders(token, workers))
+            # So is the walk for an adopted worker's token (`anywhere`): its
+            # children are in its cgroup too, wherever they were re-parented;
+            # a walk per exit made the shutdown of 4,900 adopted workers take 15 s.
+            return len(in_cgroup | _kill_process_group(child) | _kill_token_holders(token, workers))
+    if anywhere and token:
+        signalled |= kill_leftovers((token,), ())
     for _ in range(_SWEEP_PASSES):
         found = (
             _kill_leader(child)
