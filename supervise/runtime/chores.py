@@ -28,8 +28,17 @@ MEMORY_INTERVAL = 0.5
 """Seconds between samples while some app has max_memory or max_processes."""
 
 DISPLAY_INTERVAL = 5.0
-"""Seconds between passes over every instance: memory, CPU % and process count for `status`,
-whether or not the app has a limit (benchmarks/sampler.py: the daemon's cost with 1,000 instances)."""
+"""Seconds between passes over every instance (memory, CPU % and process count for `status`,
+whether or not the app has a limit) while somebody looks: a `status`, a /metrics scrape, `top`
+or the dashboard within WATCHED (benchmarks/sampler.py: the daemon's cost with 1,000 instances)."""
+
+UNWATCHED_INTERVAL = 60.0
+"""Seconds between those passes while nobody looks: a pass over 4,900 instances cost 7 % of a core
+every 5 s (docs/scaling.md), for figures nobody read. A look at figures older than
+DISPLAY_INTERVAL starts a pass at once: the next look (a second `status`, the next scrape) is fresh."""
+
+WATCHED = 60.0
+"""A look at `status` keeps the passes at DISPLAY_INTERVAL for this long."""
 
 EXACT_INTERVAL = 30.0
 """Seconds between exact passes, which read every tree's PSS afresh (the others estimate an
@@ -55,7 +64,8 @@ STATUS_INTERVAL = 1.0
 class Sampling:
     """Memory, CPU and process counts of instances' trees, in one pass off the loop.
 
-    Every instance is sampled every DISPLAY_INTERVAL, for `status`; apps with
+    Every instance is sampled every DISPLAY_INTERVAL while its figures are
+    looked at (``looked``), every UNWATCHED_INTERVAL otherwise; apps with
     max_memory or max_processes also every MEMORY_INTERVAL in between (or
     sooner when the core asks to confirm a reading). One pass every
     EXACT_INTERVAL is exact: it reads every tree's PSS, where the others read
@@ -69,6 +79,18 @@ class Sampling:
         self._now = asyncio.Event()
         self._sampler = sampler.Sampler()
         self._expected: sampler.Measure | None = None
+        self._looked_at = float("-inf")
+        self._last_full = loop.time()
+        self._asked = False  # a look found the figures stale: the next pass is a full one
+
+    def looked(self) -> None:
+        """Somebody reads the figures (`status`, /metrics, the dashboard): keep them fresh for a while,
+        and if they are stale now, take a pass at once."""
+        now = self.loop.time()
+        self._looked_at = now
+        if now - self._last_full >= DISPLAY_INTERVAL and not self._asked:
+            self._asked = True
+            self._now.set()
 
     @property
     def measure(self) -> str:
@@ -90,21 +112,25 @@ class Sampling:
         """Sample again `after` seconds from now (the core's ``Resample``)."""
         self.loop.call_later(after, self._now.set)
 
+    def _display_interval(self) -> float:
+        return DISPLAY_INTERVAL if self.loop.time() - self._looked_at < WATCHED else UNWATCHED_INTERVAL
+
     async def run(self) -> None:
-        last_full = last_exact = self.loop.time()
+        last_exact = self._last_full = self.loop.time()
         while True:
             fast = any(w.app.max_memory is not None or w.app.max_processes is not None for w in self.workers)
-            wait = DISPLAY_INTERVAL - (self.loop.time() - last_full)
+            wait = self._display_interval() - (self.loop.time() - self._last_full)
             try:
                 await asyncio.wait_for(self._now.wait(), max(0.0, min(MEMORY_INTERVAL, wait) if fast else wait))
             except TimeoutError:
                 pass
             self._now.clear()
             now = self.loop.time()
-            full = now - last_full >= DISPLAY_INTERVAL - 0.01
+            full = now - self._last_full >= self._display_interval() - 0.01 or self._asked
+            self._asked = False
             exact = now - last_exact >= EXACT_INTERVAL - 0.01
             if full:
-                last_full = now
+                self._last_full = now
             if exact:
                 last_exact = now
             roots = [sampler.Root(w.spawn_id, w.child.pid, w.child.cgroup, w.app.max_memory) for w in self.workers

@@ -613,6 +613,7 @@ class Daemon:
     def _finish_status(self, result: dict[str, object]) -> dict[str, object]:
         """The core's `status` reply, with what only the shell knows: each live instance's
         dropped output lines, and the ``daemon`` section."""
+        self.sampling.looked()
         apps: Any = result.get("apps") or ()
         for app in apps:
             for row in (*app.get("instances", ()), *app.get("replacing", ())):
