@@ -9,32 +9,21 @@ serving one; once ready it is promoted into the slot and the old one
 it is ready is dropped, and a rollout it belonged to fails: the slots not
 yet replaced keep the old generation.
 
-An app with ``spares`` also keeps that many *warm spares*: instances started
-and ready but idle, outside the slots. A restart that is due (after a crash,
-or one the supervisor decides on) *promotes* a ready spare of the slot's
-generation into the slot instead of starting a process: the spare takes the
-slot's index and history, is told so (``PromoteSpare``), and a new spare
-starts behind it. Backoff and the crash-loop breaker pace promotions exactly
-as they pace restarts, since they are the slot's.
-
-The group also keeps the app's disruption budget (``max_unavailable``): the
-restarts the supervisor decides on (hung, memory, max_processes) and a
-rollout's stop-first steps may have at most that many slots *disrupted* at
-once (see ``disrupted``); the others are held, their processes left running,
-and go oldest first as the disrupted slots come back.
+The group also keeps the app's disruption budget (budget.py) and its warm
+spares (spares.py): each a mixin of methods over the group's own state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
 from supervise.config.model import AppConfig
-from supervise.core.actions import Action, PromoteSpare
+from supervise.core.actions import Action
+from supervise.core.budget import DisruptionBudget
 from supervise.core.events import Cause
 from supervise.core.instance import (
-    DISRUPTIONS,
     LIVE_STATES,
     RECYCLE_RETRY,
     Died,
@@ -45,17 +34,17 @@ from supervise.core.instance import (
     Instance,
     LastExit,
     Launch,
-    Proceed,
     RecycleLater,
     State,
     never,
 )
 from supervise.core.registry import Registry
 from supervise.core.rollout import Rollout, RolloutState
+from supervise.core.spares import SparePool
 
 
 @dataclass(slots=True, eq=False)
-class AppGroup:
+class AppGroup(DisruptionBudget, SparePool):
     config: AppConfig  # what new instances run
     registry: Registry
     target: int = 0
@@ -232,106 +221,6 @@ class AppGroup:
                                            "index": inst.index})]
         return []
 
-    # -- the disruption budget ----------------------------------------------------------
-
-    def budget(self) -> int:
-        """How many slots the restarts the supervisor decides on may have disrupted at once."""
-        return self.config.max_unavailable.of(self.target)
-
-    def disrupted(self, index: int) -> bool:
-        """Slot `index` counts against the budget: it is wanted, and out of service though it is meant
-        to serve, or being replaced beside (a memory restart's replacement first: that still doubles
-        the slot's memory and work, and the budget paces them as reload_surge paces a rollout).
-
-        Out of service: its instance is starting (not ready yet), in backoff, failed (a crash loop's
-        cooldown), stopping for any reason but an operator's plain stop or a fence, or stopped while
-        a rollout replaces it (surge 0) or a singleton waits to start. Not: running, a stop the
-        operator asked for, a stop that stays (restart policy), a slot a scale-down takes away.
-        A held instance still runs: it is not out of service until its restart goes.
-        """
-        inst = self.slots.get(index)
-        if inst is None or not self.wanted(index):
-            return False
-        if index in self.successors and self.purposes[index] is not ExitReason.RELOAD:
-            return True
-        match inst.state:
-            case State.RUNNING:
-                return False
-            case State.STOPPING:
-                return inst.then_start or inst.stop_reason not in (ExitReason.STOPPED, ExitReason.FENCED)
-            case State.STOPPED:
-                r = self.rollout
-                return index in self.deferred or (r is not None and r.running and index in r.active)
-        return True  # starting, backoff, failed
-
-    def unavailable(self) -> int:
-        """How many slots are disrupted now (O(slots): asked only when a restart is due or held)."""
-        return sum(1 for index in self.slots if self.disrupted(index))
-
-    def may_disrupt(self, inst: Instance) -> bool:
-        """Whether a restart the supervisor decides on may take `inst` down now.
-
-        Free when it takes nothing more out of service: `inst` serves no wanted slot (a new one
-        starting beside, an old one retiring, one a scale-down takes away), or its slot is
-        disrupted already. Otherwise only while fewer than the budget are disrupted.
-        """
-        if self.slots.get(inst.index) is not inst or inst.state is not State.RUNNING:
-            return True
-        if self.config.max_unavailable.unlimited or not self.wanted(inst.index) or self.disrupted(inst.index):
-            return True
-        return self.unavailable() < self.budget()
-
-    def _budget_for(self, inst: Instance) -> Callable[[], bool]:
-        return partial(self.may_disrupt, inst)
-
-    def _hold_changed(self, inst: Instance, before: ExitReason | None) -> Action:
-        """Keep the queue of held restarts, and tell the world: held, released (it goes now),
-        recovered (no longer due) or dropped (the instance stopped or exited meanwhile)."""
-        if before is None:
-            self.waiting.append(inst)
-            return self._budget_event("held", inst.name, inst.index, inst.held, inst.pid)
-        if inst.held is not None:  # held now for a more urgent reason: its place in the queue stays
-            return self._budget_event("held", inst.name, inst.index, inst.held, inst.pid)
-        if inst in self.waiting:
-            self.waiting.remove(inst)
-        if inst.replace_for is not None or (inst.state is State.STOPPING and inst.stop_reason in DISRUPTIONS):
-            outcome = "released"
-        elif inst.state in (State.STARTING, State.RUNNING):
-            outcome = "recovered"
-        else:
-            outcome = "dropped"
-        return self._budget_event(outcome, inst.name, inst.index, before, inst.pid)
-
-    def _budget_event(self, event: str, name: str, index: int, reason: ExitReason | None,
-                      pid: int | None) -> Action:
-        return self.registry.publish({
-            "type": "budget", "event": event, "app": self.name, "name": name, "index": index,
-            "reason": None if reason is None else str(reason), "pid": pid, "unavailable": self.unavailable(),
-            "max_unavailable": self.budget()}, durable=False)
-
-    def _release_held(self, now: float) -> list[Action]:
-        """Let held restarts go, oldest first, while the budget has room (each that goes takes a
-        unit; one that recovered meanwhile takes none)."""
-        actions: list[Action] = []
-        room = self.budget() - self.unavailable()
-        for inst in list(self.waiting):
-            if room <= 0:
-                break
-            if inst not in self.waiting:
-                continue
-            actions += self.feed(inst, Proceed(), now)
-            if inst.held is not None:
-                break  # no room after all (the budget is the instance's own to judge)
-            if self.disrupted(inst.index):
-                room -= 1
-        self.waiting = [i for i in self.waiting if i.held is not None]
-        return actions
-
-    def budget_json(self) -> dict[str, object]:
-        """The app's budget in `status --json`: its size, what uses it, what waits for it."""
-        return {"max_unavailable": self.budget(), "setting": str(self.config.max_unavailable),
-                "unavailable": self.unavailable(), "waiting": len(self.waiting)}
-
     # -- cluster: what the leader placed here, fencing --------------------------------
 
     def assign(self, slots: Mapping[int, int], held: frozenset[int], now: float, start: bool = True) -> list[Action]:
@@ -485,110 +374,6 @@ class AppGroup:
         if old is not None:
             old.replace_for = None
         return self.feed(succ, Halt(ExitReason.STOPPED), now)
-
-    # -- warm spares -------------------------------------------------------------------
-
-    def _spares_wanted(self) -> int:
-        """config.spares while the app runs: not while it waits, is stopped or is going away."""
-        if not self.config.spares or self.halted or self.removed:
-            return 0
-        runs = any(inst.state is not State.STOPPED or inst.then_start or inst.wants_spare
-                   for index, inst in self.slots.items() if self.wanted(index))
-        return self.config.spares if runs else 0
-
-    def _keep_spares(self, now: float) -> list[Action]:
-        """Start the missing spares; retire those beyond the count, and (outside a rollout) those of
-        an older generation: a new generation's spares run the new generation."""
-        wanted = self._spares_wanted()
-        actions: list[Action] = []
-        for number, spare in list(self.spares.items()):
-            if number < wanted and (spare.generation == self.generation or self.rolling):
-                continue
-            del self.spares[number]
-            if spare.state is State.STOPPED:
-                self.registry.untrack(spare)
-                continue
-            spare.retired = True
-            self.retiring.append(spare)
-            actions += self.feed(spare, Halt(ExitReason.STOPPED), now)
-        for number in range(wanted):
-            if number not in self.spares:
-                self.spares[number] = spare = self.new_spare(number)
-                actions += self.feed(spare, Launch(), now)
-        return actions
-
-    def restart_spares(self, now: float) -> list[Action]:
-        """An operator's `restart APP`: its spares start afresh too, or they would run the code
-        the app ran before (a `reload` replaces them as a new generation)."""
-        actions: list[Action] = []
-        for spare in list(self.spares.values()):
-            actions += self.feed(spare, Halt(ExitReason.STOPPED, then_start=True), now)
-        return actions
-
-    def _ready_spare(self, inst: Instance) -> Instance | None:
-        """The spare that would take `inst`'s slot now: the lowest-numbered running one of the slot's
-        generation. None for anything but a wanted slot's own instance with no successor on the way."""
-        if (not self.spares or inst.spare or self.slots.get(inst.index) is not inst or inst.index in self.successors
-                or not self.wanted(inst.index)):
-            return None
-        for number in sorted(self.spares):
-            spare = self.spares[number]
-            if (spare.state is State.RUNNING and spare.generation == inst.generation and spare.held is None
-                    and spare.replace_for is None and not spare.retired):
-                return spare
-        return None
-
-    def _spare_ready_for(self, inst: Instance) -> bool:
-        return self._ready_spare(inst) is not None
-
-    def _promote_spare(self, old: Instance, before: State, exited: bool, now: float) -> list[Action]:
-        """`old` is stopped, its restart due and counted (``wants_spare``): a ready spare takes its slot.
-        `before`: the slot's state before this step, `exited`: its process ended in it (its state event
-        was not published: the slot goes from `before` to running in one event that says it was a
-        promotion, with the exit if there was one)."""
-        old.wants_spare = False
-        spare = self._ready_spare(old)
-        assert spare is not None, f"{old.name}: a spare was promised and is gone"  # asked in this very step
-        return self._take_slot(spare, old, old.last_exit.reason if old.last_exit else ExitReason.CRASHED, now,
-                               before, exited)
-
-    def _take_slot(self, spare: Instance, old: Instance, reason: ExitReason, now: float,
-                   before: State | None = None, exited: bool = False) -> list[Action]:
-        """Promote `spare` into `old`'s slot. The slot's history goes with it (restarts, the backoff's
-        failures, the crash-loop breaker), and it counts as running in the slot from now: a
-        promoted spare that crashes at once is the slot crashing again. An `old` still running (hung,
-        unhealthy, over its memory, due a recycle) is retired and stopped beside it."""
-        del self.spares[spare.index]
-        spare_name, index, before = spare.name, old.index, old.state if before is None else before
-        spare.spare, spare.index, spare.fence = False, index, old.fence
-        spare.restarts, spare.reloads, spare.operator_restarts = old.restarts, old.reloads, old.operator_restarts
-        spare.failures, spare.breaker, spare.last_exit = old.failures, old.breaker, old.last_exit
-        spare.running_since = now
-        self.slots[index] = spare
-        actions: list[Action] = [PromoteSpare(spare.spawn_id, spare.config, index)] if spare.spawn_id else []
-        if old.state is State.STOPPED:  # its process is gone: the restart was counted already
-            self.registry.untrack(old)
-        else:  # a restart decided on while it runs: counted here, as the breaker would count it
-            spare.restarts += 1
-            spare.breaker.record_restart(now)
-            if reason in (ExitReason.HUNG, ExitReason.UNHEALTHY):
-                spare.failures += 1
-            spare.last_exit = LastExit(reason)
-            old.retired, old.replace_for = True, None
-            self.retiring.append(old)
-            actions += self.feed(old, Halt(reason), now)
-        actions.append(self.registry.publish({
-            "type": "promoted", "name": spare.name, "app": self.name, "index": index, "spare": spare_name,
-            "pid": spare.pid, "old_pid": old.pid, "reason": str(reason), "generation": spare.generation}))
-        # The slot runs again: said as any state change is, for whoever follows the slot by its name
-        # (after a crash, in this one event, with the exit: the slot was never seen without a process).
-        event: dict[str, object] = {
-            "type": "state", "name": spare.name, "app": self.name, "index": index, "from": str(before),
-            "to": str(spare.state), "pid": spare.pid, "generation": spare.generation, "promoted": spare_name}
-        if exited and old.last_exit is not None:
-            event["exit"] = old.last_exit.as_json()
-        actions.append(self.registry.publish(event))
-        return actions
 
     # -- rollouts ----------------------------------------------------------------------
 
