@@ -132,7 +132,7 @@ class AppGroup(DisruptionBudget, SparePool):
         if inst.generation in self.abandoned and (inst.spawn_id is None or isinstance(event, Died | ForkFailed)):
             self._leave_abandoned(inst)  # its process is gone (or going): its next start runs what works
         asked_replacement = inst.replace_for is None
-        held, before, before_exit = inst.held, inst.state, inst.last_exit
+        held, before, before_exit, before_pid = inst.held, inst.state, inst.last_exit, inst.pid
         spare_ready = partial(self._spare_ready_for, inst) if self.spares else never
         actions = self.registry.step(inst, event, now, self._budget_for(inst), spare_ready)
         if asked_replacement and inst.replace_for is not None:
@@ -140,7 +140,9 @@ class AppGroup(DisruptionBudget, SparePool):
         if inst.held is not held:
             actions.append(self._hold_changed(inst, held))
         if inst.wants_spare:
-            actions += self._promote_spare(inst, before, inst.last_exit is not before_exit, now)
+            actions += self._promote_spare(inst, before, inst.last_exit is not before_exit, before_pid, now)
+        elif inst.spare and before is State.STARTING and inst.state is State.RUNNING:
+            actions += self._relieve_cold_start(now)
         return actions + self._retire_if_surplus(inst)
 
     def _leave_abandoned(self, inst: Instance) -> None:

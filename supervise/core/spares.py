@@ -98,25 +98,42 @@ class SparePool:
     def _spare_ready_for(self, inst: Instance) -> bool:
         return self._ready_spare(inst) is not None
 
-    def _promote_spare(self, old: Instance, before: State, exited: bool, now: float) -> list[Action]:
+    def _promote_spare(self, old: Instance, before: State, exited: bool, old_pid: int | None,
+                       now: float) -> list[Action]:
         """`old` is stopped, its restart due and counted (``wants_spare``): a ready spare takes its slot.
-        `before`: the slot's state before this step, `exited`: its process ended in it (its state event
-        was not published: the slot goes from `before` to running in one event that says it was a
-        promotion, with the exit if there was one)."""
+        `before`: the slot's state before this step, `exited`: its process (`old_pid`) ended in it (its
+        state event was not published: the slot goes from `before` to running in one event that says
+        it was a promotion, with the exit if there was one)."""
         old.wants_spare = False
         spare = self._ready_spare(old)
         assert spare is not None, f"{old.name}: a spare was promised and is gone"  # asked in this very step
         return self._take_slot(spare, old, old.last_exit.reason if old.last_exit else ExitReason.CRASHED, now,
-                               before, exited)
+                               before, exited, old_pid)
+
+    def _relieve_cold_start(self, now: float) -> list[Action]:
+        """A spare just became ready: a slot whose restart found none and is still a cold start (its
+        new process not ready yet) takes it now, and that process is stopped. Not a new restart (it
+        was counted when the cold start began), and never for an operator's start or a rollout's."""
+        for inst in self.slots.values():
+            exit_ = inst.last_exit
+            if (inst.state is State.STARTING and exit_ is not None
+                    and exit_.reason not in (ExitReason.STOPPED, ExitReason.RELOAD, ExitReason.FENCED)):
+                spare = self._ready_spare(inst)
+                if spare is not None:
+                    return self._take_slot(spare, inst, exit_.reason, now, counted=True)
+        return []
 
     def _take_slot(self, spare: Instance, old: Instance, reason: ExitReason, now: float,
-                   before: State | None = None, exited: bool = False) -> list[Action]:
+                   before: State | None = None, exited: bool = False, old_pid: int | None = None,
+                   counted: bool = False) -> list[Action]:
         """Promote `spare` into `old`'s slot. The slot's history goes with it (restarts, the backoff's
         failures, the crash-loop breaker), and it counts as running in the slot from now: a
         promoted spare that crashes at once is the slot crashing again. An `old` still running (hung,
-        unhealthy, over its memory, due a recycle) is retired and stopped beside it."""
+        unhealthy, over its memory, due a recycle; or a cold start the spare relieves: `counted`) is
+        retired and stopped beside it."""
         del self.spares[spare.index]
         spare_name, index, before = spare.name, old.index, old.state if before is None else before
+        old_pid = old.pid if old_pid is None else old_pid
         spare.spare, spare.index, spare.fence = False, index, old.fence
         spare.restarts, spare.reloads, spare.operator_restarts = old.restarts, old.reloads, old.operator_restarts
         spare.failures, spare.breaker, spare.last_exit = old.failures, old.breaker, old.last_exit
@@ -125,18 +142,19 @@ class SparePool:
         actions: list[Action] = [PromoteSpare(spare.spawn_id, spare.config, index)] if spare.spawn_id else []
         if old.state is State.STOPPED:  # its process is gone: the restart was counted already
             self.registry.untrack(old)
-        else:  # a restart decided on while it runs: counted here, as the breaker would count it
-            spare.restarts += 1
-            spare.breaker.record_restart(now)
-            if reason in (ExitReason.HUNG, ExitReason.UNHEALTHY):
-                spare.failures += 1
-            spare.last_exit = LastExit(reason)
+        else:
+            if not counted:  # a restart decided on while it runs: counted here, as the breaker would count it
+                spare.restarts += 1
+                spare.breaker.record_restart(now)
+                if reason in (ExitReason.HUNG, ExitReason.UNHEALTHY):
+                    spare.failures += 1
+                spare.last_exit = LastExit(reason)
             old.retired, old.replace_for = True, None
             self.retiring.append(old)
-            actions += self.feed(old, Halt(reason), now)
+            actions += self.feed(old, Halt(ExitReason.STOPPED if counted else reason), now)
         actions.append(self.registry.publish({
             "type": "promoted", "name": spare.name, "app": self.name, "index": index, "spare": spare_name,
-            "pid": spare.pid, "old_pid": old.pid, "reason": str(reason), "generation": spare.generation}))
+            "pid": spare.pid, "old_pid": old_pid, "reason": str(reason), "generation": spare.generation}))
         # The slot runs again: said as any state change is, for whoever follows the slot by its name
         # (after a crash, in this one event, with the exit: the slot was never seen without a process).
         event: dict[str, object] = {

@@ -134,6 +134,26 @@ def test_without_a_ready_spare_a_crash_restarts_cold_as_always() -> None:
     assert [i["state"] for i in shell.slots()] == ["running", "running"]
 
 
+def test_a_spare_ready_before_a_cold_restart_takes_the_slot_and_the_cold_start_stops() -> None:
+    shell = started(app(instances=2, spares=1))
+    shell.kill(0)  # the spare is promoted; a new one starts
+    shell.advance(0.5)
+    shell.kill(1)  # no ready spare: slot 1 starts cold, 0.5 s behind the new spare
+    cold = shell.proc_of(shell.slot(1))
+    restarts = shell.slot(1)["restarts"]
+    shell.advance(READY_AFTER - 0.5 + 0.01)  # the spare is ready; the cold start is not yet
+    spare_pid = shell.slot(1)["pid"]
+    assert spare_pid != cold.pid and shell.slot(1)["state"] == "running", "the ready spare took the slot"
+    assert cold.stop_signalled_at is not None, "the cold start is stopped: it would only duplicate the slot"
+    assert shell.slot(1)["restarts"] == restarts, "one restart, not two"
+    shell.advance(1.0)
+    assert cold.pid not in shell.alive and shell.slot(1)["pid"] == spare_pid
+    booting = Pool(app(instances=2, spares=1))
+    booting.start()
+    booting.advance(READY_AFTER + 0.01)
+    assert not booting.promotions(), "a first start is left alone: it is not a restart"
+
+
 def test_a_spare_of_a_pool_of_spares_is_taken_lowest_number_first() -> None:
     shell = started(app(instances=3, spares=2))
     first = next(p for p in shell.live() if p.spare and p.index == 0)
