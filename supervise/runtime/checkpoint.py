@@ -78,29 +78,45 @@ def encode(checkpoint: Checkpoint) -> bytes:
 
 
 def encode_live(snapshot: Snapshot, workers: WorkerTable, offset: float, config_path: Path,
-                config_text: str) -> bytes:
+                config_text: str, cache: dict[tuple[object, ...], str] | None = None) -> bytes:
     """The checkpoint of the core's snapshot and the live workers, encoded; `offset` turns loop
     time into wall time. The records are built as the dicts JSON wants, in one pass, with the
-    fields of InstanceRecord: this runs on the event loop, several times a second in a crash storm."""
-    records = []
+    fields of InstanceRecord: this runs on the event loop, several times a second in a storm.
+
+    `cache` (the caller's, kept between calls): each record's JSON by what it was made from, so
+    that only the records that changed are encoded again (at 4,900 instances the JSON encoding
+    of every record was two thirds of a 38 ms checkpoint). It keeps only this call's records."""
+    wall = round(offset, 2)  # a step of the wall clock makes every record new
+    fresh: dict[tuple[object, ...], str] = {}
+    parts = []
     for i in snapshot.instances:
         w = workers.get(i.spawn_id) if i.spawn_id is not None else None
-        records.append({
-            "app": i.app, "index": i.index, "generation": i.generation, "role": i.role, "state": i.state,
-            "restarts": i.restarts, "pid": w.child.pid if w else None,
-            "failures": i.failures, "create_time": w.child.create_time if w else None,
-            "token": w.token if w else None, "log_path": w.log_path if w else None,
-            "cgroup": str(w.child.cgroup) if w and w.child.cgroup else None,
-            "listen": w.app.listen if w else (),
-            "spawned_at": None if i.spawned_at is None else i.spawned_at + offset,
-            "running_since": None if i.running_since is None else i.running_since + offset,
-            "last_exit": i.last_exit.as_json() if i.last_exit else None, "fence": i.fence,
-            "reloads": i.reloads, "operator_restarts": i.operator_restarts})
+        key = (i, wall) if w is None else (i, wall, w.child.pid, w.child.create_time, w.token, w.log_path,
+                                           w.child.cgroup, w.app.listen)
+        text = cache.get(key) if cache is not None else None
+        if text is None:
+            text = json.dumps({
+                "app": i.app, "index": i.index, "generation": i.generation, "role": i.role, "state": i.state,
+                "restarts": i.restarts, "pid": w.child.pid if w else None,
+                "failures": i.failures, "create_time": w.child.create_time if w else None,
+                "token": w.token if w else None, "log_path": w.log_path if w else None,
+                "cgroup": str(w.child.cgroup) if w and w.child.cgroup else None,
+                "listen": w.app.listen if w else (),
+                "spawned_at": None if i.spawned_at is None else i.spawned_at + offset,
+                "running_since": None if i.running_since is None else i.running_since + offset,
+                "last_exit": i.last_exit.as_json() if i.last_exit else None, "fence": i.fence,
+                "reloads": i.reloads, "operator_restarts": i.operator_restarts}, separators=(",", ":"))
+        fresh[key] = text
+        parts.append(text)
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
     apps = {name: {"target": a.target, "generation": a.generation, "latest": a.latest}
             for name, a in snapshot.apps.items()}
-    body = {"version": VERSION, "daemon_pid": os.getpid(), "written_at": time.time(),
-            "config_path": str(config_path), "config_text": config_text, "apps": apps, "instances": records}
-    return json.dumps(body, separators=(",", ":")).encode()
+    head = json.dumps({"version": VERSION, "daemon_pid": os.getpid(), "written_at": time.time(),
+                       "config_path": str(config_path), "config_text": config_text, "apps": apps},
+                      separators=(",", ":"))
+    return f'{head[:-1]},"instances":[{",".join(parts)}]}}'.encode()
 
 
 def decode(data: bytes) -> Checkpoint:

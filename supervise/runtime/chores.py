@@ -236,6 +236,7 @@ class Checkpointer:
         self.failing: str | None = None  # why the last write failed; None once one succeeds
         self._timer: asyncio.TimerHandle | None = None
         self._last = -CHECKPOINT_INTERVAL
+        self._records: dict[tuple[object, ...], str] = {}  # each record's JSON, for the next checkpoint (encode_live)
         self.stopped = False  # the daemon is exiting: nothing more is written
         self.on_write: Callable[[float, bool], None] | None = None  # seconds each write took, and if it did (metrics)
 
@@ -291,4 +292,4 @@ class Checkpointer:
         snap = self.view.snapshot()
         offset = time.time() - self.loop.time()  # loop time -> wall clock
         config = self.config()
-        return checkpoint.encode_live(snap, self.workers, offset, config.path, config.text)
+        return checkpoint.encode_live(snap, self.workers, offset, config.path, config.text, self._records)
