@@ -87,10 +87,12 @@ class Sampling:
         """Somebody reads the figures (`status`, /metrics, the dashboard): keep them fresh for a while,
         and if they are stale now, take a pass at once."""
         now = self.loop.time()
-        self._looked_at = now
+        unwatched, self._looked_at = now - self._looked_at >= WATCHED, now
         if now - self._last_full >= DISPLAY_INTERVAL and not self._asked:
             self._asked = True
             self._now.set()
+        elif unwatched:
+            self._now.set()  # it sleeps for UNWATCHED_INTERVAL: wake it to time its next pass anew
 
     @property
     def measure(self) -> str:
