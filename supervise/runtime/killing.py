@@ -170,7 +170,7 @@ def _direct_children(skip: Collection[int] = ()) -> list[psutil.Process]:
     except (OSError, ValueError):
         return _children_once(psutil.Process())
     procs = []
-    for pid in pids.difference(skip):
+    for pid in [pid for pid in pids if pid not in skip]:  # `skip` may be a live view of the table: look up only
         try:
             procs.append(psutil.Process(pid))
         except psutil.Error:

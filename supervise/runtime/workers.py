@@ -306,8 +306,9 @@ class WorkerTable:
 
     def sweep(self, worker: Worker) -> None:
         """Kill what is left of a worker's tree, off the loop (it walks /proc)."""
+        # The table's keys as a view, not a copy: a copy per exit made a shutdown of N workers O(N^2).
         future = self.loop.run_in_executor(self.executor, killing.kill_tree, worker.child, worker.token,
-                                           self.pids(), worker.adopted)
+                                           self._by_pid.keys(), worker.adopted)
         future.add_done_callback(lambda done: self._swept(worker, done))
 
     def _swept(self, worker: Worker, done: asyncio.Future[int]) -> None:
