@@ -7,7 +7,6 @@ injected ``random.Random`` come in, so a fake clock can replay any history.
 from __future__ import annotations
 
 import random
-from collections import deque
 from dataclasses import dataclass, field
 
 from supervise.config.model import BackoffConfig, CrashLoopConfig, Restart
@@ -62,15 +61,19 @@ class CrashLoopBreaker:
     changes ``crash_loop`` applies to running instances at once.
     """
 
-    restarts: deque[float] = field(default_factory=deque)
+    # A list, not a deque: every instance has a breaker, and an empty deque takes 760 bytes (its
+    # first block) against 56; 3.6 MiB of a daemon with 4,900 instances. It holds max_restarts at most.
+    restarts: list[float] = field(default_factory=list)
     half_open: bool = False
 
     def allows_restart(self, cfg: CrashLoopConfig, now: float) -> bool:
         """True if one more automatic restart at ``now`` stays within the limit."""
         if self.half_open:
             return False
-        while self.restarts and self.restarts[0] <= now - cfg.window:
-            self.restarts.popleft()
+        expired = 0
+        while expired < len(self.restarts) and self.restarts[expired] <= now - cfg.window:
+            expired += 1
+        del self.restarts[:expired]
         return len(self.restarts) < cfg.max_restarts
 
     def record_restart(self, now: float) -> None:
