@@ -42,6 +42,7 @@ def daemon(supervisor):
     sup = supervisor(CONFIG)
     sup.wait_all_running(2, "web")
     sup.wait_all_running(1, "other")
+    sup.wait_state("bad:0", "stopped")  # it crashed, and stays down: the tests count what is live and changes
     return sup
 
 
