@@ -37,6 +37,7 @@ which are not the daemon's children) is shown apart.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -71,15 +72,15 @@ from supervise.control.client import Control, ControlError, NoDaemon  # noqa: E4
 from supervise.core import Core, DaemonStarted, DeadlineReached, Exited, Spawn, Spawned  # noqa: E402
 from supervise.runtime import checkpoint as state  # noqa: E402
 from supervise.runtime.chores import WATCHED  # noqa: E402
-from supervise.runtime.process import Child  # noqa: E402
+from supervise.runtime.process import Child, environ_of  # noqa: E402
 from supervise.runtime.workers import Worker  # noqa: E402
 from supervise.wire import protocol  # noqa: E402
 from supervise.wire.statedir import StatePaths  # noqa: E402
 
-FIGURES = ("spawn", "status", "idle", "shutdown", "checkpoint", "adopt")
+FIGURES = ("spawn", "status", "idle", "beats", "shutdown", "checkpoint", "adopt")
 SLEEP = [shutil.which("sleep") or "/bin/sleep", "100000"]
 TARGETS = {"spawn": 1.10, "status": 0.150, "rss": 60 * MiB, "cpu": 0.5, "shutdown": 2.0, "checkpoint": 0.020,
-           "adopt": 5.0}
+           "adopt": 5.0, "beats": 15.0}
 
 APP = f"""\
 [apps.w]
@@ -133,6 +134,47 @@ def client_status(d: Supervised) -> list[dict] | None:
     except (ControlError, NoDaemon):
         return None
     return [i for app in result["apps"] for i in app["instances"]]
+
+
+def beats(b: Scale, d: Supervised, n: int) -> tuple[float, int, int]:
+    """The daemon's CPU while every one of the N instances beats once a second: health_load.py,
+    one DEALER per instance, sends each instance's own beat (its name and token, read from its
+    environment) at N messages a second. Returns (CPU %, beats sent, beats the daemon accepted)."""
+    instances = client_status(d) or []
+    lines = []
+    for inst in instances:
+        token = environ_of(inst["pid"]).get(protocol.ENV_TOKEN)
+        if token:
+            lines.append(f"{inst['name']} {token} {inst['pid']}")
+    if len(lines) != n:
+        raise BenchError(f"beats: read {len(lines)} of {n} tokens")
+    tokens = d.dir / "tokens.txt"
+    tokens.write_text("\n".join(lines) + "\n")
+    endpoint = f"ipc://{StatePaths(locate_state_dir(d.config)).heartbeat_socket}"
+    seconds = b.args.beat_seconds
+    before = _accepted(d)
+    load = subprocess.Popen([PY, str(HERE / "health_load.py"), endpoint, str(tokens), "--rate", str(n),
+                             "--duration", str(seconds), "--sockets", "per-token"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        go = load.stdout.readline() if load.stdout else ""
+        if not go.startswith("go "):
+            raise BenchError(f"beats: the load generator did not start ({go!r})")
+        settle(1.0)  # past the first second's catch-up
+        cpu, _ = usage(d.proc.pid, for_seconds(seconds - 2.0))  # type: ignore[union-attr]
+        done = load.stdout.readline() if load.stdout else ""
+        load.wait(60)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    sent = int(json.loads(done.split(" ", 1)[1])["sent"]) if done.startswith("done ") else 0
+    return cpu, sent, _accepted(d) - before
+
+
+def _accepted(d: Supervised) -> int:
+    result = Control(StatePaths(locate_state_dir(d.config))).request(protocol.Request("status"), timeout=30)
+    return int(result["daemon"]["heartbeats"]["accepted"])
 
 
 def all_running(instances: list[dict] | None, n: int) -> bool:
@@ -352,7 +394,7 @@ def bench_checkpoint(b: Scale, n: int) -> None:
 
 
 def rounds(b: Scale) -> int:
-    daemonless = not (b.args.only & {"spawn", "status", "idle", "shutdown", "adopt"})
+    daemonless = not (b.args.only & {"spawn", "status", "idle", "beats", "shutdown", "adopt"})
     if daemonless:
         return 0
     return max(b.args.runs, 2) if "adopt" in b.args.only else (b.args.runs if "spawn" in b.args.only else 1)
@@ -410,6 +452,14 @@ def bench_size(b: Scale, n: int, bare_rss: int) -> None:
                 b.add(f"daemon CPU, {n} idle but watched", f"{watched:.3f} %", "0 %", "(status every 5 s)", True)
                 b.note(n, "rss", f"{rss / MiB:.1f} MiB")
                 b.note(n, "cpu", f"{cpu:.3f} % ({watched:.2f} % watched)")
+            if "beats" in only:
+                cpu, sent, accepted = beats(b, d, n)
+                b.say(f"  {n} instances beating once a second ({b.args.beat_seconds:g} s): daemon CPU {cpu:.2f} % "
+                      f"of a core; {sent} beats sent, {accepted} accepted")
+                b.raw.setdefault("beats", {})[n] = {"cpu": cpu, "sent": sent, "accepted": accepted}
+                b.add(f"daemon CPU, {n} beating 1/s", f"{cpu:.2f} %", f"{accepted}/{sent} accepted", "< 15 %",
+                      cpu < TARGETS["beats"] and accepted >= sent * 0.99)
+                b.note(n, "beats", f"{cpu:.2f} %")
         elif "adopt" in only:
             took, changed = adopt(b, d, n, pids)
             adopts.append(took)
@@ -495,6 +545,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts.number("--runs", int, 3, 2, "spawn rounds per size (the 2nd and later also time adoption)")
     opts.number("--status-runs", int, 5, 3, "status: whole commands per size")
     opts.number("--idle-seconds", float, 20.0, 5.0, "idle: the CPU window")
+    opts.number("--beat-seconds", float, 20.0, 8.0, "beats: how long every instance beats once a second")
     opts.number("--checkpoints", int, 20, 5, "checkpoint: writes per size")
     opts.number("--adopted-shutdown-cap", float, 30.0, 30.0,
                 "adopt: seconds the shutdown of an adopting daemon may take before it is SIGKILLed and its "
