@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from supervise.runtime.log import Log
 
 __all__ = [
-    "BASE_FDS", "FDS_PER_INSTANCE", "FDS_PER_LISTEN", "RESOURCES", "NofileLimits", "check_fds", "describe_out_of_fds",
+    "BASE_FDS", "FDS_PER_INSTANCE", "FDS_PER_LISTEN", "RESOURCES", "NofileLimits", "check_fds", "describe_capacity",
+    "describe_out_of_fds", "instance_capacity",
     "for_child", "launcher", "nofile", "raise_nofile",
 ]
 
@@ -192,6 +193,26 @@ def _prlimit() -> str | None:
 
 
 # -- running out ----------------------------------------------------------------------
+
+
+def instance_capacity() -> int:
+    """How many instances the daemon may run with its descriptor limit: FDS_PER_INSTANCE each, for
+    every worker may open a heartbeat connection, and an accept that finds no descriptor left
+    aborts the whole daemon (libzmq's ipc listener asserts on EMFILE, up to its master); the
+    rest, BASE_FDS, is headroom for everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == _INFINITY:
+        soft = _nr_open()
+    return max(0, (soft - BASE_FDS) // FDS_PER_INSTANCE)
+
+
+def describe_capacity(capacity: int) -> str:
+    """Why a spawn past `instance_capacity` is refused, and what to change."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (f"the daemon runs at most {capacity} instances with its file descriptor limit {_show(soft)} "
+            f"({FDS_PER_INSTANCE} each, with room for a heartbeat connection: one too many would abort the "
+            f"daemon): raise the hard limit ({_show(hard)}: LimitNOFILE= in its systemd unit, ulimit -Hn in "
+            "its shell) or run fewer instances")
 
 
 def describe_out_of_fds(exc: OSError, what: str) -> str | None:

@@ -89,6 +89,7 @@ class WorkerTable:
         self._by_pid: dict[int, Worker] = {}
         self._by_spawn: dict[int, Worker] = {}
         self._rlimit_warned: dict[str, list[str]] = {}  # app -> the clamped limits logged, once per change
+        self._over_capacity = False  # spawns are being refused for the descriptor limit (logged once)
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(self._by_pid.values())  # callers iterate without yielding to the loop
@@ -110,6 +111,11 @@ class WorkerTable:
     def spawn(self, action: Spawn) -> None:
         app, index = action.app, action.index
         name = instance_name(app.name, index, action.spare)
+        capacity = limits.instance_capacity()
+        if len(self._by_pid) >= capacity:  # retried by the core in a second: a slot may be free by then
+            self._refused_over_capacity(action, capacity)
+            return
+        self._over_capacity = False
         token = os.urandom(16).hex()  # not secrets.token_hex: that loads OpenSSL (3.4 MiB) for two calls
         env = dict(self.base_env)
         env.update(app.env)
@@ -188,6 +194,15 @@ class WorkerTable:
         if self.checks is not None:
             self.checks.spawned(action.spawn_id, child.pid, app, index)
         self.report(Spawned(action.spawn_id, child.pid))
+
+    def _refused_over_capacity(self, action: Spawn, capacity: int) -> None:
+        """A spawn past what the descriptor limit allows: refused as the daemon's fault (logged once per
+        stretch: the core retries each such instance every second)."""
+        error = limits.describe_capacity(capacity)
+        if not self._over_capacity:
+            self._over_capacity = True
+            self.log.error("spawns refused: the daemon is at its instance capacity", error=error)
+        self.report(SpawnFailed(action.spawn_id, error, True))
 
     def _spawn_failed(self, action: Spawn, error: str, daemon_fault: bool = False) -> None:
         self.log.error("spawn failed", name=instance_name(action.app.name, action.index, action.spare), error=error)

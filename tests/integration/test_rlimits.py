@@ -168,3 +168,53 @@ def test_check_warns_when_the_instances_cannot_fit_the_hard_limit(tmp_path):
         assert any("apps.wide.rlimits.nofile = 4096 is above the hard limit 300" in line for line in lines), lines
     finally:
         assert not kill_marked(sup.marker)
+
+
+class HardLimitedSupervisor(Supervisor):
+    """A daemon whose hard RLIMIT_NOFILE is low too: it cannot raise its way out."""
+
+    limit = 200
+
+    def start(self, wait: bool = True) -> Supervisor:
+        self.proc = subprocess.Popen(
+            limited([sys.executable, "-m", "supervise", "run", "-c", str(self.config)], self.limit, self.limit),
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env, cwd=self.dir,
+        )
+        wait_until(lambda: self.cli("status").returncode == 0 or self.proc.poll() is not None,
+                   timeout=15, message="the daemon to answer")
+        assert self.proc.poll() is None, f"daemon exited early:\n{self.log.read_text()}"
+        return self
+
+
+def test_more_heartbeat_workers_than_descriptors_are_refused_and_never_abort_the_daemon(tmp_path):
+    """Every worker's heartbeat connection takes one of the daemon's descriptors, and an accept with
+    none left aborts it (libzmq). So it runs only as many instances as its limit has room for, with
+    one for each connection; the others wait, said so, and start once room is made."""
+    capacity = (HardLimitedSupervisor.limit - 64) // 5  # limits.BASE_FDS, FDS_PER_INSTANCE
+    sup = HardLimitedSupervisor(tmp_path, f"""
+    [apps.beat]
+    command = ["{{python}}", "{{workers}}/beater.py"]
+    instances = {capacity + 10}
+    readiness = "heartbeat"
+    heartbeat_timeout = "10s"
+    stop_timeout = "5s"
+    """)
+    try:
+        sup.start()
+        def settled() -> dict | None:
+            status = sup.status()
+            running = [i for i in status.values() if i["state"] == "running"]
+            return status if len(running) == capacity else None
+        status = wait_until(settled, 60, interval=0.2, message=f"{capacity} instances running")
+        refused = [i for i in status.values() if i["state"] != "running"]
+        assert len(refused) == 10
+        assert all("runs at most" in ((i["last_exit"] or {}).get("error") or "") for i in refused), refused
+        assert sup.proc.poll() is None, f"the daemon died:\n{sup.log.read_text()[-2000:]}"
+        # Room made: a scale down to the capacity leaves every instance running.
+        assert sup.cli("scale", "beat", str(capacity)).returncode == 0
+        sup.wait_all_running(capacity, timeout=30)
+        assert sup.proc.poll() is None
+        assert "Too many open files" not in sup.log.read_text()
+    finally:
+        sup.cleanup()
+        assert not kill_marked(sup.marker)
