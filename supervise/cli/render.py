@@ -259,8 +259,8 @@ def _replaced(e: Mapping[str, object]) -> _Words:
 
 
 def _promoted(e: Mapping[str, object]) -> _Words:
-    old = f", pid {e['old_pid']} stopping" if e.get("old_pid") else ""
-    return str(e["name"]), f"spare {e['spare']} promoted, pid {e['pid']} ({e['reason']}{old})", "good"
+    old = f" in place of pid {e['old_pid']}" if e.get("old_pid") else ""
+    return str(e["name"]), f"spare {e['spare']} promoted: pid {e['pid']}{old} ({e['reason']})", "good"
 
 
 def _config(e: Mapping[str, object]) -> _Words:
