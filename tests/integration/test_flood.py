@@ -9,7 +9,7 @@ import time
 
 from helpers import wait_until
 
-SECONDS = float(os.environ.get("SUPERVISE_FLOOD_SECONDS", "10"))  # the figure: 30
+SECONDS = float(os.environ.get("SUPERVISE_FLOOD_SECONDS", "6"))  # the figure: 30
 
 
 def test_a_flooder_causes_no_false_hang(supervisor):

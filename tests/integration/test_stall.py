@@ -33,7 +33,7 @@ def events(sup, since: int = 0) -> list[dict]:
     return [json.loads(line) for line in out]
 
 
-@pytest.mark.parametrize("pause", [2 * TIMEOUT, 10 * TIMEOUT])
+@pytest.mark.parametrize("pause", [2 * TIMEOUT, 6 * TIMEOUT])
 def test_a_paused_daemon_restarts_no_healthy_instance(supervisor, pause):
     sup = supervisor(APPS)
     before = {name: inst["pid"] for name, inst in sup.wait_all_running(4).items()}
