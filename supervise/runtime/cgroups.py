@@ -12,6 +12,7 @@ import re
 import select
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,15 @@ class Cgroups:
         elif self._earlier(path.parent):
             _rmdir_tree(path)
             _rmdir_quietly(path.parent)
+
+    def remove_emptied(self, paths: Iterable[Path], timeout: float = 1.0) -> None:
+        """Remove cgroups just killed (the shutdown's adopted workers'), waiting up to `timeout` in all
+        for their processes to be gone; never raises (one still populated then is left to the next
+        daemon's ``remove_stale``)."""
+        deadline = time.monotonic() + timeout
+        for path in paths:
+            _wait_unpopulated(path, deadline)
+            self.remove(path)
 
     def remove_stale(self) -> None:
         """Remove what earlier daemons (killed, or exited keeping their workers) left that is empty now;

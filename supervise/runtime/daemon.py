@@ -288,11 +288,15 @@ class Daemon:
             leftovers = await self.loop.run_in_executor(self._executor, killing.kill_all_descendants)
             if leftovers:
                 self.log.warning("killed leftover descendants", count=leftovers)
-            if self._adopted_tokens:  # an adopted worker's children went to init, not to us, when it exited
+            emptied = [str(path) for path in self.workers.swept_at_close]
+            if self._adopted_tokens or emptied:  # an adopted worker's children went to init, not to us
                 strays = await self.loop.run_in_executor(self._executor, killing.kill_leftovers,
-                                                         self._adopted_tokens, ())
+                                                         self._adopted_tokens, emptied)
                 if strays:
                     self.log.warning("killed what adopted workers left behind", pids=sorted(strays))
+                if self.workers.cgroups is not None and emptied:
+                    await self.loop.run_in_executor(self._executor, self.workers.cgroups.remove_emptied,
+                                                    self.workers.swept_at_close)
             self.workers.reap()
         self.workers.close()
         self.checks.close(unlink=not self._keeping_workers)
