@@ -8,90 +8,22 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import zmq
+from fakedaemon import TIMEOUT, FakeDaemon
 from helpers import wait_until
 
 from supervise.wire import protocol
 from supervise.worker import LINGER, Heartbeat, listen_fds
 
+pytestmark = pytest.mark.usefixtures("thread_errors")  # no thread of the client may die (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 5.0
 INTERVAL = 0.05
-
-
-class FakeDaemon:
-    """The daemon's side of the heartbeat channel: a ROUTER that can go away and come back."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.ctx = zmq.Context()
-        self.router: zmq.Socket | None = None
-
-    def bind(self) -> FakeDaemon:
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind(self.endpoint)
-        return self
-
-    def unbind(self) -> None:
-        self.router.close(linger=0)
-        self.router = None
-
-    def recv(self, timeout: float = TIMEOUT) -> tuple[bytes, protocol.Heartbeat]:
-        if not self.router.poll(int(timeout * 1000)):
-            raise AssertionError(f"no heartbeat message within {timeout}s")
-        identity, *frames = self.router.recv_multipart()
-        return identity, protocol.decode_heartbeat(frames)
-
-    def recv_until(self, predicate: Callable[[protocol.Heartbeat], bool],
-                   timeout: float = TIMEOUT) -> list[protocol.Heartbeat]:
-        """Every message up to and including the first that matches."""
-        deadline = time.monotonic() + timeout
-        got = []
-        while True:
-            _, msg = self.recv(max(0.0, deadline - time.monotonic()))
-            got.append(msg)
-            if predicate(msg):
-                return got
-
-    def collect(self, seconds: float) -> list[protocol.Heartbeat]:
-        """Every message that arrives within the next ``seconds``."""
-        deadline = time.monotonic() + seconds
-        got = []
-        while (left := deadline - time.monotonic()) > 0:
-            if self.router.poll(max(1, int(left * 1000))):
-                got.append(protocol.decode_heartbeat(self.router.recv_multipart()[1:]))
-        return got
-
-    def drain(self, identity: bytes) -> None:
-        self.router.send_multipart([identity, protocol.DRAIN])
-
-    def close(self) -> None:
-        self.ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def endpoint(tmp_path: Path) -> Iterator[str]:
-    path = tmp_path / "hb.sock"
-    if len(str(path)) < 100:  # sun_path holds 108 bytes
-        yield f"ipc://{path}"
-        return
-    with tempfile.TemporaryDirectory(prefix="hb") as short:
-        yield f"ipc://{short}/hb.sock"
-
-
-@pytest.fixture
-def daemon(endpoint: str) -> Iterator[FakeDaemon]:
-    fake = FakeDaemon(endpoint).bind()
-    yield fake
-    fake.close()
 
 
 def env(endpoint: str, interval: float = INTERVAL, **extra: str) -> dict[str, str]:
@@ -111,15 +43,6 @@ def make(endpoint: str) -> Iterator[Callable[..., Heartbeat]]:
     yield factory
     for hb in made:
         hb.close()
-
-
-@pytest.fixture(autouse=True)
-def thread_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
-    """Fails the test if any thread (the I/O thread above all) dies of an exception."""
-    errors: list = []
-    monkeypatch.setattr(threading, "excepthook", errors.append)
-    yield errors
-    assert not errors, [(e.thread.name, e.exc_value) for e in errors]
 
 
 def heartbeat_threads() -> list[threading.Thread]:

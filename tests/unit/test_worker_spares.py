@@ -1,6 +1,6 @@
 """Warm spares in supervise.worker: a spare waits for its slot and takes it on a ``promote`` message.
 
-As in test_worker.py, a real pyzmq ROUTER on an ipc endpoint plays the daemon; nothing of the
+As in test_worker.py, a real pyzmq ROUTER on an ipc endpoint plays the daemon (fakedaemon.py); nothing of the
 client is mocked. A test waits on conditions with deadlines (the ROUTER polled with a timeout,
 events, joins), never on a sleep.
 """
@@ -10,49 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-import zmq
+from fakedaemon import TIMEOUT, FakeDaemon
 
 from supervise.wire import protocol
 from supervise.worker import Heartbeat, Slot
 
-TIMEOUT = 5.0  # a deadline for what should happen in about a millisecond
+pytestmark = pytest.mark.usefixtures("thread_errors")  # no thread of the client may die (conftest.py)
+
 SPARE = "web:spare-0"
-
-
-class FakeDaemon:
-    """The daemon's side of the heartbeat channel: a ROUTER that reads heartbeats and writes back."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind(endpoint)
-
-    def recv(self, timeout: float = TIMEOUT) -> tuple[bytes, protocol.Heartbeat]:
-        if not self.router.poll(int(timeout * 1000)):
-            raise AssertionError(f"no heartbeat message within {timeout}s")
-        identity, *frames = self.router.recv_multipart()
-        return identity, protocol.decode_heartbeat(frames)
-
-    def silent(self, timeout: float) -> bool:
-        """Nothing arrives within ``timeout`` seconds."""
-        return not self.router.poll(int(timeout * 1000))
-
-    def send(self, identity: bytes, *frames: bytes) -> None:
-        self.router.send_multipart([identity, *frames])
-
-    def promote(self, identity: bytes, name: str = "web:2", index: int = 2, port: int | None = 8002) -> None:
-        self.send(identity, protocol.promote_message(name, index, port))
-
-    def close(self) -> None:
-        self.ctx.destroy(linger=0)
 
 
 class Background:
@@ -75,23 +45,6 @@ class Background:
 
 
 @pytest.fixture
-def endpoint(tmp_path: Path) -> Iterator[str]:
-    path = tmp_path / "hb.sock"
-    if len(str(path)) < 100:  # sun_path holds 108 bytes
-        yield f"ipc://{path}"
-        return
-    with tempfile.TemporaryDirectory(prefix="hb") as short:
-        yield f"ipc://{short}/hb.sock"
-
-
-@pytest.fixture
-def daemon(endpoint: str) -> Iterator[FakeDaemon]:
-    fake = FakeDaemon(endpoint)
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
 def make(endpoint: str) -> Iterator[Callable[..., Heartbeat]]:
     """Heartbeats built as the brief of a spare says, closed after the test."""
     made: list[Heartbeat] = []
@@ -105,15 +58,6 @@ def make(endpoint: str) -> Iterator[Callable[..., Heartbeat]]:
     yield factory
     for hb in made:
         hb.close()
-
-
-@pytest.fixture(autouse=True)
-def thread_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
-    """Fails the test if any thread (the I/O thread above all) dies of an exception."""
-    errors: list = []
-    monkeypatch.setattr(threading, "excepthook", errors.append)
-    yield errors
-    assert not errors, [(e.thread.name, e.exc_value) for e in errors]
 
 
 def env(endpoint: str, **extra: str) -> dict[str, str]:
