@@ -424,6 +424,21 @@ class Supervised:
             return instances
         return wait_for(check, timeout, f"{count} instances running")
 
+    def wait_checkpoint(self, count: int, timeout: float = 30.0) -> None:
+        """Until the checkpoint names `count` running instances: what a new daemon will adopt."""
+        from supervise.runtime import checkpoint  # only the benchmarks that adopt need it
+
+        path = self.dir / ".supervise" / "checkpoint.json"
+
+        def check() -> bool:
+            try:
+                cp = checkpoint.read(path)
+            except checkpoint.CheckpointError:
+                return False  # being replaced right now
+            return bool(cp) and sum(1 for r in cp.instances if r.pid and r.state == "running") == count
+
+        wait_for(check, timeout, f"the checkpoint to name {count} instances running", interval=0.02)
+
     def events(self) -> list[dict]:
         """The daemon's event history (`events --no-follow`)."""
         return [json.loads(line) for line in self.cli("events", "--no-follow").stdout.splitlines()]

@@ -308,23 +308,9 @@ def status_rounds(b: Scale, d: Supervised, n: int) -> tuple[list[float], list[fl
     return ours, floor, size
 
 
-def wait_checkpoint(d: Supervised, n: int) -> None:
-    """Until the checkpoint names N running instances: what the next daemon adopts."""
-    path = d.dir / ".supervise" / "checkpoint.json"
-
-    def check() -> bool:
-        try:
-            cp = state.read(path)
-        except state.CheckpointError:
-            return False  # being replaced right now
-        return bool(cp) and sum(1 for r in cp.instances if r.pid and r.state == "running") == n
-
-    wait_for(check, 60, f"the checkpoint to name {n} instances running", interval=0.1)
-
-
 def adopt(b: Scale, d: Supervised, n: int, before: dict[str, int]) -> tuple[float, int]:
     """SIGKILL the daemon, start it again; (exec -> status shows the same N pids running, pids changed)."""
-    wait_checkpoint(d, n)
+    d.wait_checkpoint(n, timeout=60)
     d.kill()
     t0 = d.start()
 

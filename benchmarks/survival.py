@@ -30,7 +30,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import PY, BenchError, Supervised, median, ms, wait_for  # noqa: E402
+from harness import PY, BenchError, median, ms  # noqa: E402
 from runner import Bench, Options, main, run_selected  # noqa: E402
 
 from supervise.config.model import AppConfig, Config, Readiness, SuperviseConfig  # noqa: E402
@@ -49,20 +49,6 @@ def app_config(instances: int, extra: str = "") -> str:
             f'stop_timeout = "5s"\n{extra}')
 
 
-def wait_checkpoint(d: Supervised, count: int, timeout: float = 30.0) -> None:
-    """Until the checkpoint names `count` running instances: what a new daemon will adopt."""
-    path = d.dir / ".supervise" / "checkpoint.json"
-
-    def check() -> bool:
-        try:
-            cp = state.read(path)
-        except state.CheckpointError:
-            return False  # being replaced right now
-        return bool(cp) and sum(1 for r in cp.instances if r.pid and r.state == "running") == count
-
-    wait_for(check, timeout, "the checkpoint to name every instance running", interval=0.02)
-
-
 def bench_adopt(b: Bench) -> None:
     """A daemon with 500 workers SIGKILLed and started again: adoption time, exits, heartbeat gap."""
     count = 500
@@ -70,7 +56,7 @@ def bench_adopt(b: Bench) -> None:
     for run in range(b.args.runs):
         d = b.started(f"adopt{run}", app_config(count))
         before = {i["name"]: i["pid"] for i in d.wait_running(count, timeout=120)}
-        wait_checkpoint(d, count)
+        d.wait_checkpoint(count)
         killed = time.time()
         d.kill()
         began = d.start()
