@@ -10,37 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 from supervise.core.actions import Action
-from supervise.core.instance import DISRUPTIONS, ExitReason, Input, Instance, Proceed, State
-
-if TYPE_CHECKING:
-    from supervise.config.model import AppConfig
-    from supervise.core.registry import Registry
-    from supervise.core.rollout import Rollout
+from supervise.core.groupstate import GroupState
+from supervise.core.instance import DISRUPTIONS, ExitReason, Instance, Proceed, State
 
 
-class DisruptionBudget:
+class DisruptionBudget(GroupState):
     """The budget's share of AppGroup's methods (its state is the group's: ``waiting``)."""
 
     __slots__ = ()
-
-    if TYPE_CHECKING:  # the group's, which this reads and changes
-        config: AppConfig
-        registry: Registry
-        target: int
-        slots: dict[int, Instance]
-        successors: dict[int, Instance]
-        purposes: dict[int, ExitReason]
-        deferred: set[int]
-        waiting: list[Instance]
-        rollout: Rollout | None
-
-        @property
-        def name(self) -> str: ...
-        def wanted(self, index: int) -> bool: ...
-        def feed(self, inst: Instance, event: Input, now: float) -> list[Action]: ...
 
     def budget(self) -> int:
         """How many slots the restarts the supervisor decides on may have disrupted at once."""

@@ -11,39 +11,15 @@ are the slot's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from supervise.core.actions import Action, PromoteSpare
-from supervise.core.instance import ExitReason, Halt, Input, Instance, LastExit, Launch, State
-
-if TYPE_CHECKING:
-    from supervise.config.model import AppConfig
-    from supervise.core.registry import Registry
+from supervise.core.groupstate import GroupState
+from supervise.core.instance import ExitReason, Halt, Instance, LastExit, Launch, State
 
 
-class SparePool:
+class SparePool(GroupState):
     """The spares' share of AppGroup's methods (their state is the group's: ``spares``)."""
 
     __slots__ = ()
-
-    if TYPE_CHECKING:  # the group's, which this reads and changes
-        config: AppConfig
-        registry: Registry
-        generation: int
-        slots: dict[int, Instance]
-        successors: dict[int, Instance]
-        retiring: list[Instance]
-        spares: dict[int, Instance]
-        removed: bool
-        halted: bool
-
-        @property
-        def name(self) -> str: ...
-        @property
-        def rolling(self) -> bool: ...
-        def wanted(self, index: int) -> bool: ...
-        def feed(self, inst: Instance, event: Input, now: float) -> list[Action]: ...
-        def new_spare(self, number: int) -> Instance: ...
 
     def _spares_wanted(self) -> int:
         """config.spares while the app runs: not while it waits, is stopped or is going away."""
