@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from supervise.core import Adopted, AppRecord, Recovered, Role
 from supervise.core.instance import LastExit, State
 from supervise.runtime import checkpoint, process
@@ -178,7 +176,8 @@ def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
 
     Workers are spawned as session leaders (pid == sid); a worker's own
     children inherit its environment but not its session, so they are not
-    mistaken for workers. One pass over /proc, at startup only.
+    mistaken for workers. One pass over /proc, at startup only (psutil is imported for a stray
+    found, not for the pass: most starts find none).
     """
     found: list[Stray] = []
     for entry in os.scandir("/proc"):
@@ -191,6 +190,8 @@ def find_strays(heartbeat_endpoint: str, known: set[int]) -> list[Stray]:
         if env.get(protocol.ENV_HEARTBEAT) != heartbeat_endpoint or not env.get(protocol.ENV_TOKEN):
             continue
         spare = env.get(protocol.ENV_ROLE) == "spare"
+        import psutil
+
         try:
             index = spare_number(env.get(protocol.ENV_NAME, "")) if spare else int(env.get(protocol.ENV_INSTANCE, ""))
             create_time = psutil.Process(pid).create_time()

@@ -21,8 +21,6 @@ import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import psutil
-
 from supervise.config.model import AppConfig, Readiness
 from supervise.core import Event, Ready
 from supervise.runtime import identity
@@ -134,6 +132,8 @@ class InstanceChecks:
     def _from_instance(self, spawn_id: int, pid: int) -> bool:
         """A datagram counts only from the instance's main process or one of its descendants (gunicorn
         says READY=1 from its master; `systemd-notify` sends in its parent's name)."""
+        import psutil
+
         main = self._main_pid.get(spawn_id)
         if main is None:
             return False

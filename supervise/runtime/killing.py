@@ -14,12 +14,14 @@ import os
 import signal
 from collections.abc import Collection, Iterable
 from pathlib import Path
-
-import psutil
+from typing import TYPE_CHECKING
 
 from supervise.runtime.cgroups import kill_cgroup
 from supervise.runtime.process import Child, environ_of, is_zombie, proc_stat, process_if_same
 from supervise.wire import protocol
+
+if TYPE_CHECKING:
+    import psutil
 
 __all__ = ["kill_all_descendants", "kill_tree"]
 
@@ -68,6 +70,8 @@ def kill_tree(child: Child, token: str | None, workers: Collection[int] = (), an
 
 def kill_all_descendants() -> int:
     """SIGKILL every live descendant of the calling process (shutdown's last sweep)."""
+    import psutil
+
     signalled: set[int] = set()
     for _ in range(_SWEEP_PASSES):
         found = _kill_live(_children(psutil.Process()))
@@ -128,6 +132,8 @@ def _kill_process_group(child: Child, count: bool = True) -> set[int]:
     # group with members left is ours. But once the group is empty and the
     # leader reaped, the number may belong to a new process and its group:
     # skip when a process with that pid exists and is not our worker.
+    import psutil
+
     pgid = child.pid
     if os.path.exists(f"/proc/{pgid}") and process_if_same(pgid, child.create_time) is None:
         return set()
@@ -162,6 +168,8 @@ def _kill_token_holders(token: str | None, skip: Collection[int] = ()) -> set[in
 def _direct_children(skip: Collection[int] = ()) -> list[psutil.Process]:
     """Our children, from /proc/self/task/*/children (one small read per thread,
     where psutil would walk all of /proc); psutil where that file is missing."""
+    import psutil
+
     pids: set[int] = set()
     try:
         for task in os.listdir("/proc/self/task"):
@@ -179,6 +187,8 @@ def _direct_children(skip: Collection[int] = ()) -> list[psutil.Process]:
 
 
 def _children_once(proc: psutil.Process) -> list[psutil.Process]:
+    import psutil
+
     try:
         return proc.children()
     except psutil.Error:
@@ -187,6 +197,8 @@ def _children_once(proc: psutil.Process) -> list[psutil.Process]:
 
 def _kill_live(procs: Iterable[psutil.Process]) -> set[int]:
     """SIGKILL each process that is still the one listed (not exited, not reused)."""
+    import psutil
+
     signalled: set[int] = set()
     for proc in procs:
         try:
@@ -201,6 +213,8 @@ def _kill_live(procs: Iterable[psutil.Process]) -> set[int]:
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:
+    import psutil
+
     try:
         return proc.children(recursive=True)
     except psutil.Error:
@@ -214,6 +228,8 @@ def kill_leftovers(tokens: Collection[str], cgroups: Iterable[str]) -> set[int]:
 
     One pass over /proc, at start only, before the slots are restarted.
     """
+    import psutil
+
     killed: set[int] = set()
     for path in cgroups:
         killed |= kill_cgroup(Path(path)) or set()

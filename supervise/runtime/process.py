@@ -20,15 +20,16 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
-
-import psutil
+from typing import TYPE_CHECKING, TypedDict
 
 from supervise.runtime import identity, limits
 from supervise.runtime.cgroups import Cgroups
 from supervise.runtime.cgroups import owner_name as cgroups_owner
 from supervise.runtime.identity import Identity
 from supervise.runtime.limits import raise_nofile
+
+if TYPE_CHECKING:
+    import psutil
 
 __all__ = [
     "START_TOLERANCE", "Cgroups", "Child", "Identity", "SpawnError", "SpawnSpec", "become_subreaper", "cgroups_owner",
@@ -310,11 +311,25 @@ def _start_time(pid: int, forked_after: float, returned: float) -> float:
     adopting daemon take the live worker for a stranger and start another.
     """
     if returned - forked_after < 1 / _CLOCK_TICKS:
-        return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + psutil.boot_time()
+        return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + boot_time()
+    import psutil  # only on this slow path: a daemon's start does not wait for psutil's import
+
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:  # gone already: its exit is reported; nothing will compare this
-        return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + psutil.boot_time()
+        return int(forked_after * _CLOCK_TICKS) / _CLOCK_TICKS + boot_time()
+
+
+def boot_time() -> float:
+    """The boot time psutil adds to a process's start ticks: ``btime`` of /proc/stat, read as
+    psutil 7 reads it (each time: a stepped wall clock moves it), so that a start time computed
+    here compares equal with one read through psutil. Not psutil's own: importing it would make
+    every daemon's first spawn wait some 20 ms for it."""
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime"):
+                return float(line.strip().split()[1])
+    raise RuntimeError("line 'btime' not found in /proc/stat")
 
 
 # -- reaping and signals --------------------------------------------------------------
@@ -360,6 +375,8 @@ def same_process(pid: int, create_time: float) -> bool:
     A pid alone can be reused by any process once its owner is reaped; the
     start time cannot (see START_TOLERANCE). A zombie has exited already.
     """
+    import psutil
+
     proc = process_if_same(pid, create_time)
     if proc is None:
         return False
@@ -371,6 +388,8 @@ def same_process(pid: int, create_time: float) -> bool:
 
 def process_if_same(pid: int, create_time: float) -> psutil.Process | None:
     """The process `pid` if it is the one started at `create_time` (zombie or not), else None."""
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         return proc if abs(proc.create_time() - create_time) < START_TOLERANCE else None

@@ -21,8 +21,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from supervise.config.model import AppConfig
 from supervise.core import Adopt, Event, Exited, PromoteSpare, Spawn, Spawned, SpawnFailed
 from supervise.runtime import killing, limits, output, process
@@ -275,6 +273,8 @@ class WorkerTable:
         """An operator's `signal --tree`: the main process, then every descendant of it (and whatever
         else its cgroup holds: a daemonized grandchild). psutil sends only to the very process it
         listed (it checks the start time), so a pid reused meanwhile is not hit."""
+        import psutil
+
         worker = self._by_spawn.get(spawn_id)
         if worker is None:
             return
