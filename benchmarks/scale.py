@@ -73,7 +73,7 @@ from supervise.control.client import Control, ControlError, NoDaemon  # noqa: E4
 from supervise.core import Core, DaemonStarted, DeadlineReached, Exited, Spawn, Spawned  # noqa: E402
 from supervise.runtime import checkpoint as state  # noqa: E402
 from supervise.runtime.chores import WATCHED  # noqa: E402
-from supervise.runtime.limits import BASE_FDS, FDS_PER_INSTANCE  # noqa: E402
+from supervise.runtime.limits import instance_capacity  # noqa: E402
 from supervise.runtime.process import Child, environ_of  # noqa: E402
 from supervise.runtime.workers import Worker  # noqa: E402
 from supervise.wire import protocol  # noqa: E402
@@ -547,11 +547,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         opts.parser.error(f"--sizes: expected comma-separated integers, got {sizes!r}")
     # The daemon runs no more instances than its descriptors allow (limits.instance_capacity, with its
     # soft limit raised to the hard one): a size past that is measured at the capacity.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    capacity = (hard - BASE_FDS) // FDS_PER_INSTANCE if hard != resource.RLIM_INFINITY else None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # as the daemon raises its own
+    capacity = instance_capacity() if hard != resource.RLIM_INFINITY else None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     if capacity is not None and any(n > capacity for n in args.sizes):
         print(f"sizes over the daemon's capacity here ({capacity}: a hard limit of {hard} descriptors, "
-              f"{FDS_PER_INSTANCE} per instance) are measured at {capacity // 100 * 100}", file=sys.stderr)
+              f"limits.fds_needed) are measured at {capacity // 100 * 100}", file=sys.stderr)
         args.sizes = sorted({min(n, capacity // 100 * 100) for n in args.sizes})
     return args
 

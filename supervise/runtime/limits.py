@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from supervise.runtime.log import Log
 
 __all__ = [
-    "BASE_FDS", "FDS_PER_INSTANCE", "FDS_PER_LISTEN", "RESOURCES", "NofileLimits", "check_fds", "describe_capacity",
-    "describe_out_of_fds", "instance_capacity",
+    "BASE_FDS", "FDS_PER_INSTANCE", "FDS_PER_LISTEN", "FDS_PER_OPEN_LOG", "RESOURCES", "NofileLimits", "check_fds",
+    "describe_capacity", "describe_out_of_fds", "fds_needed", "instance_capacity",
     "for_child", "launcher", "nofile", "raise_nofile",
 ]
 
@@ -52,9 +52,14 @@ BASE_FDS = 64
 cluster: its sockets, zmq's, the event loop's, the state dir's lock), with room for more
 (a TCP control endpoint, etcd, watches) and for the transient ones: a spawn's output pipe,
 /dev/null and Popen's pipe, the /proc files the sampler reads."""
-FDS_PER_INSTANCE = 5
+FDS_PER_INSTANCE = 3
 """Per running instance: its pidfd, the heartbeat connection of a worker using supervise.worker,
-the read end of its output pipe, its log file and the log's time index (output.py)."""
+and the read end of its output pipe."""
+FDS_PER_OPEN_LOG = 2
+"""Per log file held open (a log and its time index), for at most output.MAX_OPEN_LOGS instances,
+the ones that wrote last."""
+MAX_OPEN_LOGS = 128
+"""output.MAX_OPEN_LOGS (kept here too: `supervise check` imports this module, not output's)."""
 FDS_PER_LISTEN = 2
 """Per ``listen`` address: the bound socket and the daemon's copy handed to workers."""
 
@@ -195,24 +200,35 @@ def _prlimit() -> str | None:
 # -- running out ----------------------------------------------------------------------
 
 
+def fds_needed(instances: int, listens: int = 0) -> int:
+    """Descriptors a daemon running `instances` (and `listens` listen addresses) may hold at most."""
+    return (BASE_FDS + FDS_PER_INSTANCE * instances + FDS_PER_OPEN_LOG * min(instances, MAX_OPEN_LOGS)
+            + FDS_PER_LISTEN * listens)
+
+
 def instance_capacity() -> int:
-    """How many instances the daemon may run with its descriptor limit: FDS_PER_INSTANCE each, for
-    every worker may open a heartbeat connection, and an accept that finds no descriptor left
-    aborts the whole daemon (libzmq's ipc listener asserts on EMFILE, up to its master); the
-    rest, BASE_FDS, is headroom for everything else."""
+    """How many instances the daemon may run with its descriptor limit (`fds_needed`): each needs
+    room for a heartbeat connection, for an accept that finds no descriptor left aborts the
+    whole daemon (libzmq's ipc listener asserts on EMFILE, up to its master); BASE_FDS is
+    headroom for everything else."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == _INFINITY:
         soft = _nr_open()
-    return max(0, (soft - BASE_FDS) // FDS_PER_INSTANCE)
+    room = soft - BASE_FDS
+    with_logs = FDS_PER_INSTANCE + FDS_PER_OPEN_LOG
+    if room // with_logs <= MAX_OPEN_LOGS:  # every one's log may be open
+        return max(0, room // with_logs)
+    return (room - FDS_PER_OPEN_LOG * MAX_OPEN_LOGS) // FDS_PER_INSTANCE
 
 
 def describe_capacity(capacity: int) -> str:
     """Why a spawn past `instance_capacity` is refused, and what to change."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return (f"the daemon runs at most {capacity} instances with its file descriptor limit {_show(soft)} "
-            f"({FDS_PER_INSTANCE} each, with room for a heartbeat connection: one too many would abort the "
-            f"daemon): raise the hard limit ({_show(hard)}: LimitNOFILE= in its systemd unit, ulimit -Hn in "
-            "its shell) or run fewer instances")
+            f"({FDS_PER_INSTANCE} each, with room for a heartbeat connection, and {FDS_PER_OPEN_LOG} for each of "
+            f"the {MAX_OPEN_LOGS} log files held open: one too many would abort the daemon): raise the hard "
+            f"limit ({_show(hard)}: LimitNOFILE= in its systemd unit, ulimit -Hn in its shell) or run fewer "
+            "instances")
 
 
 def describe_out_of_fds(exc: OSError, what: str) -> str | None:
@@ -237,11 +253,13 @@ def check_fds(config: Config) -> list[str]:
     warnings = []
     instances = sum(app.instances + app.spares for app in config.apps.values())  # a spare is an instance too
     listens = len({address for app in config.apps.values() for address in app.listen})
-    need = BASE_FDS + FDS_PER_INSTANCE * instances + FDS_PER_LISTEN * listens
+    need = fds_needed(instances, listens)
     if _above(need, hard):
         sockets = f" + {FDS_PER_LISTEN} x {listens} listen addresses" if listens else ""
+        logs = min(instances, MAX_OPEN_LOGS)
         warnings.append(f"warning: the daemon may need about {need} file descriptors ({BASE_FDS} + "
-                        f"{FDS_PER_INSTANCE} x {instances} instances{sockets}), more than the hard limit {hard} "
+                        f"{FDS_PER_INSTANCE} x {instances} instances + {FDS_PER_OPEN_LOG} x {logs} open logs"
+                        f"{sockets}), more than the hard limit {hard} "
                         f"here (soft {_show(soft)}): spawns would fail; raise it (ulimit -Hn, LimitNOFILE= "
                         "in a systemd unit) or run fewer instances")
     for app in config.apps.values():

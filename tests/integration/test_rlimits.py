@@ -164,7 +164,7 @@ def test_check_warns_when_the_instances_cannot_fit_the_hard_limit(tmp_path):
         assert tight.returncode == 0, tight
         assert "ok (2 apps, 201 instances)" in tight.stdout
         lines = tight.stderr.splitlines()
-        assert any("about 1069 file descriptors" in line and "hard limit 300" in line for line in lines), lines
+        assert any("about 923 file descriptors" in line and "hard limit 300" in line for line in lines), lines
         assert any("apps.wide.rlimits.nofile = 4096 is above the hard limit 300" in line for line in lines), lines
     finally:
         assert not kill_marked(sup.marker)
@@ -190,7 +190,7 @@ def test_more_heartbeat_workers_than_descriptors_are_refused_and_never_abort_the
     """Every worker's heartbeat connection takes one of the daemon's descriptors, and an accept with
     none left aborts it (libzmq). So it runs only as many instances as its limit has room for, with
     one for each connection; the others wait, said so, and start once room is made."""
-    capacity = (HardLimitedSupervisor.limit - 64) // 5  # limits.BASE_FDS, FDS_PER_INSTANCE
+    capacity = (HardLimitedSupervisor.limit - 64) // 5  # limits: BASE_FDS, and 3 per instance + 2 for its open log
     sup = HardLimitedSupervisor(tmp_path, f"""
     [apps.beat]
     command = ["{{python}}", "{{workers}}/beater.py"]

@@ -132,14 +132,17 @@ def test_a_stale_or_torn_index_is_cut_back_when_the_log_is_opened(tmp_path: Path
     log.write_bytes(b"old\n")
     index_path(log).write_bytes(logindex.encode(0, 1.0) + b"half a record")
     outputs, w = attached(loop, log)
-    assert index_path(log).stat().st_size == logindex.RECORD.size  # the torn record is gone
+    assert index_path(log).stat().st_size > logindex.RECORD.size  # opened at the first write, not the spawn
+    os.write(w, b"more\n")
+    pump(loop, lambda: log.read_bytes() == b"old\nmore\n")
+    assert [offset for offset, _ in records(log)] == [0, 4]  # the torn record is gone, the next follows
     outputs.close_all()
     os.close(w)
     index_path(log).write_bytes(logindex.encode(0, 1.0) + logindex.encode(900, 2.0))  # more than the log holds
     outputs, w = attached(loop, log)
     os.write(w, b"new\n")
-    pump(loop, lambda: log.read_bytes() == b"old\nnew\n")
-    assert [offset for offset, _ in records(log)] == [4]  # started again: the old records were another log's
+    pump(loop, lambda: log.read_bytes() == b"old\nmore\nnew\n")
+    assert [offset for offset, _ in records(log)] == [9]  # started again: the old records were another log's
     outputs.close_all()
     os.close(w)
 
@@ -152,6 +155,54 @@ def test_a_log_whose_index_cannot_be_kept_is_written_all_the_same(tmp_path: Path
     pump(loop, lambda: log.exists() and log.read_bytes() == b"still here\n")
     outputs.close_all()
     os.close(w)
+
+
+def test_only_the_most_recently_written_logs_are_held_open(tmp_path: Path, loop, monkeypatch) -> None:
+    """Beyond MAX_OPEN_LOGS, the log least recently written is closed, and opened again (with its index)
+    at its next write: no line is lost or misplaced, the index goes on, and the descriptors stay bounded."""
+    monkeypatch.setattr(logindex, "EVERY", 0.0)
+    monkeypatch.setattr(output, "MAX_OPEN_LOGS", 3)
+    outputs = output.Outputs(loop, lambda event: None)
+    logs_dir = tmp_path / "logs"
+    writers = []
+    for i in range(8):
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        outputs.attach(i, f"w:{i}", "w", read_fd, logs_dir / f"w.{i}.log")
+        writers.append(write_fd)
+    assert all((logs_dir / f"w.{i}.log").exists() for i in range(8))  # a spawn creates its log at once
+    assert not any(index_path(logs_dir / f"w.{i}.log").exists() for i in range(8))  # the index at the first write
+
+    def open_logs() -> set[str]:
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(logs_dir)):
+                found.add(os.path.basename(target))
+        return found
+
+    expected = {i: b"" for i in range(8)}
+    for round_ in range(3):
+        for i in (0, 5, 1, 7, 2, 6, 3, 4):
+            line = f"round {round_} from {i}\n".encode()
+            os.write(writers[i], line)
+            expected[i] += line
+            pump(loop, lambda i=i: (logs_dir / f"w.{i}.log").read_bytes() == expected[i])
+            held = open_logs()
+            assert len([name for name in held if name.endswith(".log")]) <= 3, held
+            assert f"w.{i}.log" in held and f".w.{i}.log.idx" in held, held
+    for i in range(8):
+        log = logs_dir / f"w.{i}.log"
+        assert log.read_bytes() == expected[i]
+        offsets = [offset for offset, _ in records(log)]
+        assert offsets == sorted(set(offsets)) and offsets[0] == 0, (i, offsets)
+        assert set(offsets) <= {0, *[expected[i].index(b"round %d" % r) for r in (1, 2)]}, (i, offsets)
+    outputs.close_all()
+    assert open_logs() == set()
+    for w in writers:
+        os.close(w)
 
 
 # -- rotation of indexes (logfiles) -------------------------------------------------------------
