@@ -100,24 +100,25 @@ class Cgroups:
                 continue  # exited meanwhile; the kill's process-group sweep covers the rest
         return path
 
-    def remove(self, path: Path) -> None:
+    def remove(self, path: str | Path) -> None:
         """Remove the cgroup at `path` (and any sub-cgroups) if it is empty; never raises.
 
         A leaf of an earlier daemon's directory (an adopted worker's) goes too,
         and that directory with its last leaf."""
+        path = Path(path)
         if self.root in path.parents:
             _rmdir_tree(path)
         elif self._earlier(path.parent):
             _rmdir_tree(path)
             _rmdir_quietly(path.parent)
 
-    def remove_emptied(self, paths: Iterable[Path], timeout: float = 1.0) -> None:
+    def remove_emptied(self, paths: Iterable[str | Path], timeout: float = 1.0) -> None:
         """Remove cgroups just killed (the shutdown's adopted workers'), waiting up to `timeout` in all
         for their processes to be gone; never raises (one still populated then is left to the next
         daemon's ``remove_stale``)."""
         deadline = time.monotonic() + timeout
         for path in paths:
-            _wait_unpopulated(path, deadline)
+            _wait_unpopulated(Path(path), deadline)
             self.remove(path)
 
     def remove_stale(self) -> None:
@@ -183,8 +184,9 @@ def _relative(path: str, root: str) -> str | None:
     return None
 
 
-def kill_cgroup(path: Path) -> set[int] | None:
+def kill_cgroup(path: str | Path) -> set[int] | None:
     """SIGKILL all of a cgroup and its sub-cgroups; the pids it held, or None on failure."""
+    path = Path(path)
     if not path.is_dir():
         return None
     pids = cgroup_pids(path)
@@ -222,7 +224,7 @@ def _kill_cgroup_by_pids(path: Path) -> set[int] | None:
     return signalled if path.is_dir() else None
 
 
-def cgroup_pids(path: Path) -> set[int]:
+def cgroup_pids(path: str | Path) -> set[int]:
     """Every process in the cgroup at `path` and the cgroups below it (empty where unreadable)."""
     pids: set[int] = set()
     for dirpath, _, _ in os.walk(path):

@@ -288,7 +288,7 @@ class Daemon:
             leftovers = await self.loop.run_in_executor(self._executor, killing.kill_all_descendants)
             if leftovers:
                 self.log.warning("killed leftover descendants", count=leftovers)
-            emptied = [str(path) for path in self.workers.swept_at_close]
+            emptied = self.workers.swept_at_close
             if self._adopted_tokens or emptied:  # an adopted worker's children went to init, not to us
                 strays = await self.loop.run_in_executor(self._executor, killing.kill_leftovers,
                                                          self._adopted_tokens, emptied)

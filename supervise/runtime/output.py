@@ -72,7 +72,7 @@ class Output:
     name: str
     app: str
     read_fd: int
-    log_path: Path
+    log_path: str  # not a Path: ~1 KiB less for each instance (a str is shared with the worker table's)
     max_size: int = 0  # rotate the log at this size (0: never)
     backups: int = 0  # rotated copies kept
     log_fd: int | None = None
@@ -90,13 +90,13 @@ class Output:
     _index_tried: bool = False  # opening the index was tried for the log file now open
 
 
-def log_fd_for(path: Path) -> int:
+def log_fd_for(path: str | Path) -> int:
     """The log file opened for appending (created with its directory if need be)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
         return os.open(path, flags, LOG_FILE_MODE)
     except FileNotFoundError:  # the first spawn, or the logs dir was removed meanwhile
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         return os.open(path, flags, LOG_FILE_MODE)
 
 
@@ -125,18 +125,18 @@ class Outputs:
             read_fd = moved
         return read_fd, write_fd
 
-    def attach(self, spawn_id: int, name: str, app: str, read_fd: int, log_path: Path,
+    def attach(self, spawn_id: int, name: str, app: str, read_fd: int, log_path: str | Path,
                rotate: tuple[int, int] = (0, 0)) -> Output:
         """Start reading `read_fd` (ours: it is closed with the output) into `log_path`, rotated
         at `rotate` = (max size, backups)."""
         os.set_blocking(read_fd, False)
-        out = Output(name, app, read_fd, log_path, *rotate)
+        out = Output(name, app, read_fd, os.fspath(log_path), *rotate)
         self._open_log(out)
         self._by_spawn[spawn_id] = out
         self.loop.add_reader(read_fd, self._readable, spawn_id)
         return out
 
-    def reattach(self, spawn_id: int, name: str, app: str, pid: int, log_path: Path,
+    def reattach(self, spawn_id: int, name: str, app: str, pid: int, log_path: str | Path,
                  rotate: tuple[int, int] = (0, 0)) -> Output | None:
         """A previous daemon's worker: open its output pipe again through /proc. None when its
         stdout is not a pipe (a worker of a daemon that wrote files: it still does) or is gone."""
@@ -145,10 +145,10 @@ class Outputs:
             return None
         return self.attach(spawn_id, name, app, read_fd, log_path, rotate)
 
-    def retarget(self, spawn_id: int, name: str, log_path: Path) -> None:
+    def retarget(self, spawn_id: int, name: str, log_path: str | Path) -> None:
         """A promoted spare: what it wrote so far stays in the spare's log, what it writes from now on
         goes to its slot's (appended after the slot's earlier processes', as a restart's would)."""
-        out = self._by_spawn.get(spawn_id)
+        out, log_path = self._by_spawn.get(spawn_id), os.fspath(log_path)
         if out is None or out.log_path == log_path:
             return
         try:
@@ -193,7 +193,7 @@ class Outputs:
         out._indexed_at = float("-inf")
         out._index_tried = True
         try:
-            fd = os.open(logindex.index_path(out.log_path), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+            fd = os.open(logindex.index_path(Path(out.log_path)), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                          LOG_FILE_MODE)
         except OSError:
             return
@@ -318,7 +318,7 @@ class Outputs:
         it, so nothing is copied and no line is lost (copytruncate lost what came meanwhile)."""
         assert out.log_fd is not None
         try:
-            logfiles.shift(out.log_path, out.backups)
+            logfiles.shift(Path(out.log_path), out.backups)
         except OSError as exc:
             self.publish({"type": "output", "event": "rotation-failed", "name": out.name, "app": out.app,
                           "error": exc.strerror or str(exc), "path": str(out.log_path)})

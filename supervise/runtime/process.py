@@ -102,7 +102,7 @@ class Child:
 
     pid: int
     pidfd: int | None  # owned by the caller, who must keep it open while kill_tree may use it
-    cgroup: Path | None
+    cgroup: str | None  # a str, not a Path: a Path costs ~1 KiB more, held for each instance
     create_time: float  # psutil.Process.create_time(): tells our process from a reused pid
 
 
@@ -176,7 +176,8 @@ def spawn(spec: SpawnSpec, cgroups: Cgroups | None = None) -> Child:
     # ours; the process group and token sweeps still reach it. (clone3 with
     # CLONE_INTO_CGROUP would close this, but Python cannot ask for it.)
     cgroup = cgroups.adopt(pid, spec.name) if cgroups is not None else None
-    return Child(pid=pid, pidfd=pidfd, cgroup=cgroup, create_time=_start_time(pid, forked_after, returned))
+    return Child(pid=pid, pidfd=pidfd, cgroup=None if cgroup is None else str(cgroup),
+                 create_time=_start_time(pid, forked_after, returned))
 
 
 class _Ids(TypedDict, total=False):

@@ -95,7 +95,7 @@ class Root:
 
     key: int  # the caller's identifier (a spawn id)
     pid: int
-    cgroup: Path | None = None
+    cgroup: str | None = None
     limit: int | None = None  # bytes: the tree's PSS is read in every pass that finds it may be near
 
 
@@ -290,7 +290,7 @@ def _members(roots: list[Root]) -> tuple[list[frozenset[int] | None], dict[int, 
     return found, walked[1] if walked is not None else {}
 
 
-def _cgroup_cpu(leaf: Path) -> float | None:
+def _cgroup_cpu(leaf: str) -> float | None:
     """The leaf's CPU time in seconds (cpu.stat usage_usec: exited members' included); None without one.
 
     cgroup v2 keeps cpu.stat in every cgroup, the cpu controller enabled or not."""
@@ -310,7 +310,7 @@ def _uptime() -> float:
         return 0.0
 
 
-def _cgroup_members(path: Path) -> set[int] | None:
+def _cgroup_members(path: str) -> set[int] | None:
     try:
         # On cgroupfs a directory's link count is 2 + its sub-cgroups: a leaf
         # (the usual case) is read directly, without the cost of os.walk.
@@ -323,7 +323,7 @@ def _cgroup_members(path: Path) -> set[int] | None:
     return pids
 
 
-def _charge(leaf: Path, controlled: dict[str, bool]) -> int | None:
+def _charge(leaf: str, controlled: dict[str, bool]) -> int | None:
     """The leaf's charge, where its parent hands the memory controller down (asked once a
     pass per parent, in `controlled`: one read for all its leaves rather than a failed open each)."""
     parent = os.path.dirname(leaf)
@@ -332,7 +332,7 @@ def _charge(leaf: Path, controlled: dict[str, bool]) -> int | None:
     return _cgroup_memory(leaf) if controlled[parent] else None
 
 
-def _cgroup_memory(path: Path) -> int | None:
+def _cgroup_memory(path: str) -> int | None:
     """The leaf's charge less the file cache it could drop; None without a memory controller there.
 
     memory.current exists only where the parent enables the controller for

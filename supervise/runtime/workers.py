@@ -19,7 +19,6 @@ import signal
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 
 from supervise.config.model import AppConfig
 from supervise.core import Adopt, Event, Exited, PromoteSpare, Spawn, Spawned, SpawnFailed
@@ -88,7 +87,7 @@ class WorkerTable:
         self._by_spawn: dict[int, Worker] = {}
         self._rlimit_warned: dict[str, list[str]] = {}  # app -> the clamped limits logged, once per change
         self._over_capacity = False  # spawns are being refused for the descriptor limit (logged once)
-        self.swept_at_close: list[Path] = []  # cgroups of adopted workers gone in the drain: the last sweep's
+        self.swept_at_close: list[str] = []  # cgroups of adopted workers gone in the drain: the last sweep's
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(self._by_pid.values())  # callers iterate without yielding to the loop
@@ -156,7 +155,7 @@ class WorkerTable:
             except OSError as exc:
                 self._spawn_failed(action, f"cannot make its notify socket: {exc.strerror or exc}")
                 return
-        log_path = self.paths.log_file(app.name, index, action.spare)
+        log_path = str(self.paths.log_file(app.name, index, action.spare))
         rlimits, clamped = limits.for_child(app.rlimits)
         if clamped and self._rlimit_warned.get(app.name) != clamped:
             self._rlimit_warned[app.name] = clamped
@@ -185,7 +184,7 @@ class WorkerTable:
             os.close(write_fd)
         self.outputs.attach(action.spawn_id, name, app.name, read_fd, log_path, (app.log_max_size, app.log_backups))
         worker = Worker(action.spawn_id, name, app, dataclasses.replace(child, pidfd=None), token, child.pidfd,
-                        str(log_path))
+                        log_path)
         self._add(worker)
         self.heartbeats.register(token, action.spawn_id, name)
         if worker.pidfd is not None:
@@ -221,14 +220,14 @@ class WorkerTable:
         except OSError:  # gone this very moment
             self.report(Exited(action.spawn_id, None, None, lost=True))
             return
-        group = Path(inherited.cgroup) if inherited.cgroup and Path(inherited.cgroup).is_dir() else None
+        group = inherited.cgroup if inherited.cgroup and os.path.isdir(inherited.cgroup) else None
         child = process.Child(pid=action.pid, pidfd=None, cgroup=group, create_time=inherited.create_time or 0.0)
         log_path = inherited.log_path or str(self.paths.log_file(action.app.name, action.index, action.spare))
         worker = Worker(action.spawn_id, name, action.app, child, inherited.token or "", pidfd, log_path,
                         adopted=True)
         self._add(worker)
         # Before anything else: its writes wait on a full pipe while no daemon reads it.
-        self.outputs.reattach(action.spawn_id, name, action.app.name, action.pid, Path(log_path),
+        self.outputs.reattach(action.spawn_id, name, action.app.name, action.pid, log_path,
                               (action.app.log_max_size, action.app.log_backups))
         if inherited.token:
             self.heartbeats.register(inherited.token, action.spawn_id, name)
@@ -250,7 +249,7 @@ class WorkerTable:
         app = action.app
         worker.name = instance_name(app.name, action.index)
         worker.log_path = str(self.paths.log_file(app.name, action.index))
-        self.outputs.retarget(action.spawn_id, worker.name, Path(worker.log_path))
+        self.outputs.retarget(action.spawn_id, worker.name, worker.log_path)
         port = None if app.port is None else app.port + action.index
         return self.heartbeats.promote(action.spawn_id, worker.token, worker.name, action.index, port)
 

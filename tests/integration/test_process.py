@@ -310,11 +310,12 @@ def test_kill_tree_with_cgroup_kills_double_forked_grandchild(procs: Procs, cgro
     pidfile = tmp_path / "grandchild.pid"
     child = procs.spawn(sys.executable, str(DOUBLE_FORK), str(pidfile), cgroups=cgroups, name="web:0",
                         env={**os.environ, "PROC_WAIT_CGROUP": "/web_0."})
-    assert child.cgroup is not None and child.cgroup.parent == cgroups.root
-    assert child.cgroup.name.startswith("web_0.")
+    assert isinstance(child.cgroup, str)  # not a Path: ~1 KiB less for each instance held
+    leaf = Path(child.cgroup)
+    assert leaf.parent == cgroups.root and leaf.name.startswith("web_0.")
     gpid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text()))
     procs.note(gpid)
-    procs_in_cgroup = {int(p) for p in (child.cgroup / "cgroup.procs").read_text().split()}
+    procs_in_cgroup = {int(p) for p in (leaf / "cgroup.procs").read_text().split()}
     assert {child.pid, gpid} <= procs_in_cgroup
     assert os.getsid(gpid) != child.pid  # escaped the worker's session: only the cgroup holds it
     # No token: the cgroup alone must find the grandchild.
@@ -323,19 +324,20 @@ def test_kill_tree_with_cgroup_kills_double_forked_grandchild(procs: Procs, cgro
     assert procs.wait_exit(child) == (None, signal.SIGKILL)
 
     def removed() -> bool:
-        cgroups.remove(child.cgroup)
-        return not child.cgroup.exists()
+        cgroups.remove(leaf)
+        return not leaf.exists()
     wait_until(removed)
 
 
 def test_cgroups_kill_and_pid_fallback(procs: Procs, cgroups: Cgroups) -> None:
     first = procs.python(PAUSE, cgroups=cgroups, name="a:0")
     second = procs.python(PAUSE, cgroups=cgroups, name="a:0")
+    assert first.cgroup is not None and second.cgroup is not None
     assert first.cgroup != second.cgroup  # a fresh leaf per spawn
     assert cgroups_module.kill_cgroup(first.cgroup) == {first.pid}
     assert procs.wait_exit(first) == (None, signal.SIGKILL)
     # The path for kernels without cgroup.kill: signal every pid listed.
-    assert cgroups_module._kill_cgroup_by_pids(second.cgroup) == {second.pid}
+    assert cgroups_module._kill_cgroup_by_pids(Path(second.cgroup)) == {second.pid}
     assert procs.wait_exit(second) == (None, signal.SIGKILL)
     assert cgroups_module.kill_cgroup(cgroups.root / "missing") is None
 
@@ -352,6 +354,7 @@ def test_cgroups_each_spawn_gets_a_fresh_leaf_and_remove_drops_it(cgroups: Cgrou
 def test_cgroups_close_waits_for_killed_leaves_then_removes_owner_dir(procs: Procs, cgroups: Cgroups) -> None:
     assert cgroups.create("x:1") is not None
     child = procs.python(PAUSE, cgroups=cgroups, name="x:2")
+    assert child.cgroup is not None
     assert cgroups_module.kill_cgroup(child.cgroup) == {child.pid}
     cgroups.close()  # the SIGKILLed worker may not have exited yet: close waits for it
     assert not cgroups.root.exists()
@@ -385,7 +388,7 @@ def test_kill_tree_when_everything_is_gone(procs: Procs, tmp_path: Path) -> None
     child = procs.python("pass")
     procs.wait_exit(child)
     assert killing.kill_tree(child, "token") == 0  # pidfd refers to a reaped process
-    gone = Child(pid=child.pid, pidfd=None, cgroup=tmp_path / "no-cgroup", create_time=child.create_time)
+    gone = Child(pid=child.pid, pidfd=None, cgroup=str(tmp_path / "no-cgroup"), create_time=child.create_time)
     assert killing.kill_tree(gone, None) == 0
 
 
