@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervise.runtime import limits, logfiles
+from supervise.runtime.fdwatch import FdWatch
 from supervise.wire import logindex
 
 __all__ = ["READ_CHUNK", "Output", "Outputs", "log_fd_for"]
@@ -107,6 +108,7 @@ class Outputs:
         self.loop = loop
         self.publish = publish
         self._by_spawn: dict[int, Output] = {}
+        self._pipes = FdWatch(loop)  # every output pipe's read end
         self._held: OrderedDict[int, Output] = OrderedDict()  # id -> an output whose log is open, last written last
 
     def get(self, spawn_id: int) -> Output | None:
@@ -133,7 +135,7 @@ class Outputs:
         out = Output(name, app, read_fd, os.fspath(log_path), *rotate)
         self._open_log(out)
         self._by_spawn[spawn_id] = out
-        self.loop.add_reader(read_fd, self._readable, spawn_id)
+        self._pipes.add(read_fd, self._readable, spawn_id)
         return out
 
     def reattach(self, spawn_id: int, name: str, app: str, pid: int, log_path: str | Path,
@@ -355,7 +357,7 @@ class Outputs:
         out = self._by_spawn.pop(spawn_id, None)
         if out is None:
             return
-        self.loop.remove_reader(out.read_fd)
+        self._pipes.remove(out.read_fd)
         try:
             while data := os.read(out.read_fd, READ_CHUNK):
                 self._write(out, data)

@@ -25,6 +25,7 @@ from supervise.core import Adopt, Event, Exited, PromoteSpare, Spawn, Spawned, S
 from supervise.runtime import killing, limits, output, process
 from supervise.runtime.cgroups import cgroup_pids
 from supervise.runtime.checks import InstanceChecks
+from supervise.runtime.fdwatch import FdWatch
 from supervise.runtime.heartbeats import HeartbeatServer
 from supervise.runtime.listeners import ListenError, Listeners
 from supervise.runtime.listeners import environment as listen_environment
@@ -85,6 +86,7 @@ class WorkerTable:
         self.checks: InstanceChecks | None = None  # probes and notify sockets, started and stopped with each worker
         self._by_pid: dict[int, Worker] = {}
         self._by_spawn: dict[int, Worker] = {}
+        self._pidfds = FdWatch(loop)  # every worker's pidfd: readable once it has exited
         self._rlimit_warned: dict[str, list[str]] = {}  # app -> the clamped limits logged, once per change
         self._over_capacity = False  # spawns are being refused for the descriptor limit (logged once)
         self.swept_at_close: list[str] = []  # cgroups of adopted workers gone in the drain: the last sweep's
@@ -188,7 +190,7 @@ class WorkerTable:
         self._add(worker)
         self.heartbeats.register(token, action.spawn_id, name)
         if worker.pidfd is not None:
-            self.loop.add_reader(worker.pidfd, self.reap)
+            self._pidfds.add(worker.pidfd, self.reap)
         if self.checks is not None:
             self.checks.spawned(action.spawn_id, child.pid, app, index)
         self.report(Spawned(action.spawn_id, child.pid))
@@ -238,7 +240,7 @@ class WorkerTable:
         if listen:
             self.listeners.take_over(pidfd, action.pid, tuple(listen))
         # Exited between the check and now: the pidfd is readable already, and the loop says so.
-        self.loop.add_reader(pidfd, self._adopted_exited, action.pid)
+        self._pidfds.add(pidfd, self._adopted_exited, action.pid)
 
     def promote(self, action: PromoteSpare) -> bool:
         """A spare takes slot ``action.index``: its name, log and heartbeat identity become the slot's,
@@ -373,7 +375,7 @@ class WorkerTable:
 
     def _forget_pidfd(self, worker: Worker) -> None:
         if worker.pidfd is not None:
-            self.loop.remove_reader(worker.pidfd)
+            self._pidfds.remove(worker.pidfd)
             os.close(worker.pidfd)
             worker.pidfd = None
 
