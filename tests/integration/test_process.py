@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -243,6 +244,16 @@ def test_a_spawn_slower_than_a_tick_reads_its_start_time(procs: Procs) -> None:
     assert process._start_time(child.pid, now - 1.0, now) == real  # a second between: read, exact
     computed = process._start_time(child.pid, now - 1.0, now - 1.0 + 0.001)  # within a tick: computed
     assert abs(computed - (real - 1.0)) < process.START_TOLERANCE
+
+
+def test_a_start_time_read_from_proc_survives_a_command_name_with_parentheses(procs: Procs, tmp_path: Path) -> None:
+    # Read without psutil (whose import a daemon otherwise never needs): the name in /proc/<pid>/stat is
+    # "(...)" and may itself hold ") (", so the fields are counted from the last parenthesis.
+    odd = tmp_path / "a) b (c"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", odd)
+    child = procs.spawn(str(odd), "30")
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert process._start_time(child.pid, now - 1.0, now) == psutil.Process(child.pid).create_time()
 
 
 def test_spawned_child_is_never_reaped_by_subprocess(procs: Procs) -> None:
