@@ -3,6 +3,7 @@ a FakeDaemon bound on it, and a check that no thread died of an exception."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -36,3 +37,11 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
     monkeypatch.setattr(threading, "excepthook", errors.append)
     yield errors
     assert not errors, [(e.thread.name, e.exc_value) for e in errors]
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A new event loop, closed after the test (driven with looping.pump)."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Callable, Iterator
 
-import pytest
+from looping import pump
 
 from supervise.runtime.fdwatch import FdWatch
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-def pump(loop: asyncio.AbstractEventLoop, until: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, f"timed out waiting for {until}"
-        loop.run_until_complete(asyncio.sleep(0.002))
 
 
 def turns(loop: asyncio.AbstractEventLoop, count: int = 5) -> None:

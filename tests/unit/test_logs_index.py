@@ -8,10 +8,11 @@ import datetime
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from looping import pump
 
 from supervise.control import logs
 from supervise.runtime import logfiles, output
@@ -57,21 +58,6 @@ def test_bytes_before_the_first_record_take_its_time() -> None:
 
 
 # -- the writer (the daemon's Outputs) ---------------------------------------------------------
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-def pump(loop: asyncio.AbstractEventLoop, until: Callable[[], object], timeout: float = 10.0) -> None:
-    """Run the loop until `until()` holds (a deadline, not a fixed wait)."""
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, f"timed out waiting for {until}"
-        loop.run_until_complete(asyncio.sleep(0.005))
-
 
 def attached(loop: asyncio.AbstractEventLoop, log: Path,
              rotate: tuple[int, int] = (0, 0)) -> tuple[output.Outputs, int]:
