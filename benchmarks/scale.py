@@ -351,7 +351,7 @@ def bench_checkpoint(b: Scale, n: int) -> None:
     path = b.dir / f"cp{n}" / "checkpoint.json"
     path.parent.mkdir()
     encodes, writes = [], []
-    records: dict[tuple[object, ...], str] = {}  # the Checkpointer's cache of each record's JSON
+    records: dict[object, tuple[tuple[object, ...], str]] = {}  # the Checkpointer's cache of each record's JSON
     t0 = time.perf_counter()
     state.encode_live(core.view.snapshot(), table, 1.0e9, config.path, config.text, records)  # type: ignore[arg-type]
     first = time.perf_counter() - t0

@@ -238,7 +238,7 @@ class Checkpointer:
         self.failing: str | None = None  # why the last write failed; None once one succeeds
         self._timer: asyncio.TimerHandle | None = None
         self._last = -CHECKPOINT_INTERVAL
-        self._records: dict[tuple[object, ...], str] = {}  # each record's JSON, for the next checkpoint (encode_live)
+        self._records: dict[object, tuple[tuple[object, ...], str]] = {}  # each record's JSON, for the next checkpoint
         self.stopped = False  # the daemon is exiting: nothing more is written
         self.on_write: Callable[[float, bool], None] | None = None  # seconds each write took, and if it did (metrics)
 

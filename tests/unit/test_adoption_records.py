@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fakeshell import app, config
 
-from supervise.core import AppRecord, Core, DaemonStarted, Ready, Role, Spawn, Spawned
+from supervise.core import AppRecord, Core, DaemonStarted, Exited, Ready, Role, Spawn, Spawned
 from supervise.core.instance import ExitReason, LastExit, State
 from supervise.runtime import adoption, checkpoint
 from supervise.runtime.adoption import Stray
@@ -84,7 +84,7 @@ def test_a_live_checkpoint_reads_back_as_the_records_it_was_written_from():
         core.handle(Spawned(a.spawn_id, 500 + a.spawn_id), 1.0)
         core.handle(Ready(a.spawn_id), 2.0)
         table[a.spawn_id] = Worker(a.spawn_id, f"web:{a.index}", a.app, Child(500 + a.spawn_id, None,
-                                   Path("/cg/x"), 123.0), "tok", None, "/logs/web.log")
+                                   "/cg/x", 123.0), "tok", None, "/logs/web.log")
     data = checkpoint.encode_live(core.view.snapshot(), table, 1000.0, Path("/c.toml"), "text")  # type: ignore[arg-type]
     back = checkpoint.decode(data)
     assert back.apps == {"web": {"target": 2, "generation": 1, "latest": 1}} and back.config_text == "text"
@@ -94,3 +94,34 @@ def test_a_live_checkpoint_reads_back_as_the_records_it_was_written_from():
         "pid": 501, "failures": 0, "create_time": 123.0, "token": "tok", "log_path": "/logs/web.log",
         "cgroup": "/cg/x", "listen": ("127.0.0.1:9",), "spawned_at": 1000.0, "running_since": 1001.0,
         "last_exit": None, "fence": None, "reloads": 0, "operator_restarts": 0}
+
+
+def test_the_record_cache_reencodes_exactly_the_records_that_changed():
+    """A checkpoint in a storm re-encodes only the instances that changed; one that did not is the very
+    text of the last checkpoint, and one that did reads back as it is now."""
+    web = app("web", instances=3)
+    core = Core(config(web), random.Random(0))
+    table = {}
+    for a in [a for a in core.handle(DaemonStarted(), 0.0) if isinstance(a, Spawn)]:
+        core.handle(Spawned(a.spawn_id, 500 + a.spawn_id), 1.0)
+        core.handle(Ready(a.spawn_id), 2.0)
+        table[a.spawn_id] = Worker(a.spawn_id, f"web:{a.index}", a.app, Child(500 + a.spawn_id, None, None, 123.0),
+                                   "tok", None, f"/logs/web.{a.index}.log")
+    cache: dict = {}
+    checkpoint.encode_live(core.view.snapshot(), table, 1000.0, Path("/c.toml"), "text", cache)  # type: ignore[arg-type]
+    before = {slot: text for slot, (_, text) in cache.items()}
+    assert len(before) == 3
+    gone = min(table)
+    table.pop(gone)
+    core.handle(Exited(gone, None, 9), 3.0)
+    data = checkpoint.encode_live(core.view.snapshot(), table, 1000.0, Path("/c.toml"), "text", cache)  # type: ignore[arg-type]
+    after = {slot: text for slot, (_, text) in cache.items()}
+    unchanged = [slot for slot in before if slot != gone]
+    assert all(after[slot] is before[slot] for slot in unchanged)  # reused, not encoded again
+    assert gone not in after  # the cache keeps only this checkpoint's records
+    by_index = {r.index: r for r in checkpoint.decode(data).instances}
+    assert by_index[0].pid is None and by_index[0].last_exit is not None
+    assert by_index[1].pid == 500 + sorted(table)[0] and by_index[1].state == "running"
+    # A wall clock step (the offset) makes every record new.
+    checkpoint.encode_live(core.view.snapshot(), table, 2000.0, Path("/c.toml"), "text", cache)  # type: ignore[arg-type]
+    assert all(text is not after.get(slot) for slot, (_, text) in cache.items())
