@@ -125,3 +125,19 @@ def test_the_record_cache_reencodes_exactly_the_records_that_changed():
     # A wall clock step (the offset) makes every record new.
     checkpoint.encode_live(core.view.snapshot(), table, 2000.0, Path("/c.toml"), "text", cache)  # type: ignore[arg-type]
     assert all(text is not after.get(slot) for slot, (_, text) in cache.items())
+
+
+def test_a_snapshot_holds_each_field_by_its_name():
+    """snapshot() builds InstanceSnapshot with tuple.__new__ (for speed), which checks neither the count
+    nor the order of the fields: every one is read back here by name."""
+    web = app("web", instances=1)
+    core = Core(config(web), random.Random(0))
+    spawn = next(a for a in core.handle(DaemonStarted(), 0.0) if isinstance(a, Spawn))
+    core.handle(Spawned(spawn.spawn_id, 777), 1.0)
+    core.handle(Ready(spawn.spawn_id), 2.0)
+    (snap,) = core.view.snapshot().instances
+    assert len(snap) == len(type(snap)._fields)
+    assert snap._asdict() == {
+        "app": "web", "index": 0, "generation": 1, "role": Role.SLOT, "state": State.RUNNING,
+        "spawn_id": spawn.spawn_id, "restarts": 0, "failures": 0, "spawned_at": 0.0, "running_since": 1.0,
+        "last_exit": None, "fence": None, "reloads": 0, "operator_restarts": 0}
