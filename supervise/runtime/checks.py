@@ -113,6 +113,10 @@ class InstanceChecks:
     def counters(self) -> dict[str, int] | None:
         return None if self._notify is None else self._notify.counters.as_json()
 
+    def notify_sockets(self) -> int:
+        """How many per-instance notify sockets are open: a descriptor each, beyond limits.FDS_PER_INSTANCE."""
+        return 0 if self._notify is None else len(self._notify)
+
     # -- notify ----------------------------------------------------------------------------------
 
     def _sockets(self) -> NotifySockets:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASE_FDS", "FDS_PER_INSTANCE", "FDS_PER_LISTEN", "FDS_PER_OPEN_LOG", "RESOURCES", "NofileLimits", "check_fds",
-    "describe_capacity", "describe_out_of_fds", "fds_needed", "instance_capacity",
+    "describe_capacity", "describe_out_of_fds", "fds_needed", "fits", "instance_capacity",
     "for_child", "launcher", "nofile", "raise_nofile",
 ]
 
@@ -206,6 +206,15 @@ def fds_needed(instances: int, listens: int = 0) -> int:
             + FDS_PER_LISTEN * listens)
 
 
+def fits(instances: int, extra: int = 0) -> bool:
+    """Whether `instances`, with `extra` descriptors of theirs beyond FDS_PER_INSTANCE (the notify
+    socket of each instance with ``readiness = "notify"``), fit the daemon's descriptor limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == _INFINITY:
+        soft = _nr_open()
+    return fds_needed(instances) + extra <= soft
+
+
 def instance_capacity() -> int:
     """How many instances the daemon may run with its descriptor limit (`fds_needed`): each needs
     room for a heartbeat connection, for an accept that finds no descriptor left aborts the
@@ -226,7 +235,8 @@ def describe_capacity(capacity: int) -> str:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return (f"the daemon runs at most {capacity} instances with its file descriptor limit {_show(soft)} "
             f"({FDS_PER_INSTANCE} each, with room for a heartbeat connection, and {FDS_PER_OPEN_LOG} for each of "
-            f"the {MAX_OPEN_LOGS} log files held open: one too many would abort the daemon): raise the hard "
+            f"the {MAX_OPEN_LOGS} log files held open, and one more for each with readiness = \"notify\": one "
+            "too many would abort the daemon): raise the hard "
             f"limit ({_show(hard)}: LimitNOFILE= in its systemd unit, ulimit -Hn in its shell) or run fewer "
             "instances")
 
@@ -253,13 +263,15 @@ def check_fds(config: Config) -> list[str]:
     warnings = []
     instances = sum(app.instances + app.spares for app in config.apps.values())  # a spare is an instance too
     listens = len({address for app in config.apps.values() for address in app.listen})
-    need = fds_needed(instances, listens)
+    notify = sum(app.instances + app.spares for app in config.apps.values() if app.readiness.value == "notify")
+    need = fds_needed(instances, listens) + notify  # a notify socket each
     if _above(need, hard):
         sockets = f" + {FDS_PER_LISTEN} x {listens} listen addresses" if listens else ""
         logs = min(instances, MAX_OPEN_LOGS)
+        notifying = f" + {notify} notify sockets" if notify else ""
         warnings.append(f"warning: the daemon may need about {need} file descriptors ({BASE_FDS} + "
                         f"{FDS_PER_INSTANCE} x {instances} instances + {FDS_PER_OPEN_LOG} x {logs} open logs"
-                        f"{sockets}), more than the hard limit {hard} "
+                        f"{notifying}{sockets}), more than the hard limit {hard} "
                         f"here (soft {_show(soft)}): spawns would fail; raise it (ulimit -Hn, LimitNOFILE= "
                         "in a systemd unit) or run fewer instances")
     for app in config.apps.values():

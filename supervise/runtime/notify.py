@@ -190,6 +190,9 @@ class NotifySockets:
     def __contains__(self, spawn_id: int) -> bool:
         return spawn_id in self._bound
 
+    def __len__(self) -> int:
+        return len(self._bound)
+
     def address(self, spawn_id: int) -> str | None:
         """The NOTIFY_SOCKET value of an open spawn, for the checkpoint."""
         bound = self._bound.get(spawn_id)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from supervise.config.model import AppConfig
+from supervise.config.model import AppConfig, Readiness
 from supervise.core import Adopt, Event, Exited, PromoteSpare, Spawn, Spawned, SpawnFailed
 from supervise.runtime import killing, limits, output, process
 from supervise.runtime.cgroups import cgroup_pids
@@ -111,9 +111,10 @@ class WorkerTable:
     def spawn(self, action: Spawn) -> None:
         app, index = action.app, action.index
         name = instance_name(app.name, index, action.spare)
-        capacity = limits.instance_capacity()
-        if len(self._by_pid) >= capacity:  # retried by the core in a second: a slot may be free by then
-            self._refused_over_capacity(action, capacity)
+        notify = self.checks.notify_sockets() if self.checks is not None else 0
+        if not limits.fits(len(self._by_pid) + 1, notify + (app.readiness is Readiness.NOTIFY)):
+            # Retried by the core in a second: a slot may be free by then.
+            self._refused_over_capacity(action, limits.instance_capacity())
             return
         self._over_capacity = False
         token = os.urandom(16).hex()  # not secrets.token_hex: that loads OpenSSL (3.4 MiB) for two calls

@@ -218,3 +218,30 @@ def test_more_heartbeat_workers_than_descriptors_are_refused_and_never_abort_the
     finally:
         sup.cleanup()
         assert not kill_marked(sup.marker)
+
+
+def test_a_notify_socket_takes_room_too(tmp_path):
+    """An instance with readiness = "notify" holds one more descriptor, its notify socket: fewer of them fit."""
+    per_instance = 5 + 1  # limits: 3 per instance, 2 for its open log, and the notify socket
+    capacity = (HardLimitedSupervisor.limit - 64) // per_instance
+    sup = HardLimitedSupervisor(tmp_path, f"""
+    [apps.quiet]
+    command = ["{{python}}", "{{workers}}/sleeper.py"]
+    instances = {capacity + 8}
+    readiness = "notify"
+    start_timeout = "1h"
+    stop_timeout = "5s"
+    """)
+    try:
+        sup.start()
+        def settled() -> dict | None:
+            status = sup.status()
+            started = [i for i in status.values() if i["pid"] is not None]
+            refused = [i for i in status.values() if "runs at most" in ((i["last_exit"] or {}).get("error") or "")]
+            return status if len(started) == capacity and len(refused) == 8 else None
+        wait_until(settled, 60, interval=0.2, message=f"{capacity} instances started, 8 refused")
+        assert sup.proc.poll() is None, f"the daemon died:\n{sup.log.read_text()[-2000:]}"
+        assert "Too many open files" not in sup.log.read_text()
+    finally:
+        sup.cleanup()
+        assert not kill_marked(sup.marker)
