@@ -170,6 +170,11 @@ def test_check_warns_when_the_instances_cannot_fit_the_hard_limit(tmp_path):
         assert not kill_marked(sup.marker)
 
 
+def refused_for_capacity(instance: dict) -> bool:
+    """The instance's last spawn was refused for the daemon's descriptor capacity (limits.describe_capacity)."""
+    return "runs at most" in ((instance["last_exit"] or {}).get("error") or "")
+
+
 class HardLimitedSupervisor(Supervisor):
     """A daemon whose hard RLIMIT_NOFILE is low too: it cannot raise its way out."""
 
@@ -208,7 +213,7 @@ def test_more_heartbeat_workers_than_descriptors_are_refused_and_never_abort_the
         status = wait_until(settled, 60, interval=0.2, message=f"{capacity} instances running")
         refused = [i for i in status.values() if i["state"] != "running"]
         assert len(refused) == 10
-        assert all("runs at most" in ((i["last_exit"] or {}).get("error") or "") for i in refused), refused
+        assert all(refused_for_capacity(i) for i in refused), refused
         assert sup.proc.poll() is None, f"the daemon died:\n{sup.log.read_text()[-2000:]}"
         # Room made: a scale down to the capacity leaves every instance running.
         assert sup.cli("scale", "beat", str(capacity)).returncode == 0
@@ -237,7 +242,7 @@ def test_a_notify_socket_takes_room_too(tmp_path):
         def settled() -> dict | None:
             status = sup.status()
             started = [i for i in status.values() if i["pid"] is not None]
-            refused = [i for i in status.values() if "runs at most" in ((i["last_exit"] or {}).get("error") or "")]
+            refused = [i for i in status.values() if refused_for_capacity(i)]
             return status if len(started) == capacity and len(refused) == 8 else None
         wait_until(settled, 60, interval=0.2, message=f"{capacity} instances started, 8 refused")
         assert sup.proc.poll() is None, f"the daemon died:\n{sup.log.read_text()[-2000:]}"
