@@ -377,3 +377,36 @@ class FakeShell:
         apps = dict(snapshot.apps) if snapshot is not None else {}
         self.feed(Recovered(apps, tuple(adopted)))
         self.feed(DaemonStarted())
+
+
+class BeatingShell(FakeShell):
+    """Fake workers that say ready `ready_after` after their spawn (unless their index is in
+    `never_ready`), then beat every `beat` until their spawn id is in `paused`, and exit
+    `exit_after` after their stop signal (unless `exit_on_stop` is off)."""
+
+    def __init__(self, cfg: Config, ready_after: float, beat: float, exit_after: float) -> None:
+        super().__init__(cfg)
+        self.ready_after, self.beat_every, self.exit_after = ready_after, beat, exit_after
+        self.paused: set[int] = set()  # spawn ids that no longer beat (hung)
+        self.never_ready: set[int] = set()  # indexes whose new workers never say ready
+        self.exit_on_stop = True
+
+    def on_spawn(self, action: Spawn) -> None:
+        super().on_spawn(action)
+        proc = self.by_spawn[action.spawn_id]
+        if action.index not in self.never_ready:
+            self.at(self.now + self.ready_after, lambda: self._ready(proc))
+
+    def _ready(self, proc: Proc) -> None:
+        if proc.alive and self.by_spawn.get(proc.spawn_id) is proc:
+            self.ready(proc.spawn_id)
+            self._beat(proc)
+
+    def _beat(self, proc: Proc) -> None:
+        if proc.alive and proc.spawn_id not in self.paused:
+            self.core.beat(proc.spawn_id, None, self.now)
+            self.at(self.now + self.beat_every, lambda: self._beat(proc))
+
+    def on_stop_signal(self, proc: Proc, sig: int) -> None:
+        if self.exit_on_stop:
+            self.at(self.now + self.exit_after, lambda: self.exit_process(proc, 0, None))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fakeshell import FakeShell, Proc, config
+from fakeshell import BeatingShell, config
 from fakeshell import app as plain_app
 
 from supervise.config.model import AppConfig, MaxUnavailable, Readiness, Restart
@@ -36,14 +36,11 @@ def app(instances: int = 8, max_unavailable: int | str = 2, **kw: object) -> App
     return plain_app("web", instances=instances, max_unavailable=budget(max_unavailable), **kw)
 
 
-class Pool(FakeShell):
+class Pool(BeatingShell):
     """Fake workers that say ready, beat until paused, and exit on their stop signal."""
 
     def __init__(self, *apps: AppConfig) -> None:
-        super().__init__(config(*apps))
-        self.paused: set[int] = set()  # spawn ids that no longer beat (hung)
-        self.never_ready: set[int] = set()  # indexes whose new workers never say ready
-        self.exit_on_stop = True
+        super().__init__(config(*apps), READY_AFTER, BEAT, EXIT_AFTER)
         self.deadlines = 0  # DeadlineReached fed: a deadline the core never moves on would spin forever
 
     def feed(self, event: Event) -> list[Action]:
@@ -51,27 +48,6 @@ class Pool(FakeShell):
             self.deadlines += 1
             assert self.deadlines < 10_000, "the core keeps naming a deadline that has passed"
         return super().feed(event)
-
-    def on_spawn(self, action: Spawn) -> None:
-        super().on_spawn(action)
-        proc = self.by_spawn[action.spawn_id]
-        if action.index not in self.never_ready:
-            self.at(self.now + READY_AFTER, lambda: self._ready(proc))
-
-    def _ready(self, proc: Proc) -> None:
-        if proc.alive and self.by_spawn.get(proc.spawn_id) is proc:
-            self.ready(proc.spawn_id)
-            self._beat(proc)
-
-    def _beat(self, proc: Proc) -> None:
-        if not proc.alive or proc.spawn_id in self.paused:
-            return
-        self.core.beat(proc.spawn_id, None, self.now)
-        self.at(self.now + BEAT, lambda: self._beat(proc))
-
-    def on_stop_signal(self, proc: Proc, sig: int) -> None:
-        if self.exit_on_stop:
-            self.at(self.now + EXIT_AFTER, lambda: self.exit_process(proc, 0, None))
 
     def hang(self, *indexes: int) -> list[int]:
         """These slots' workers stop beating (and keep running); their spawn ids."""

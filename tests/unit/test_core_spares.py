@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fakeshell import FakeShell, Proc, config
+from fakeshell import BeatingShell, FakeShell, Proc, config
 from fakeshell import app as plain_app
 
 from supervise.config.model import AppConfig, BackoffConfig, CrashLoopConfig, Readiness
@@ -29,35 +29,16 @@ def app(instances: int = 2, spares: int = 1, **kw: object) -> AppConfig:
     return plain_app("web", instances=instances, spares=spares, **kw)
 
 
-class Pool(FakeShell):
+class Pool(BeatingShell):
     """Fake workers that say ready READY_AFTER after their spawn, beat until paused, exit on stop."""
 
     def __init__(self, *apps: AppConfig) -> None:
-        super().__init__(config(*apps))
-        self.paused: set[int] = set()
+        super().__init__(config(*apps), READY_AFTER, BEAT, EXIT_AFTER)
         self.actions: list[Action] = []
 
     def carry_out(self, actions: list[Action]) -> None:
         self.actions += actions
         super().carry_out(actions)
-
-    def on_spawn(self, action: Spawn) -> None:
-        super().on_spawn(action)
-        proc = self.by_spawn[action.spawn_id]
-        self.at(self.now + READY_AFTER, lambda: self._ready(proc))
-
-    def _ready(self, proc: Proc) -> None:
-        if proc.alive and self.by_spawn.get(proc.spawn_id) is proc:
-            self.ready(proc.spawn_id)
-            self._beat(proc)
-
-    def _beat(self, proc: Proc) -> None:
-        if proc.alive and proc.spawn_id not in self.paused:
-            self.core.beat(proc.spawn_id, None, self.now)
-            self.at(self.now + BEAT, lambda: self._beat(proc))
-
-    def on_stop_signal(self, proc: Proc, sig: int) -> None:
-        self.at(self.now + EXIT_AFTER, lambda: self.exit_process(proc, 0, None))
 
     def slot(self, index: int) -> dict[str, object]:
         return self.slots()[index]
