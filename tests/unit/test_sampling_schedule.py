@@ -7,8 +7,10 @@ schedule's constants shrunk so that a minute of the daemon's life takes a second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,6 +55,19 @@ async def passes_while(sampling: chores.Sampling, reports: list[Event], seconds:
     return sum(1 for r in reports[before:] if isinstance(r, Sampled))
 
 
+@contextlib.asynccontextmanager
+async def running(reports: list[Event]) -> AsyncIterator[chores.Sampling]:
+    """A Sampling of one instance, its task running (and asleep: its first step ends in its wait)."""
+    with ThreadPoolExecutor(1) as executor:
+        sampling = chores.Sampling(asyncio.get_running_loop(), Table([worker()]), executor, reports.append)
+        task = asyncio.create_task(sampling.run())
+        await asyncio.sleep(0)  # a yield, not a wait: the task runs its first step, up to its sleep
+        try:
+            yield sampling
+        finally:
+            task.cancel()
+
+
 async def wait_for_pass(reports: list[Event], count: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while sum(1 for r in reports if isinstance(r, Sampled)) < count:
@@ -63,19 +78,14 @@ async def wait_for_pass(reports: list[Event], count: int, timeout: float = 5.0) 
 def test_passes_run_often_while_looked_at_and_stop_when_nobody_looks(fast: None) -> None:
     async def scenario() -> None:
         reports: list[Event] = []
-        with ThreadPoolExecutor(1) as executor:
-            sampling = chores.Sampling(asyncio.get_running_loop(), Table([worker()]), executor, reports.append)
-            task = asyncio.create_task(sampling.run())
-            try:
-                assert await passes_while(sampling, reports, 0.3) == 0, "nobody looked: no pass"
-                sampling.looked()  # figures older than DISPLAY: a pass at once
-                await wait_for_pass(reports, 1, timeout=DISPLAY * 20)
-                watched = await passes_while(sampling, reports, 1.0, look_every=0.1)
-                assert watched >= 0.5 / DISPLAY, f"{watched} passes in 1 s while looked at every 0.1 s"
-                await passes_while(sampling, reports, WATCHED + 0.2)  # the last look ages out (and a pass due then)
-                assert await passes_while(sampling, reports, 0.5) == 0, "nobody looks any more: no pass"
-            finally:
-                task.cancel()
+        async with running(reports) as sampling:
+            assert await passes_while(sampling, reports, 0.3) == 0, "nobody looked: no pass"
+            sampling.looked()  # figures older than DISPLAY: a pass at once
+            await wait_for_pass(reports, 1, timeout=DISPLAY * 20)
+            watched = await passes_while(sampling, reports, 1.0, look_every=0.1)
+            assert watched >= 0.5 / DISPLAY, f"{watched} passes in 1 s while looked at every 0.1 s"
+            await passes_while(sampling, reports, WATCHED + 0.2)  # the last look ages out (and a pass due then)
+            assert await passes_while(sampling, reports, 0.5) == 0, "nobody looks any more: no pass"
 
     asyncio.run(scenario())
 
@@ -89,14 +99,8 @@ def test_a_look_at_fresh_figures_does_not_leave_the_sampler_asleep_for_the_unwat
 
     async def scenario() -> None:
         reports: list[Event] = []
-        with ThreadPoolExecutor(1) as executor:
-            sampling = chores.Sampling(asyncio.get_running_loop(), Table([worker()]), executor, reports.append)
-            task = asyncio.create_task(sampling.run())
-            try:
-                await asyncio.sleep(0.01)  # it starts, and sleeps: nobody looks
-                sampling.looked()  # the one look, at figures 0.01 s old
-                assert await passes_while(sampling, reports, 1.2) >= 2, "passes every 0.3 s for 5 s"
-            finally:
-                task.cancel()
+        async with running(reports) as sampling:  # asleep for UNWATCHED_INTERVAL: nobody has looked
+            sampling.looked()  # the one look, at figures just made
+            assert await passes_while(sampling, reports, 1.2) >= 2, "passes every 0.3 s for 5 s"
 
     asyncio.run(scenario())
