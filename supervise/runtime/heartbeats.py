@@ -111,15 +111,7 @@ class HeartbeatServer:
     def send_drain(self, spawn_id: int) -> bool:
         """Ask a worker to drain; False when it never spoke (it still gets its stop signal)."""
         route = self._routes.get(spawn_id)
-        if route is None:
-            return False
-        try:
-            self.sock.send_multipart([route, protocol.DRAIN], zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError:
-            return False
-        finally:
-            self._recheck()
+        return route is not None and self._send(route, protocol.DRAIN)
 
     def promote(self, spawn_id: int, token: str, name: str, index: int, port: int | None) -> bool:
         """A spare is instance `name` from now on: its messages may carry that name (and, for those
@@ -138,6 +130,7 @@ class HeartbeatServer:
         return self._send(route, message)
 
     def _send(self, route: bytes, message: bytes) -> bool:
+        """One message to one worker, never blocking; False when it cannot be queued."""
         try:
             self.sock.send_multipart([route, message], zmq.NOBLOCK)
             return True
@@ -153,13 +146,7 @@ class HeartbeatServer:
         if route is None:
             self._fence_pending[spawn_id] = until
             return False
-        try:
-            self.sock.send_multipart([route, protocol.fence_message(until)], zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError:
-            return False
-        finally:
-            self._recheck()
+        return self._send(route, protocol.fence_message(until))
 
     def _recheck(self) -> None:
         # zmq.FD is edge-triggered and a send can consume the edge: look again.
