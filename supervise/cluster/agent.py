@@ -31,7 +31,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from supervise.cluster import records
@@ -49,6 +48,7 @@ from supervise.core.events import (
     Verb,
 )
 from supervise.core.placement import AppSpec, Delete, Put, Slot, plan
+from supervise.frozen import frozen
 
 TXN_OPS = 100
 """Writes per transaction (etcd's default --max-txn-ops is 128)."""
@@ -73,7 +73,7 @@ def node_name(config: ClusterConfig) -> str:
     return config.node or socket.gethostname()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Placed:
     """What the view says this node runs (for change detection)."""
 

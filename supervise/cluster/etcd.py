@@ -37,9 +37,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
+
+from supervise.frozen import frozen
 
 Json = dict[str, Any]
 T = TypeVar("T")
@@ -60,7 +61,7 @@ _STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, ConnectionAbortedErr
 # ---------------------------------------------------------------- results and errors
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyValue:
     """One key as etcd stores it; revisions say when it was created and last changed."""
 
@@ -72,7 +73,7 @@ class KeyValue:
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WatchEvent:
     """A change seen by a watch: for "delete", ``kv.value`` is b"" and ``kv.mod_revision``
     is the revision of the delete."""
@@ -128,7 +129,7 @@ def _result_of(op: str) -> str:
         raise ValueError(f"compare operator {op!r}: expected one of {', '.join(_RESULTS)}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Compare:
     """One condition of a txn: ``target`` of ``key`` compared (``result``) with ``operand``.
 
@@ -178,7 +179,7 @@ class Compare:
                 _TARGET_FIELDS[self.target]: operand}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Op:
     """One operation of a txn branch; build it with ``Op.put``, ``Op.delete`` or ``Op.get``."""
 
@@ -215,7 +216,7 @@ class Op:
         return {"request_range": _range(self.key, self.prefix)}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TxnResult:
     """Which branch ran, at which revision, and each op's answer in order:
     get -> its KeyValues, put -> None, delete -> how many keys it deleted."""
@@ -322,7 +323,7 @@ def _describe(error: BaseException, timeout: float) -> str:
 # ---------------------------------------------------------------- endpoints and connections
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Endpoint:
     url: str  # normalised: scheme://host:port
     https: bool

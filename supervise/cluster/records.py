@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from supervise.core.placement import AppSpec, Assignment, Node, Slot, SlotReport, fencing_token, per_app
+from supervise.frozen import frozen
 
 NO_LIMIT = 1_000_000
 """A node's capacity when [cluster] sets none."""
@@ -63,7 +64,7 @@ class InstanceReport:
     restarts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Rolled:
     """A node's part in a cluster-wide rollout of one app: done (ok or not) up to ``generation``."""
 

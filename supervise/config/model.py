@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 from pathlib import Path
+
+from supervise.frozen import frozen
 
 __all__ = [
     "AppConfig", "BackoffConfig", "ClusterConfig", "Config", "CrashLoopConfig", "LogFormat", "LogLevel",
@@ -53,7 +55,7 @@ class ProbeKind(StrEnum):
 PROBE_READINESS = {ProbeKind.HTTP: Readiness.HTTP, ProbeKind.TCP: Readiness.TCP, ProbeKind.EXEC: Readiness.EXEC}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Probe:
     """One check the daemon runs against an instance, every `interval`, each given `timeout`.
 
@@ -80,7 +82,7 @@ class Probe:
         return tuple(part.format(**values) for part in self.target)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListenOptions:
     """How one `listen` socket is set up (the table form of a listen entry; defaults for a plain string).
 
@@ -98,7 +100,7 @@ class ListenOptions:
     group: str | None = None  # unix sockets: group name (or gid as text)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BackoffConfig:
     initial: float = 0.1
     max: float = 30.0
@@ -107,14 +109,14 @@ class BackoffConfig:
     reset_after: float = 60.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CrashLoopConfig:
     max_restarts: int = 10
     window: float = 60.0
     cooldown: float = 300.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MaxUnavailable:
     """An app's disruption budget: how many of its instances the restarts the supervisor decides on
     (hung, memory, max_processes, a reload's stop-first steps) may have out of service at once.
@@ -154,7 +156,7 @@ class MaxUnavailable:
 DEFAULT_LISTEN_OPTIONS = ListenOptions()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AppConfig:
     name: str
     command: tuple[str, ...]  # argv template; placeholders {app} {instance} {port}
@@ -234,7 +236,7 @@ class AppConfig:
         return parts
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SuperviseConfig:
     state_dir: Path
     log_format: str = "console"  # console | json
@@ -246,7 +248,7 @@ class SuperviseConfig:
     include: tuple[str, ...] = ()  # globs (relative to the main file) of files whose [apps] merge in, in order
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClusterConfig:
     """``[cluster]``: how this daemon joins the others through etcd."""
 
@@ -269,7 +271,7 @@ class ClusterConfig:
         return max(1.0, self.lease_ttl * 0.2)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Config:
     path: Path  # absolute path of the file this was loaded from
     supervise: SuperviseConfig

@@ -19,10 +19,11 @@ import signal
 import string as _string
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeGuard, TypeVar
+
+from supervise.frozen import frozen
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -274,7 +275,7 @@ def listen_address(base: Path, value: object) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TcpAddress:
     """A TCP listen address: ``host`` as written, an IPv6 address without its brackets."""
 
@@ -282,7 +283,7 @@ class TcpAddress:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UnixAddress:
     """A unix socket listen address: ``path`` as written after "unix:"."""
 

@@ -8,15 +8,16 @@ the CLI's `status` a few milliseconds it does not need: it prints the JSON).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from supervise.frozen import frozen
 from supervise.wire.protocol import describe_exit
 
 JSONObject = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LastExit:
     """How an instance's last process ended. ``reason``: crashed, exited, hung, memory,
     start-timeout, reload, stopped, lost, unhealthy, ... (DESIGN.md); ``code`` or ``signal``
@@ -38,7 +39,7 @@ class LastExit:
         return cls(str(data.get("reason")), data.get("code"), data.get("signal"), data.get("error"))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InstanceStatus:
     """One instance, as a row of `status --json`. Figures the daemon has not measured
     (or not for a process that is not live) are None. ``role``: ``active`` for the serving
@@ -77,7 +78,7 @@ class InstanceStatus:
                    processes=data.get("processes"), role=data.get("role"), raw=data)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AppStatus:
     """One app: its instances by index, and (``replacing``) new and old ones beside them
     while a rollout or a replace-first restart runs."""
@@ -99,7 +100,7 @@ class AppStatus:
                    spares=tuple(i for i in rows if i.role == "spare"))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Status:
     """What `status --json` prints: apps in config order. ``status["web:0"]`` is an instance,
     ``status.app("web")`` an app; ``raw`` is the daemon's JSON (with its ``daemon`` section)."""
@@ -137,7 +138,7 @@ class Status:
         return cls(apps=tuple(AppStatus.from_json(a) for a in data.get("apps", ())), raw=data)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Signalled:
     """An instance whose process (or tree) was sent the signal: ``pid`` is its main process."""
 
@@ -145,7 +146,7 @@ class Signalled:
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Skipped:
     """A named instance with no live process to signal (``state``: stopped, backoff, failed)."""
 
@@ -153,7 +154,7 @@ class Skipped:
     state: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SignalResult:
     """What `signal` did: ``signal`` its name (SIGHUP), ``number``; ``warning`` when its effect may
     surprise (SIGKILL is a crash to supervise, restarted per the policy)."""
@@ -174,7 +175,7 @@ class SignalResult:
                    warning=data.get("warning"), raw=data)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReloadResult:
     """What `reload` did (or, with ``dry_run``, would do): ``plan`` one object per app (``app``,
     ``action``: roll, start, stop, update, unchanged, ...), ``rollouts`` each finished rollout

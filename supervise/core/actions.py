@@ -10,13 +10,13 @@ that happens to get the same pid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 from supervise.config.model import AppConfig
+from supervise.frozen import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Spawn:
     """Start instance ``index`` of ``app``; report back ``Spawned`` or ``SpawnFailed``."""
 
@@ -28,7 +28,7 @@ class Spawn:
     spare: bool = False  # a warm spare: ``index`` numbers it among the app's spares, it has no slot yet
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PromoteSpare:
     """The spare running as ``spawn_id`` is instance ``index`` of ``app`` from now on: tell it (over the
     heartbeat channel), and give it that instance's name, log and heartbeat identity."""
@@ -38,7 +38,7 @@ class PromoteSpare:
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExtendFence:
     """Tell these singleton workers they may run until ``until`` (monotonic): the lease was renewed."""
 
@@ -46,7 +46,7 @@ class ExtendFence:
     until: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ScaleCluster:
     """Record a cluster app's new count in etcd, for the leader to place; then reply to ``request_id``."""
 
@@ -55,7 +55,7 @@ class ScaleCluster:
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Adopt:
     """Watch process ``pid``, started by a previous daemon, as ``spawn_id`` from now on."""
 
@@ -66,7 +66,7 @@ class Adopt:
     spare: bool = False  # a warm spare, numbered ``index`` among the app's spares
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Signal:
     """Send ``signal`` to the process (and SIGCONT, so a stopped one can act on it)."""
 
@@ -74,7 +74,7 @@ class Signal:
     signal: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SignalTree:
     """An operator's `signal --tree`: `signal` to every process of the instance's tree."""
 
@@ -82,21 +82,21 @@ class SignalTree:
     signal: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KillTree:
     """SIGKILL the process and every process it left behind."""
 
     spawn_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SendDrain:
     """Ask the worker over its heartbeat channel to finish in-flight work."""
 
     spawn_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StopStray:
     """A live worker of a previous daemon that no app claims any more: stop it (gracefully, then kill)."""
 
@@ -104,14 +104,14 @@ class StopStray:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Resample:
     """Sample the process trees again ``after`` seconds: a reading over a limit awaits confirmation."""
 
     after: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reply:
     request_id: object
     ok: bool
@@ -120,14 +120,14 @@ class Reply:
     usage: bool = False  # the request itself was wrong (exit code 2), not the operation
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Publish:
     """One event for the numbered history, the daemon's log and `supervise events`."""
 
     event: dict[str, object]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Checkpoint:
     """What a checkpoint records has changed: write one (the shell may coalesce them)."""
 
@@ -141,7 +141,7 @@ class ServiceState(StrEnum):
     STOPPING = "stopping"  # the drain has begun
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Notify:
     """Tell the service manager how the daemon is doing; ``status`` is a one-line summary."""
 
@@ -149,7 +149,7 @@ class Notify:
     status: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReleaseListeners:
     """Close the listen sockets whose addresses are not in ``keep``: no instance uses them now,
     nor may one restart with them (a socket nobody accepts on would queue clients forever)."""
@@ -157,12 +157,12 @@ class ReleaseListeners:
     keep: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EndChaos:
     """Stop harming instances (`supervise chaos`): everything drains."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Exit:
     code: int
 

@@ -8,11 +8,11 @@ knows arrives as one of these, with ``now`` beside it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 
 from supervise.config.model import Config
 from supervise.core.instance import LastExit, State
+from supervise.frozen import frozen
 
 
 class Verb(StrEnum):
@@ -46,13 +46,13 @@ class Role(StrEnum):
     SPARE = "spare"  # a warm spare (its index numbers it among the app's spares)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Spawned:
     spawn_id: int
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpawnFailed:
     """A `Spawn` could not be carried out. ``daemon_fault``: the daemon (or the system) was out of file
     descriptors: nothing the worker did, so it is retried shortly and never counted as its failure."""
@@ -62,7 +62,7 @@ class SpawnFailed:
     daemon_fault: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Exited:
     spawn_id: int
     code: int | None
@@ -70,12 +70,12 @@ class Exited:
     lost: bool = False  # an adopted process (not our child): gone, its exit status unknown
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Ready:
     spawn_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Beat:
     """A valid heartbeat (the shell has checked its token); ``fields`` are its status fields."""
 
@@ -83,7 +83,7 @@ class Beat:
     fields: Mapping[str, object] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Unhealthy:
     """The instance's liveness probe failed ``failures`` times in a row (``detail``: the last failure)."""
 
@@ -91,19 +91,19 @@ class Unhealthy:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Healthy:
     """The instance's liveness probe passes again after an ``Unhealthy``."""
 
     spawn_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Drained:
     spawn_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Sampled:
     """One sampling pass over instances' process trees, by spawn id.
 
@@ -118,7 +118,7 @@ class Sampled:
     cpu_seconds: Mapping[int, float] | None = None  # the tree's CPU time so far: a counter, never decreasing
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CommandReceived:
     """An operator's command. ``targets`` are app names or instance names (``web:1``).
 
@@ -137,7 +137,7 @@ class CommandReceived:
     tree: bool = False  # signal: to every process of the instance's tree, not only its main process
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FilesChanged:
     """Files an app watches changed: roll those apps (``paths``: a few of them, for the record)."""
 
@@ -145,17 +145,17 @@ class FilesChanged:
     paths: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ShutdownRequested:
     """SIGTERM/SIGINT or `supervise shutdown`: drain everything, then exit."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeadlineReached:
     """The time ``Core.next_deadline()`` named has come."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Adopted:
     """An instance a previous daemon started, as its checkpoint (or the environment of
     its process) recorded it.
@@ -182,7 +182,7 @@ class Adopted:
     operator_restarts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AppRecord:
     """An app's count and generation as a checkpoint recorded them (a `scale` outlives the daemon)."""
 
@@ -191,7 +191,7 @@ class AppRecord:
     latest: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Recovered:
     """What a previous daemon on this state dir left: its apps and its instances.
 
@@ -203,12 +203,12 @@ class Recovered:
     instances: tuple[Adopted, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DaemonStarted:
     """The shell is ready to spawn: bring every app up, each after its dependencies."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Stalled:
     """The daemon's loop ran ``seconds`` late (a pause, a swap storm, a blocked disk): judge liveness
     afresh. Comes before the DeadlineReached that found the lateness."""
@@ -216,7 +216,7 @@ class Stalled:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Assigned:
     """What the cluster's leader has placed on this node: a whole snapshot of every cluster app.
 
@@ -229,7 +229,7 @@ class Assigned:
     held: Mapping[str, frozenset[int]]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseRenewed:
     """etcd acknowledged this node's lease: it may keep its singletons until ``fence_at``.
 
@@ -242,12 +242,12 @@ class LeaseRenewed:
     fence_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseLost:
     """etcd says this node's lease is gone: fence at once."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClusterNews:
     """Something happened in the cluster (a node joined or was lost, a leader was elected, slots
     were placed or moved): published as an event of type ``cluster``."""

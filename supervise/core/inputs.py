@@ -4,9 +4,8 @@ or the imperative, each a small frozen dataclass the ``match`` of ``step`` names
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from supervise.core.states import ExitReason, State
+from supervise.frozen import frozen
 
 __all__ = [
     "BecameReady", "Died", "ForkFailed", "Forked", "Halt", "Input", "Launch", "MemorySampled", "ProbeFailed",
@@ -14,14 +13,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Launch:
     """Bring the slot up. ``manual`` (an operator's start) also closes the breaker."""
 
     manual: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Halt:
     """Take the process down gracefully, for ``reason``; ``then_start`` respawns after.
 
@@ -33,14 +32,14 @@ class Halt:
     grace: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Forked:
     """The process of the spawn asked for exists now."""
 
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ForkFailed:
     """The spawn failed. ``daemon_fault``: for want of the daemon's own file descriptors (or the
     system's), not through anything of the worker's: retried shortly, never counted against it."""
@@ -49,29 +48,29 @@ class ForkFailed:
     daemon_fault: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BecameReady:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Died:
     code: int | None
     signal: int | None
     lost: bool = False  # no exit status: it was adopted (not our child) or died while no daemon watched
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TimerFired:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReportedDrained:
     """The worker says it has no work in flight: it may be stopped at once."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MemorySampled:
     """A sampling pass's figures for the instance's whole process tree."""
 
@@ -81,7 +80,7 @@ class MemorySampled:
     cpu_seconds: float | None = None  # CPU time so far, never decreasing
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Resumed:
     """A fresh instance takes over where a previous daemon's left off (adoption).
 
@@ -96,7 +95,7 @@ class Resumed:
     running_for: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Unheard:
     """The daemon's own loop stood still for ``seconds``: what a worker said meanwhile waits unread, so
     its silence proves nothing. Liveness is judged afresh from now; a start gets the time back."""
@@ -104,19 +103,19 @@ class Unheard:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProbeFailed:
     """Its liveness probe failed `failures` times in a row (``detail``: the last failure)."""
 
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProbePassed:
     """Its liveness probe passes again."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RecycleLater:
     """A max-age recycle's successor did not become ready: this one, which works, serves on and
     is tried again at ``at``."""
@@ -124,7 +123,7 @@ class RecycleLater:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Proceed:
     """The app's disruption budget has room: the restart this instance is held for goes now, if it
     is still due (a held hung instance that beats again is left alone)."""

@@ -35,6 +35,7 @@ from supervise.core.inputs import (
 )
 from supervise.core.policy import CrashLoopBreaker, backoff_delay, should_restart
 from supervise.core.states import FAILURE_REASONS, LIVE_STATES, ExitReason, InvalidTransition, LastExit, State
+from supervise.frozen import frozen
 
 # The states (states.py) and the inputs (inputs.py) are named here too: this module is where
 # the core and its tests meet the state machine.
@@ -136,7 +137,7 @@ def never() -> bool:
     return False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Context:
     app: AppConfig
     now: float

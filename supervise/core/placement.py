@@ -28,11 +28,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from supervise.frozen import frozen
+
 CLUSTER = "cluster"
 EVERY_NODE = "every-node"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Node:
     """A live node, as its record in etcd describes it."""
 
@@ -43,7 +45,7 @@ class Node:
     cordoned: bool = False  # takes no new work; its slots move elsewhere (drain)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AppSpec:
     """What placement needs of a cluster app (``placement`` is "cluster" or "every-node")."""
 
@@ -63,7 +65,7 @@ class Slot:
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Assignment:
     """An assignment's value in etcd."""
 
@@ -72,7 +74,7 @@ class Assignment:
     handoff_from: str | None = None  # keeps running the slot until ``node`` reports it ready
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SlotReport:
     """What a live node says of one slot it runs."""
 
@@ -80,13 +82,13 @@ class SlotReport:
     ready: bool  # running and ready
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Put:
     slot: Slot
     assignment: Assignment
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Delete:
     slot: Slot
 

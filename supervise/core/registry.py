@@ -13,14 +13,14 @@ import itertools
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from supervise.core.actions import Action, Publish
 from supervise.core.instance import Context, Input, Instance, State, always, never, step
 from supervise.core.timers import Timers
+from supervise.frozen import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RequestTimeout:
     """A command's timeout among the deadlines, kept apart from instances (request ids are small
     integers, and an app may have any name)."""
@@ -28,7 +28,7 @@ class RequestTimeout:
     request_id: object
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FenceDeadline:
     """When this node must fence unless its lease is renewed first (cluster mode)."""
 

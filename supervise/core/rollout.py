@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from supervise.config.model import AppConfig
 from supervise.core.events import Cause
+from supervise.frozen import frozen
 
 PROCESS_FIELDS = ("command", "cwd", "env", "listen", "port", "heartbeat_timeout", "user", "group", "umask", "shell",
                   "readiness")
@@ -82,7 +83,7 @@ class ChangeAction(StrEnum):
     UNCHANGED = "unchanged"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Change:
     """One app's part of a config reload."""
 

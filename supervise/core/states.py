@@ -5,9 +5,9 @@ its views and the checkpoint share.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 
+from supervise.frozen import frozen
 from supervise.wire.protocol import describe_exit
 
 __all__ = ["FAILURE_REASONS", "LIVE_STATES", "ExitReason", "InvalidTransition", "LastExit", "State"]
@@ -52,7 +52,7 @@ class InvalidTransition(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LastExit:
     reason: ExitReason
     code: int | None = None

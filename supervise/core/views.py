@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from supervise.core.events import AppRecord, Role
 from supervise.core.fleet import Fleet, Key
 from supervise.core.instance import LIVE_STATES, Instance, LastExit, State
+from supervise.frozen import frozen
 
 
 def status(fleet: Fleet, now: float, keys: Iterable[Key] | None = None) -> dict[str, object]:
@@ -98,7 +98,7 @@ class InstanceSnapshot(NamedTuple):
     operator_restarts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Snapshot:
     """What a checkpoint records of the core: each app's count and generation, every instance."""
 
@@ -158,7 +158,7 @@ class View:
                 for g in self._fleet.groups.values() if g.config.clustered for i in g.slots.values()]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClusterInstance:
     name: str
     app: str

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from supervise.core import Adopted, AppRecord, Recovered, Role
 from supervise.core.instance import LastExit, State
+from supervise.frozen import frozen
 from supervise.runtime import checkpoint, process
 from supervise.runtime.checkpoint import Checkpoint, CheckpointError, InstanceRecord
 from supervise.runtime.log import Log
@@ -25,7 +25,7 @@ from supervise.runtime.workers import Inherited
 from supervise.wire import protocol
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Leftovers:
     """Everything found of a previous daemon: the event for the core, and for the worker table
     what it needs of each live process (by pid) that the core does not know."""
@@ -159,7 +159,7 @@ def still_running(record: InstanceRecord) -> bool:
     return token is None or token == record.token
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Stray:
     """A worker of this state dir that no checkpoint names (started just before the daemon died)."""
 

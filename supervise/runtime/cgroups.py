@@ -13,8 +13,9 @@ import select
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+from supervise.frozen import frozen
 
 __all__ = ["Cgroups", "cgroup_pids", "kill_cgroup", "owner_name"]
 
@@ -22,7 +23,7 @@ _CGROUP_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _SWEEP_PASSES = 5
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Cgroups:
     """Per-instance cgroup v2 leaves under a directory owned by this daemon.
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
 
 from supervise.core.views import Snapshot
+from supervise.frozen import frozen
 from supervise.runtime.workers import WorkerTable
 
 VERSION = 1
@@ -33,7 +34,7 @@ class CheckpointError(Exception):
     """The checkpoint exists but cannot be used; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InstanceRecord:
     app: str
     index: int
@@ -56,7 +57,7 @@ class InstanceRecord:
     operator_restarts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Checkpoint:
     daemon_pid: int
     written_at: float  # wall clock

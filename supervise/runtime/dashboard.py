@@ -33,10 +33,10 @@ import json
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from supervise.frozen import frozen
 from supervise.runtime.http import HttpServer, Request, Response, Stream
 
 __all__ = ["MAX_LINES", "MAX_QUEUE", "Dashboard", "Source", "install", "tail"]
@@ -87,7 +87,7 @@ _NAME = re.compile(r"(?P<app>.+):(?P<index>[0-9]{1,9})")
 _COUNT = re.compile(r"[0-9]{1,9}")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Source:
     """What the dashboard reads of the daemon."""
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from supervise.frozen import frozen
 
 __all__ = ["MAX_CONNECTIONS", "HttpServer", "Request", "Response", "Stream"]
 
@@ -39,7 +41,7 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
            503: "Service Unavailable"}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Request:
     method: str
     path: str  # decoded, without the query
@@ -52,7 +54,7 @@ class Request:
         return values[0] if values else default
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Response:
     status: int
     body: bytes

@@ -22,9 +22,10 @@ import os
 import pwd
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from supervise.frozen import frozen
 
 if TYPE_CHECKING:
     from supervise.config.model import AppConfig
@@ -43,7 +44,7 @@ class IdentityError(Exception):
     """A user or group that names no one (any more); the message names it."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Identity:
     """The ids a worker gets, and how the config named them (for messages)."""
 

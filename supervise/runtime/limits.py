@@ -28,9 +28,10 @@ import resource
 import shutil
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
+
+from supervise.frozen import frozen
 
 if TYPE_CHECKING:
     from supervise.config.model import Config
@@ -74,7 +75,7 @@ _PYTHON_LAUNCHER = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NofileLimits:
     """What `raise_nofile` found and did."""
 

@@ -35,13 +35,13 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import supervise
 from supervise.config.units import Invalid, TcpAddress, parse_listen_address
 from supervise.core.instance import ExitReason, State
 from supervise.core.rollout import RolloutState
+from supervise.frozen import frozen
 from supervise.runtime.http import Request, Response
 from supervise.wire.protocol import VERBS
 
@@ -74,7 +74,7 @@ def host_port(address: str) -> tuple[str, int]:
     return parsed.host, parsed.port
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Source:
     """What the metrics read of the daemon: callables, called on the loop at each scrape."""
 

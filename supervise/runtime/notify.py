@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervise.frozen import frozen
 from supervise.runtime import log as log_module
 
 __all__ = ["BATCH", "MAX_DATAGRAM", "SUN_PATH_MAX", "NotifyCounters", "NotifyMessage", "NotifySockets",
@@ -65,7 +66,7 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 _NAME_MAX = 48
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@frozen(kw_only=True)
 class NotifyMessage:
     """One datagram's worth of what supervise acts on. Fields not in the datagram keep their defaults.
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+from supervise.frozen import frozen
 
 __all__ = ["Check", "Context", "Done", "InvalidTarget", "Pause", "Resolver", "Target", "first_line", "seconds"]
 
@@ -106,7 +107,7 @@ class Pause:
             callback()  # a check's own callback: guarded, never raises
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Context:
     """What every check shares: the loop, the host name resolver, the read pause."""
 
@@ -115,7 +116,7 @@ class Context:
     pause: Pause
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InvalidTarget:
     """A target that cannot be probed as written: every check fails, saying why."""
 

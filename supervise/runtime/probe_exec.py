@@ -19,9 +19,9 @@ import os
 import signal
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
+from supervise.frozen import frozen
 from supervise.runtime.probe_checks import Check, Context, Done, first_line, seconds
 
 __all__ = ["ExecTarget"]
@@ -33,7 +33,7 @@ EXEC_WRAPPER = '"$@" >&2; echo $?'
 _DISARMED_RETURNCODE = -(2**31)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExecTarget:
     """Runs argv in cwd with env: passes on exit code 0."""
 

@@ -9,10 +9,10 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from supervise.frozen import frozen
 from supervise.runtime.probe_checks import Check, Context, Done, InvalidTarget, seconds
 
 __all__ = ["Endpoint", "HttpTarget", "TcpTarget", "parse_address"]
@@ -25,7 +25,7 @@ USER_AGENT = "supervise-probe"
 LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Endpoint:
     """Where to connect: an address ready for connect(), or a host name to resolve first."""
 
@@ -66,7 +66,7 @@ def _endpoint(host: str, port: int) -> Endpoint | str:
     return Endpoint(family, (host, port), host, port, shown)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TcpTarget:
     """Passes when a connection is made (and closed at once)."""
 
@@ -76,7 +76,7 @@ class TcpTarget:
         return _Connection(ctx, self.endpoint, None, "", timeout, done)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HttpTarget:
     """GET `url`: passes on a status of 200-399. Only the status line is read."""
 

@@ -18,10 +18,10 @@ import os
 import subprocess
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
+from supervise.frozen import frozen
 from supervise.runtime import identity, limits
 from supervise.runtime.cgroups import Cgroups
 from supervise.runtime.cgroups import owner_name as cgroups_owner
@@ -62,7 +62,7 @@ class SpawnError(Exception):
         self.daemon_fault = daemon_fault
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpawnSpec:
     """Everything needed to start one worker process."""
 
@@ -96,7 +96,7 @@ class SpawnSpec:
         return dataclasses.replace(self, identity=resolved, env=env)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Child:
     """A started worker: what it takes to watch, identify and kill it."""
 

@@ -64,6 +64,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from supervise.frozen import frozen
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -89,7 +91,7 @@ class Measure(StrEnum):
 _FIDELITY = (Measure.RSS_SUM, Measure.PSS, Measure.CGROUP)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Root:
     """One instance to measure: its main pid, its cgroup leaf if it has one, and its max_memory."""
 
@@ -116,7 +118,7 @@ class Sample:
         return min(self.measures.values(), key=_FIDELITY.index, default=None)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Usage:
     """What /proc/<pid>/stat says of a process's memory: cheap enough to read for every process every pass."""
 
@@ -126,7 +128,7 @@ class Usage:
     start: int = 0  # when it started, in clock ticks since boot
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Read:
     """A tree's last PSS reading: what later passes estimate from, and bound its growth from."""
 

@@ -37,9 +37,9 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from supervise.frozen import frozen
 from supervise.runtime import log as log_module
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def _inside(path: str, directory: str) -> bool:
 _IGNORED_NAME = re.compile("|".join(compile_glob(name) for name in DEFAULT_IGNORED_NAMES))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AppPatterns:
     """One app's ``watch`` and ``watch_ignore``, compiled to match absolute paths."""
 
@@ -185,7 +185,7 @@ class AppPatterns:
         return self.ignore_names is None or not any(self.ignore_names.fullmatch(part) for part in components)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WatchFilter:
     """Which apps a changed path concerns: a pure function of the path.
 
@@ -261,7 +261,7 @@ class WatchFilter:
 # -- the thread ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _StopProbe:
     """The ``stop_event`` given to watchfiles.
 

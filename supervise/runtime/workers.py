@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from supervise.config.model import AppConfig, Readiness
 from supervise.core import Adopt, Event, Exited, PromoteSpare, Spawn, Spawned, SpawnFailed
+from supervise.frozen import frozen
 from supervise.runtime import killing, limits, output, process
 from supervise.runtime.cgroups import cgroup_pids
 from supervise.runtime.checks import InstanceChecks
@@ -56,7 +57,7 @@ class Worker:
     adopted: bool = False  # started by a previous daemon: not our child, its exit status is out of reach
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Inherited:
     """What a checkpoint (or a worker's environment) tells of an adopted process beyond the core's view."""
 

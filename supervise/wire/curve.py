@@ -24,12 +24,14 @@ import os
 import stat
 import struct
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 import zmq
 import zmq.auth.thread
 from zmq.utils import z85
+
+from supervise.frozen import frozen
 
 __all__ = ["CurveError", "KeyPair", "ServerAuth", "ZAP_DOMAIN", "generate", "keygen", "load_public",
            "load_secret", "mask", "secure_client", "secure_server"]
@@ -62,7 +64,7 @@ class CurveError(ValueError):
     """A key or key file that cannot be used; the message names it and says what to do."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyPair:
     """A CURVE key pair as Z85 text. The secret is left out of ``repr`` so a stray log line cannot leak it."""
 

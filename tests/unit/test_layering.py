@@ -5,6 +5,7 @@
     cluster               etcd: the client of its gateway, this node's agent (lease, watch, leader)
     core                  the supervisor, sans-IO: events in, actions out
     config, wire          the config as data; what crosses a socket, and where the sockets are
+    frozen                the frozen dataclass every layer's values are made of (supervise.frozen)
 
 A layer may import its own modules and those of the layers its rule names;
 function-level (lazy) imports count too, since they run all the same. The
@@ -24,21 +25,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "supervise"
 
 MAY_IMPORT = {
-    "config": set(),
-    "wire": set(),
+    "frozen": set(),
+    "config": {"frozen"},
+    "wire": {"frozen"},
     "dashboard": set(),  # the web page's static files (no code); runtime/dashboard.py serves them
-    "core": {"config", "wire"},
-    "control": {"config", "wire"},
-    "cluster": {"core", "config", "wire"},
-    "runtime": {"cluster", "core", "config", "wire"},
+    "core": {"config", "wire", "frozen"},
+    "control": {"config", "wire", "frozen"},
+    "cluster": {"core", "config", "wire", "frozen"},
+    "runtime": {"cluster", "core", "config", "wire", "frozen"},
     "worker": {"wire"},
     "client": {"control"},  # supervise.client: the public face of control.api
-    "cli": {"control", "runtime", "cluster", "core", "config", "wire"},
+    "cli": {"control", "runtime", "cluster", "core", "config", "wire", "frozen"},
     "__main__": {"cli"},
 }
 """Layer -> the other layers it may import."""
 
-PURE = ("supervise.config", "supervise.core", "supervise.wire.protocol")
+PURE = ("supervise.config", "supervise.core", "supervise.wire.protocol", "supervise.frozen")
 OS_SIDE = {"asyncio", "zmq", "psutil", "structlog", "subprocess", "socket", "threading", "time", "watchfiles",
            "supervise.runtime", "fcntl", "select", "ctypes"}
 
