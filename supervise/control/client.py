@@ -10,6 +10,8 @@ which needs CURVE, pays for pyzmq.
 
 from __future__ import annotations
 
+import json
+
 from supervise.wire import protocol, zmtp
 from supervise.wire.statedir import StatePaths
 
@@ -152,6 +154,17 @@ class Control:
             reply = self._recv_reply(conn, timeout)
         return self._result(reply)
 
+    def request_json(self, req: protocol.Request, timeout: float = 10.0) -> bytes:
+        """`request`'s result as JSON text, for printing: the daemon's own bytes when they can be cut
+        out of its reply (protocol.result_json), else decoded, checked and encoded again."""
+        with self._connect(timeout) as conn:
+            conn.send([protocol.encode_request(req)])
+            frames = self._recv_frames(conn, timeout)
+        raw = protocol.result_json(frames)
+        if raw is not None and raw.startswith(b"{"):  # every verb's result is an object (docs/protocol.md)
+            return raw
+        return json.dumps(self._result(self._decode(frames))).encode()
+
     def shutdown(self, keep_workers: bool = False) -> JSONObject:
         """Ask for a drain (or, keeping the workers, just an exit) and wait until the daemon is gone."""
         with self._connect(10.0) as conn:
@@ -182,8 +195,11 @@ class Control:
         return EventStream(conn, result["events"], result["last"] if since is None else since, follow, idle)
 
     def _recv_reply(self, conn: Connection, timeout: float) -> protocol.Reply:
+        return self._decode(self._recv_frames(conn, timeout))
+
+    def _recv_frames(self, conn: Connection, timeout: float) -> list[bytes]:
         try:
-            frames = conn.recv(timeout)
+            return conn.recv(timeout)
         except TimeoutError:
             if isinstance(self.daemon, Remote):
                 raise OperationFailed(f"no answer from {self.daemon.endpoint} within {timeout:g}s: no daemon there, "
@@ -193,6 +209,9 @@ class Control:
             raise OperationFailed(f"the daemon did not answer within {timeout:g}s") from None
         except zmtp.ZmtpError:
             raise OperationFailed("the daemon closed the connection (is it shutting down?)") from None
+
+    @staticmethod
+    def _decode(frames: list[bytes]) -> protocol.Reply:
         try:
             return protocol.decode_reply(frames)
         except protocol.ProtocolError as exc:

@@ -155,15 +155,35 @@ def decode_request(frames: list[bytes]) -> Request:
 def encode_reply(ok: bool, result: object = None, error: str | None = None, usage: bool = False,
                  id: object = None) -> bytes:
     body: dict[str, object] = {"v": VERSION, "ok": ok}
+    if id is not None:
+        body["id"] = id
     if ok:
-        body["result"] = result
+        body["result"] = result  # last: see result_json
     else:
         body["error"] = error
         if usage:
             body["usage"] = True
-    if id is not None:
-        body["id"] = id
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+_OK_RESULT = b'{"v":%d,"ok":true,"result":' % VERSION
+
+
+def result_json(frames: list[bytes]) -> bytes | None:
+    """An ok reply's ``result`` as the JSON text the daemon wrote, cut out instead of decoded.
+
+    `status --json` at 5,000 instances prints 1.4 MB that it would otherwise
+    decode and encode again (about 33 ms of a 110 ms command). The daemon's
+    encoders write ``result`` last, after ``id`` if any, so a reply that
+    begins exactly ``{"v":1,"ok":true,"result":`` holds it up to its last
+    byte. None for any other reply (a refusal, an id, another shape): decode it.
+    """
+    if len(frames) != 1:
+        return None
+    raw = frames[0]
+    if raw.startswith(_OK_RESULT) and raw.endswith(b"}"):
+        return raw[len(_OK_RESULT):-1]
+    return None
 
 
 def encode_event(event: bytes) -> bytes:
@@ -174,11 +194,10 @@ def encode_event(event: bytes) -> bytes:
 def encode_events_reply(events: list[bytes], first: int, last: int, id: object = None) -> bytes:
     """The reply to ``events`` (``result``: ``events``, ``first``, ``last``), with the events
     spliced in as the JSON they are held as rather than decoded and encoded again."""
-    body = b'{"v":%d,"ok":true,"result":{"events":[%s],"first":%d,"last":%d}' % (
-        VERSION, b",".join(events), first, last)
-    if id is not None:
-        body += b',"id":' + json.dumps(id, separators=(",", ":")).encode()
-    return body + b"}"
+    head = b'{"v":%d,"ok":true,' % VERSION
+    if id is not None:  # before the result, which comes last (result_json)
+        head += b'"id":' + json.dumps(id, separators=(",", ":")).encode() + b","
+    return head + b'"result":{"events":[%s],"first":%d,"last":%d}}' % (b",".join(events), first, last)
 
 
 Reply = namedtuple("Reply", "ok result error usage event", defaults=(None, None, False, None))

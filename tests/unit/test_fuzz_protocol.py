@@ -327,6 +327,28 @@ def test_reply_round_trip(ok: bool, result: object, error: str, usage: bool, rid
     assert reply == (protocol.Reply(True, result) if ok else protocol.Reply(False, error=error, usage=usage))
 
 
+@QUICK
+@given(st.booleans(), JSON.filter(lambda v: not (isinstance(v, float) and math.isnan(v))), st.text(max_size=50),
+       st.none() | st.text(max_size=10) | st.integers())
+def test_result_json_cuts_out_exactly_the_result_or_declines(ok: bool, result: object, error: str,
+                                                             rid: object) -> None:
+    """What `status --json` prints: the result's own JSON when the reply is ok and carries no id;
+    otherwise None, and the caller decodes."""
+    assume(not _has_nan(result))
+    raw = protocol.result_json([protocol.encode_reply(ok, result, error, id=rid)])
+    if ok and rid is None:
+        assert raw is not None and json.loads(raw) == result
+    else:
+        assert raw is None
+
+
+@QUICK
+@given(st.lists(st.binary(max_size=64), max_size=3))
+def test_result_json_never_crashes(frames: list[bytes]) -> None:
+    raw = protocol.result_json(frames)
+    assert raw is None or isinstance(raw, bytes)
+
+
 def _has_nan(value: object) -> bool:
     if isinstance(value, float):
         return math.isnan(value)

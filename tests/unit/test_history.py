@@ -40,6 +40,8 @@ def test_the_spliced_events_reply_decodes_like_an_ordinary_reply(rid) -> None:
         True, {"events": events, "first": 1, "last": 3}, id=rid))
     reply = protocol.decode_reply([raw])
     assert reply.ok and reply.result["events"] == events
+    cut = protocol.result_json([raw])  # the result comes last, after any id
+    assert json.loads(cut) == reply.result if rid is None else cut is None
 
 
 def test_an_empty_events_reply_is_valid_json() -> None:
