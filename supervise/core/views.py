@@ -21,17 +21,17 @@ def status(fleet: Fleet, now: float, keys: Iterable[Key] | None = None) -> dict[
     wanted = set(keys) if keys is not None else None
     apps = []
     for name, group in fleet.groups.items():
-        rows = [{**instance_json(group.slots[index], now), "role": "active"} for index in sorted(group.slots)
+        rows = [instance_json(group.slots[index], now, "active") for index in sorted(group.slots)
                 if wanted is None or (name, index) in wanted]
         if wanted is not None and not rows:
             continue
         if group.spares and len(rows) == len(group.slots):  # the whole app: its spares too
-            rows += [{**instance_json(group.spares[n], now), "role": "spare"} for n in sorted(group.spares)]
+            rows += [instance_json(group.spares[n], now, "spare") for n in sorted(group.spares)]
         entry: dict[str, object] = {"name": name, "target": group.target, "generation": group.generation,
                                     "instances": rows, "budget": group.budget_json()}
         if group.rollout is not None:
             entry["rollout"] = group.rollout.as_json(now)
-        others = [{**instance_json(i, now), "role": role}
+        others = [instance_json(i, now, role)
                   for role, insts in (("new", group.successors.values()), ("old", group.retiring)) for i in insts
                   if wanted is None or (name, i.index) in wanted]
         if others:  # new instances starting beside old ones, old ones draining
@@ -42,7 +42,7 @@ def status(fleet: Fleet, now: float, keys: Iterable[Key] | None = None) -> dict[
     return {"apps": apps}
 
 
-def instance_json(inst: Instance, now: float) -> dict[str, object]:
+def instance_json(inst: Instance, now: float, role: str) -> dict[str, object]:
     live = inst.state in LIVE_STATES and inst.spawned_at is not None
     return {
         "name": inst.name,
@@ -65,6 +65,7 @@ def instance_json(inst: Instance, now: float) -> dict[str, object]:
         **({"unhealthy": inst.unhealthy} if inst.unhealthy is not None and live else {}),  # liveness failing
         **({"recycle_in": round(inst.recycle_at - now, 3)} if inst.recycle_at is not None and live else {}),
         **_waiting(inst, now),
+        "role": role,
     }
 
 

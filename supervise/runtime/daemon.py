@@ -617,7 +617,9 @@ class Daemon:
     def _finish_status(self, result: dict[str, object]) -> dict[str, object]:
         """The core's `status` reply, with what only the shell knows: each live instance's
         dropped output lines, and the ``daemon`` section."""
-        self.sampling.looked()
+        # After this reply is encoded and sent: a sampling pass it sets off now (a thread reading /proc
+        # for every instance) would contend for the GIL with them, a third more on status at 5,000.
+        self.loop.call_soon(self.sampling.looked)
         apps: Any = result.get("apps") or ()
         for app in apps:
             for row in (*app.get("instances", ()), *app.get("replacing", ())):

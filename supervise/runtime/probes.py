@@ -80,6 +80,9 @@ class Kind(Enum):
     LIVENESS = "liveness"
 
 
+KINDS = tuple(Kind)  # readiness first; iterating the Enum class itself costs ~1 µs more each time
+
+
 class _Schedule:
     """One instance's probe of one kind: its grid, the check in flight, and the run of results."""
 
@@ -171,7 +174,9 @@ class Prober:
     def last_failure(self, spawn_id: int) -> str | None:
         """Why the spawn's last check failed (readiness first, while it runs), for status; None when
         its last checks passed or it has no probes."""
-        for kind in Kind:
+        if not self._schedules:  # no probe runs: status asks this of every instance
+            return None
+        for kind in KINDS:
             schedule = self._schedules.get((spawn_id, kind))
             if schedule is not None and schedule.failure is not None:
                 return schedule.failure
@@ -179,7 +184,7 @@ class Prober:
 
     def probing(self, spawn_id: int) -> bool:
         """Some probe of the spawn is still scheduled (readiness until Ready, liveness until forgotten)."""
-        return any((spawn_id, kind) in self._schedules for kind in Kind)
+        return any((spawn_id, kind) in self._schedules for kind in KINDS)
 
     @property
     def in_flight(self) -> int:
