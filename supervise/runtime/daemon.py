@@ -618,7 +618,7 @@ class Daemon:
         """The core's `status` reply, with what only the shell knows: each live instance's
         dropped output lines, and the ``daemon`` section."""
         # After this reply is encoded and sent: a sampling pass it sets off now (a thread reading /proc
-        # for every instance) would contend for the GIL with them, a third more on status at 5,000.
+        # for every instance) would contend for the GIL with them.
         self.loop.call_soon(self.sampling.looked)
         apps: Any = result.get("apps") or ()
         for app in apps:

