@@ -17,6 +17,14 @@ for the first spawn ("stopped -> starting") is shown too, as exec -> spawn.
 plain Popens of the worker from this process -> the last first datagram.
 Target: ours <= 1.1 x that floor + (`python -c pass` + 60 ms).
 
+`instructions`: exec of `supervise run` -> its first spawn (first_spawn.py
+exits there), counted in instructions by valgrind's callgrind, against
+`python -c pass` counted the same way. A count is the same on a loaded
+machine as on a quiet one, so it shows a change of a few percent that the
+wall-clock figures above drown in noise; it leaves out what the kernel does
+(exec, page faults) and the time spent waiting. Needs valgrind; once, not
+--runs times (it repeats to within 0.1 %).
+
 Each daemon gets a fresh state dir and is stopped with SIGTERM (its drain)
 before the next round. See benchmarks/README.md.
 """
@@ -24,6 +32,8 @@ before the next round. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import PY, WORKER, BenchError, Supervised, median, ms, settle, wait_exit  # noqa: E402
 from runner import Bench, Options, main  # noqa: E402
 
-FIGURES = ("first", "ten")
+FIGURES = ("first", "ten", "instructions")
 BUDGET = 0.060  # the daemon's own start-up, over `python -c pass`
 SPAWN_LINE = "stopped -> starting"
 
@@ -141,6 +151,32 @@ def bench_ten(b: Startup) -> None:
           f"{ms(median(ours) - median(floor))} over (<= {ms(allowed)})", median(ours) <= allowed)
 
 
+def bench_instructions(b: Startup) -> None:
+    """exec -> the first spawn, in instructions (callgrind), against `python -c pass`."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        b.add("instructions, exec -> first spawn", "-", "-", "valgrind not found", None)
+        return
+    b.say("\n[instructions] exec -> the first spawn under callgrind, vs `python -c pass`")
+    d = b.daemon("instructions", 1, b.worker_argv)
+
+    def count(*argv: str) -> int:
+        out = subprocess.run([valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", PY, *argv],
+                             capture_output=True, text=True, env=b.procs.env(), cwd=d.dir, timeout=300)
+        found = re.search(r"Collected : (\d+)", out.stderr)
+        if found is None:
+            raise BenchError(f"callgrind printed no count:\n{out.stderr[-2000:]}")
+        return int(found.group(1))
+
+    bare = count("-c", "pass")
+    ours = count(str(Path(__file__).resolve().parent / "first_spawn.py"), str(d.config))
+    b.say(f"  python -c pass {bare / 1e6:.0f}M instructions; supervise run -> first spawn {ours / 1e6:.0f}M, "
+          f"{(ours - bare) / 1e6:.0f}M over it")
+    b.raw["instructions"] = {"ours": ours, "python_pass": bare}
+    b.add("instructions, exec -> first spawn", f"{ours / 1e6:.0f}M", f"{bare / 1e6:.0f}M (python -c pass)",
+          f"+{(ours - bare) / 1e6:.0f}M, x{ours / bare:.2f}", None)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts = Options(__doc__, FIGURES)
     opts.number("--runs", int, 11, 3, "runs per figure")
@@ -155,6 +191,8 @@ def run(b: Startup) -> None:
         bench_first(b)
     if "ten" in b.args.only:
         bench_ten(b)
+    if "instructions" in b.args.only:
+        bench_instructions(b)
 
 
 if __name__ == "__main__":
