@@ -60,7 +60,6 @@ from supervise.core import (
 from supervise.core.actions import ExtendFence, ScaleCluster
 from supervise.core.events import Cause, Stalled
 from supervise.runtime import adoption, checkpoint, identity, killing, process, reloading, sdnotify
-from supervise.runtime.chaos_sessions import ChaosSessions
 from supervise.runtime.checks import InstanceChecks
 from supervise.runtime.chores import Checkpointer, LogChecks, Sampling, ServiceManager
 from supervise.runtime.control_server import Controls, ControlServer, curve_security
@@ -75,6 +74,7 @@ from supervise.wire import protocol, statedir
 from supervise.wire.statedir import StatePaths
 
 if TYPE_CHECKING:
+    from supervise.runtime.chaos_sessions import ChaosSessions
     from supervise.runtime.clustering import ClusterLink
     from supervise.runtime.http import HttpServer
     from supervise.runtime.metrics import Metrics
@@ -267,13 +267,14 @@ class Daemon:
         self.service = ServiceManager(loop, self._notifier) if self._notifier is not None else None
         self.checkpointer = Checkpointer(loop, self.paths.checkpoint, self.core.view, self.workers,
                                          lambda: self.config, self._executor, self.log, self._publish)
-        self.chaos = ChaosSessions(loop, self.workers, self._publish, self.control.reply)
+        self.chaos: ChaosSessions | None = None  # made by the first `chaos` request: most daemons see none
 
     async def _close(self) -> None:
         self._close_http()  # first: no page reads what is being taken down
         if self.cluster is not None:  # every cluster instance is gone (or kept): give the lease up, or let it run out
             await self.loop.run_in_executor(None, self.cluster.close, not self._keeping_workers)
-        self.chaos.end_all()
+        if self.chaos is not None:
+            self.chaos.end_all()
         self.watching.stop()
         self._sampling_task.cancel()
         self.log_checks.stop()
@@ -466,7 +467,8 @@ class Daemon:
                 for address in self.listeners.close_unused(set(keep)):
                     self.log.info("closed a listen socket no app uses any more", address=address)
             case EndChaos():
-                self.chaos.end_all()
+                if self.chaos is not None:
+                    self.chaos.end_all()
             case ExtendFence(spawn_ids=sids, until=until):
                 for sid in sids:
                     self.heartbeats.send_fence(sid, until)
@@ -490,6 +492,10 @@ class Daemon:
         elif req.cmd == "reload" and self.cluster is not None and self.cluster.clustered(req.targets):
             self.cluster.reload(rid, req)
         elif req.cmd == "chaos":
+            if self.chaos is None:
+                from supervise.runtime.chaos_sessions import ChaosSessions  # 0.3 MiB no other daemon carries
+
+                self.chaos = ChaosSessions(self.loop, self.workers, self._publish, self.control.reply)
             self.chaos.start(rid, req.targets, req.options or {}, self.config, self.core.view.shutting_down)
         elif req.cmd == "shutdown" and req.keep_workers:
             self._exit_keeping_workers(rid)
