@@ -169,9 +169,11 @@ class Daemon:
         if leftovers is not None:
             self.log.info("adopted the workers of the previous daemon", adopted=len(self.workers),
                           lost=list(leftovers.lost), unrecorded=leftovers.strays)
+        self._run_actions(self._handle(DaemonStarted()))
+        # After the first spawns: watchfiles' import and the watcher's start (~6 ms) need not delay them.
+        # A change in those milliseconds is one the new workers, still starting, read anyway.
         self.watching = Watching(loop, self.log, self.dispatch)
         self.watching.follow(self.config)
-        self._run_actions(self._handle(DaemonStarted()))
         if self.config.cluster is not None:
             from supervise.runtime.clustering import ClusterLink  # only a cluster's daemon pays for it
 
