@@ -56,8 +56,11 @@ def frozen(cls: type | None = None, /, *, kw_only: bool = False) -> Any:
 
     def wrap(cls: type) -> type:
         own = cls.__dict__
+        for name in ("__setattr__", "__delattr__"):
+            if name in own:  # as dataclasses refuses it for a frozen class
+                raise TypeError(f"Cannot overwrite attribute {name} in class {cls.__name__}")
         explicit_hash = own.get("__hash__") is not None or ("__hash__" in own and "__eq__" not in own)
-        keep = {name for name in ("__eq__", "__repr__", "__getstate__", "__setstate__") if name in own}
+        keep = {name for name in ("__init__", "__eq__", "__repr__", "__getstate__", "__setstate__") if name in own}
         if explicit_hash:
             keep.add("__hash__")
         undocumented = own.get("__doc__") is None
@@ -66,7 +69,6 @@ def frozen(cls: type | None = None, /, *, kw_only: bool = False) -> Any:
         made: type = dataclasses.dataclass(cls, init=False, repr=False, eq=False, slots=True, kw_only=kw_only)
         fields = dataclasses.fields(made)
         shared: dict[str, object] = {
-            "__init__": _init(made, fields),
             "__setattr__": _setattr,
             "__delattr__": _delattr,
             "_eq_key": _getter(f.name for f in fields if f.compare),
@@ -76,6 +78,8 @@ def frozen(cls: type | None = None, /, *, kw_only: bool = False) -> Any:
                                                  ("__getstate__", _getstate), ("__setstate__", _setstate))
                if name not in keep},
         }
+        if "__init__" not in keep:
+            shared["__init__"] = _init(made, fields)
         for name, value in shared.items():
             setattr(made, name, value)
         if undocumented:

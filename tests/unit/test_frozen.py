@@ -86,6 +86,14 @@ class CountedTwin:
 
 
 @frozen
+class OwnInit:
+    x: int
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "x", 7)
+
+
+@frozen
 class Unhashable:
     x: int
     __hash__ = None  # type: ignore[assignment]
@@ -191,8 +199,18 @@ def test_a_field_without_default_after_one_with_is_refused():
             b: int
 
 
+def test_a_frozen_class_may_not_define_setattr():
+    with pytest.raises(TypeError, match="__setattr__"):
+        @frozen
+        class Bad:
+            a: int
+
+            def __setattr__(self, name: str, value: object) -> None: ...
+
+
 def test_what_the_class_defines_itself_is_kept():
     assert repr(OwnRepr(3)) == "<3>" and OwnRepr(3) == OwnRepr(3)
+    assert OwnInit().x == 7
     assert Unhashable(1) == Unhashable(1)
     with pytest.raises(TypeError):
         hash(Unhashable(1))
