@@ -5,7 +5,7 @@ events, actions and inputs, the runtime's small values), and on CPython 3.11
 ``@dataclass(frozen=True, slots=True)`` compiles six methods for each:
 `__init__`, `__repr__`, `__eq__`, `__hash__`, `__setattr__`, `__delattr__`.
 That was 40 % of the daemon's import, paid at every start before the first
-worker is spawned (benchmarks/startup_instructions.py). Only `__init__`
+worker is spawned (`benchmarks/startup.py --only instructions`). Only `__init__`
 depends on more than the field names, so it alone is compiled, once a class;
 the other five, and the `__getstate__`/`__setstate__` a frozen slotted class
 needs for copy and pickle, are shared by every class, driven by a C
@@ -68,20 +68,16 @@ def frozen(cls: type | None = None, /, *, kw_only: bool = False) -> Any:
             cls.__doc__ = "-"
         made: type = dataclasses.dataclass(cls, init=False, repr=False, eq=False, slots=True, kw_only=kw_only)
         fields = dataclasses.fields(made)
-        shared: dict[str, object] = {
-            "__setattr__": _setattr,
-            "__delattr__": _delattr,
-            "_eq_key": _getter(f.name for f in fields if f.compare),
-            "_hash_key": _getter(f.name for f in fields if (f.compare if f.hash is None else f.hash)),
-            "_repr_fields": tuple(f.name for f in fields if f.repr),
-            **{name: method for name, method in (("__eq__", _eq), ("__hash__", _hash), ("__repr__", _repr),
-                                                 ("__getstate__", _getstate), ("__setstate__", _setstate))
-               if name not in keep},
-        }
+        shared: Any = made  # the attributes below are set on the class at run time: unknown to mypy
+        shared._eq_key = _getter(f.name for f in fields if f.compare)
+        shared._hash_key = _getter(f.name for f in fields if (f.compare if f.hash is None else f.hash))
+        shared._repr_fields = tuple(f.name for f in fields if f.repr)
+        shared.__setattr__, shared.__delattr__ = _setattr, _delattr
+        for name, method in _SHARED:
+            if name not in keep:
+                setattr(made, name, method)
         if "__init__" not in keep:
-            shared["__init__"] = _init(made, fields)
-        for name, value in shared.items():
-            setattr(made, name, value)
+            shared.__init__ = _init(made, fields)
         if undocumented:
             made.__doc__ = None
         return made
@@ -171,3 +167,8 @@ def _getstate(self: object) -> list[object]:
 def _setstate(self: object, state: list[object]) -> None:
     for f, value in zip(dataclasses.fields(self), state, strict=True):  # type: ignore[arg-type]
         object.__setattr__(self, f.name, value)
+
+
+_SHARED = (("__eq__", _eq), ("__hash__", _hash), ("__repr__", _repr), ("__getstate__", _getstate),
+           ("__setstate__", _setstate))
+"""The methods every frozen class shares, unless it defines its own."""
