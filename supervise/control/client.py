@@ -149,17 +149,12 @@ class Control:
 
     def request(self, req: protocol.Request, timeout: float = 10.0) -> JSONObject:
         """Send one request and return its result; raises UsageError or OperationFailed on a refusal."""
-        with self._connect(timeout) as conn:
-            conn.send([protocol.encode_request(req)])
-            reply = self._recv_reply(conn, timeout)
-        return self._result(reply)
+        return self._result(self._decode(self._exchange(req, timeout)))
 
     def request_json(self, req: protocol.Request, timeout: float = 10.0) -> bytes:
         """`request`'s result as JSON text, for printing: the daemon's own bytes when they can be cut
         out of its reply (protocol.result_json), else decoded, checked and encoded again."""
-        with self._connect(timeout) as conn:
-            conn.send([protocol.encode_request(req)])
-            frames = self._recv_frames(conn, timeout)
+        frames = self._exchange(req, timeout)
         raw = protocol.result_json(frames)
         if raw is not None and raw.startswith(b"{"):  # every verb's result is an object (docs/protocol.md)
             return raw
@@ -193,6 +188,12 @@ class Control:
             conn.close()
             raise
         return EventStream(conn, result["events"], result["last"] if since is None else since, follow, idle)
+
+    def _exchange(self, req: protocol.Request, timeout: float) -> list[bytes]:
+        """One request on a connection of its own, and the reply's frames."""
+        with self._connect(timeout) as conn:
+            conn.send([protocol.encode_request(req)])
+            return self._recv_frames(conn, timeout)
 
     def _recv_reply(self, conn: Connection, timeout: float) -> protocol.Reply:
         return self._decode(self._recv_frames(conn, timeout))
