@@ -49,6 +49,11 @@ class LimitedSupervisor(Supervisor):
             assert self.proc.poll() is None, f"daemon exited early:\n{self.log.read_text()}"
         return self
 
+    def assert_unharmed(self) -> None:
+        """Still running, and never out of descriptors (libzmq aborts an accept that finds none)."""
+        assert self.proc.poll() is None, f"the daemon died:\n{self.log.read_text()[-2000:]}"
+        assert "Too many open files" not in self.log.read_text()
+
 
 @pytest.fixture
 def low_limit_supervisor(tmp_path: Path) -> Iterator[Callable[[str], LimitedSupervisor]]:
@@ -190,6 +195,11 @@ class HardLimitedSupervisor(Supervisor):
         assert self.proc.poll() is None, f"daemon exited early:\n{self.log.read_text()}"
         return self
 
+    def assert_unharmed(self) -> None:
+        """Still running, and never out of descriptors (libzmq aborts an accept that finds none)."""
+        assert self.proc.poll() is None, f"the daemon died:\n{self.log.read_text()[-2000:]}"
+        assert "Too many open files" not in self.log.read_text()
+
 
 def test_more_heartbeat_workers_than_descriptors_are_refused_and_never_abort_the_daemon(tmp_path):
     """Every worker's heartbeat connection takes one of the daemon's descriptors, and an accept with
@@ -214,12 +224,11 @@ def test_more_heartbeat_workers_than_descriptors_are_refused_and_never_abort_the
         refused = [i for i in status.values() if i["state"] != "running"]
         assert len(refused) == 10
         assert all(refused_for_capacity(i) for i in refused), refused
-        assert sup.proc.poll() is None, f"the daemon died:\n{sup.log.read_text()[-2000:]}"
+        sup.assert_unharmed()
         # Room made: a scale down to the capacity leaves every instance running.
         assert sup.cli("scale", "beat", str(capacity)).returncode == 0
         sup.wait_all_running(capacity, timeout=30)
-        assert sup.proc.poll() is None
-        assert "Too many open files" not in sup.log.read_text()
+        sup.assert_unharmed()
     finally:
         sup.cleanup()
         assert not kill_marked(sup.marker)
@@ -245,8 +254,7 @@ def test_a_notify_socket_takes_room_too(tmp_path):
             refused = [i for i in status.values() if refused_for_capacity(i)]
             return status if len(started) == capacity and len(refused) == 8 else None
         wait_until(settled, 60, interval=0.2, message=f"{capacity} instances started, 8 refused")
-        assert sup.proc.poll() is None, f"the daemon died:\n{sup.log.read_text()[-2000:]}"
-        assert "Too many open files" not in sup.log.read_text()
+        sup.assert_unharmed()
     finally:
         sup.cleanup()
         assert not kill_marked(sup.marker)
